@@ -1,0 +1,32 @@
+"""Event contracts: what upstream publishes, what workers output, what dead letters carry.
+
+Every contract is a pydantic v2 model; JSON Schema copies for producers in other
+languages live in `schemas/json/` (regenerate with `llmflow schemas export`).
+"""
+
+from schemas.dead_letter import DeadLetter, Stage
+from schemas.events import (
+    Event,
+    ImageEvent,
+    ImageRef,
+    TextEvent,
+    TextImageEvent,
+    parse_event,
+)
+from schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+
+__all__ = [
+    "DeadLetter",
+    "Event",
+    "ImageEvent",
+    "ImageInfo",
+    "ImageRef",
+    "ModelCallResult",
+    "OrgRecordRef",
+    "Output",
+    "Stage",
+    "TextEvent",
+    "TextImageEvent",
+    "Totals",
+    "parse_event",
+]

@@ -1,0 +1,112 @@
+"""Outputs: one per event, with the lineage and cost of every model call behind it."""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+OUTPUT_SCHEMA_VERSION: Final = 1
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelCallResult(_Contract):
+    """The answer of one model call and what it cost."""
+
+    name: str
+    """The call's name in the topology, e.g. `classify`."""
+    kind: Literal["chat", "vision", "embedding"]
+    """What sort of call it was."""
+    call_id: str
+    """Deterministic: same event, topology version, call and prompt version, same id."""
+    model: str
+    """The model that answered, as the endpoint reported it."""
+    prompt_version: str
+    """Version of the prompt template that was rendered."""
+    answer: Any
+    """Text for chat and vision calls, a JSON value when the call declares an output schema,
+    a list of floats for embeddings."""
+    tokens_in: int = Field(ge=0)
+    """Prompt tokens, from the endpoint's `usage`."""
+    tokens_out: int = Field(ge=0)
+    """Completion tokens, from the endpoint's `usage`."""
+    latency_ms: float = Field(ge=0)
+    """Wall time of the call, retries included."""
+
+
+class OrgRecordRef(_Contract):
+    """Which organisational-data record enriched the event."""
+
+    table: str
+    """Org-data table, e.g. `customers`."""
+    key: str
+    """The record's key."""
+    version: str | None
+    """Content hash of the record used; null when no record was found."""
+
+
+class ImageInfo(_Contract):
+    """An image as it was sent to the model, after preparation."""
+
+    sha256: str
+    """Hash of the prepared bytes."""
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+
+
+class Totals(_Contract):
+    """Sums over all model calls of the event."""
+
+    model_calls: int
+    tokens_in: int
+    tokens_out: int
+    latency_ms: float
+    """Time from the worker receiving the event to the output being ready."""
+
+
+class Output(_Contract):
+    """The merged result of one event."""
+
+    schema_version: Literal[1] = OUTPUT_SCHEMA_VERSION
+    event_id: str
+    """Id of the input event."""
+    event_key: str
+    """Business key of the input event; also the Kafka record key."""
+    tenant: str | None
+    """Tenant of the input event."""
+    source_topic: str
+    """Topic the input event was read from."""
+    source_partition: int
+    """Partition of the input event."""
+    source_offset: int
+    """Offset of the input event."""
+    topology: str
+    """Name of the topology that produced this output."""
+    topology_version: str
+    """Version of that topology."""
+    org_record: OrgRecordRef | None
+    """The org-data record used for enrichment, when the topology enriches."""
+    images: list[ImageInfo]
+    """Images as sent to the models."""
+    calls: list[ModelCallResult]
+    """One entry per model call, in the topology's order."""
+    totals: Totals
+    """Token and latency totals."""
+    worker: str
+    """The worker that produced the output (host:pid)."""
+    received_at: AwareDatetime
+    """When the worker took the event from Kafka."""
+    produced_at: AwareDatetime
+    """When the output was ready."""
+
+    def call(self, name: str) -> ModelCallResult:
+        """The result of the call named `name`."""
+        for result in self.calls:
+            if result.name == name:
+                return result
+        raise KeyError(name)

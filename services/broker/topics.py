@@ -1,0 +1,27 @@
+"""Create topics up front, so partition counts are chosen, not left to auto-creation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import suppress
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+
+def ensure_topics(
+    bootstrap_servers: str, names: Iterable[str], partitions: int, replication_factor: int = 1
+) -> dict[str, int]:
+    """Create the topics that do not exist yet; returns every topic's partition count."""
+    wanted = sorted(set(names))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="llmflow-admin")
+    try:
+        missing = sorted(set(wanted) - set(admin.list_topics()))
+        for name in missing:
+            # Another worker may have created it a moment ago.
+            with suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, partitions, replication_factor)])
+        described = admin.describe_topics(wanted)
+        return {topic["name"]: len(topic["partitions"]) for topic in described}
+    finally:
+        admin.close()

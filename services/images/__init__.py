@@ -1,0 +1,22 @@
+"""Image intake for vision models: fetch from an allowed source, then shrink and re-encode."""
+
+from services.images.fetch import decode_inline, load_image_bytes
+from services.images.prepare import (
+    ImageError,
+    ImageErrorKind,
+    ImageLimits,
+    PreparedImage,
+    decode_only,
+    prepare_image,
+)
+
+__all__ = [
+    "ImageError",
+    "ImageErrorKind",
+    "ImageLimits",
+    "PreparedImage",
+    "decode_inline",
+    "decode_only",
+    "load_image_bytes",
+    "prepare_image",
+]

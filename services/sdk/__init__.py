@@ -1,0 +1,15 @@
+"""Upstream and downstream SDK on kafka-python: publish events, read outputs."""
+
+from services.sdk.consumer import ResultConsumer, parse_result
+from services.sdk.events import image_event, image_ref, text_event, text_image_event
+from services.sdk.producer import EventProducer
+
+__all__ = [
+    "EventProducer",
+    "ResultConsumer",
+    "image_event",
+    "image_ref",
+    "parse_result",
+    "text_event",
+    "text_image_event",
+]

@@ -1,0 +1,1 @@
+"""The stream processor: faust agents that run topologies over Kafka events."""

@@ -1,0 +1,136 @@
+"""Real Kafka for integration tests: KAFKA_BOOTSTRAP_SERVERS, else testcontainers, else local.
+
+One broker per test session; each test gets its own topics and consumer group, so tests
+never see each other's events.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.broker.local import LocalKafka, free_port
+from services.launch import Child, start_modelsim, start_worker
+from services.orgdata.loader import load_samples
+from services.orgdata.store import OrgDataStore
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:  # no engine, no socket, no permission: all mean "not here"
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield servers
+    elif _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+    else:
+        with LocalKafka(tmp_path_factory.mktemp("kafka")) as broker:
+            yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """Per-test folder for logs, worker state, org data and images."""
+    return tmp_path
+
+
+@pytest.fixture
+def orgdata_file(run_dir: Path) -> Path:
+    path = run_dir / "orgdata.sqlite3"
+    store = OrgDataStore(path)
+    load_samples(store)
+    store.close()
+    return path
+
+
+@pytest.fixture
+def modelsim(run_dir: Path) -> Iterator[Callable[..., Child]]:
+    """Factory: start the model simulator with the given flags."""
+    started: list[Child] = []
+
+    def start(*flags: str) -> Child:
+        child = start_modelsim(free_port(), run_dir / "logs", flags)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.stop()
+
+
+@pytest.fixture
+def topology_copy(run_dir: Path, project_root: Path) -> Callable[[str], Path]:
+    """Copy a shipped topology with topics unique to this test."""
+    suffix = uuid.uuid4().hex[:8]
+
+    def copy(name: str) -> Path:
+        spec = yaml.safe_load((project_root / "topologies" / f"{name}.yaml").read_text())
+        for field in ("input_topic", "output_topic", "dead_letter_topic"):
+            spec[field] = f"{spec[field]}.{suffix}"
+        path = run_dir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    return copy
+
+
+@pytest.fixture
+def worker_env(
+    kafka_bootstrap: str, run_dir: Path, orgdata_file: Path
+) -> Callable[[Child], dict[str, str]]:
+    app_id = f"llmflow-test-{uuid.uuid4().hex[:8]}"
+
+    def env(sim: Child) -> dict[str, str]:
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "OPENAI_BASE_URL": sim.extra["base_url"],
+            "OPENAI_API_KEY": "test",
+            "LLMFLOW_APP_ID": app_id,
+            "LLMFLOW_ORGDATA_PATH": str(orgdata_file),
+            "LLMFLOW_IMAGE_ROOT": str(run_dir / "images"),
+            "LLMFLOW_CONCURRENCY": "50",
+        }
+
+    return env
+
+
+@pytest.fixture
+def workers(run_dir: Path) -> Iterator[Callable[..., Child]]:
+    """Factory: start `llmflow worker` processes; each gets its own state folder."""
+    started: list[Child] = []
+
+    def start(topologies: list[Path], env: dict[str, str]) -> Child:
+        name = f"worker-{len(started) + 1}"
+        data_dir = run_dir / name
+        child = start_worker(
+            name,
+            topologies,
+            run_dir / "logs",
+            {**env, "LLMFLOW_DATA_DIR": str(data_dir)},
+            ["--loglevel", os.environ.get("LLMFLOW_TEST_WORKER_LOGLEVEL", "warn")],
+        )
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.stop()

@@ -1,0 +1,69 @@
+"""Load topology YAML and report every error with its line and column in the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from services.errors import ConfigError
+from topologies.spec import Topology
+
+PACKAGED = Path(__file__).parent
+
+
+class TopologyError(ConfigError):
+    """A topology file is invalid; `problems` lists `file:line:col: message` strings."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _node_at(root: yaml.Node, loc: tuple[int | str, ...]) -> yaml.Node:
+    """The deepest YAML node along a pydantic error location."""
+    node = root
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == part), None)
+            if match is None:
+                break
+            node = match
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                break
+            node = node.value[part]
+        else:
+            break
+    return node
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Parse and validate one topology file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TopologyError(path, [f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise TopologyError(path, [f"{where}: YAML error: {exc.problem}"]) from exc
+    if root is None or not isinstance(data, dict):
+        raise TopologyError(path, [f"{path}:1:1: a topology file must be a YAML mapping"])
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(error["loc"])
+            mark = _node_at(root, loc).start_mark
+            dotted = ".".join(str(part) for part in loc) or "(top level)"
+            problems.append(f"{path}:{mark.line + 1}:{mark.column + 1}: {dotted}: {error['msg']}")
+        raise TopologyError(path, problems) from exc

@@ -1,0 +1,120 @@
+"""The topology model: what a YAML pipeline may declare, checked before any event flows."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from jinja2 import TemplateSyntaxError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from topologies.prompts import compile_template
+
+_NAME = r"^[a-z][a-z0-9_]*$"
+_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+EventKind = Literal["text", "image", "text_image"]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class Prompt(_Spec):
+    """A versioned prompt. Templates are Jinja2 with `event`, `org` and `record` in scope."""
+
+    version: str = Field(min_length=1)
+    """Bumped whenever the wording changes; recorded in every output."""
+    system: str | None = None
+    """Optional system message template."""
+    user: str = Field(min_length=1)
+    """User message template (for embeddings: the text to embed)."""
+
+    @field_validator("system", "user")
+    @classmethod
+    def _compiles(cls, template: str | None) -> str | None:
+        if template is not None:
+            try:
+                compile_template(template)
+            except TemplateSyntaxError as exc:
+                raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from exc
+        return template
+
+
+class ModelCall(_Spec):
+    """One model call; all calls of a topology run concurrently for each event."""
+
+    name: str = Field(pattern=_NAME)
+    """Name of the call, unique within the topology; outputs are keyed by it."""
+    kind: Literal["chat", "vision", "embedding"] = "chat"
+    """`vision` attaches the event's prepared images to the user message."""
+    model: str = Field(min_length=1)
+    """Model name as the endpoint knows it."""
+    prompt: Prompt
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    output_schema: dict[str, Any] | None = None
+    """JSON Schema of the answer; the call then asks for structured output and parses it."""
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> ModelCall:
+        if self.kind == "embedding" and (self.output_schema or self.prompt.system):
+            raise ValueError("an embedding call takes neither output_schema nor a system prompt")
+        if self.output_schema is not None and self.output_schema.get("type") != "object":
+            raise ValueError("output_schema must describe a JSON object (type: object)")
+        return self
+
+
+class Enrichment(_Spec):
+    """Which org-data record to attach to each event."""
+
+    table: str = Field(pattern=_NAME)
+    """Org-data table, e.g. `customers`."""
+    key_from: Literal["key", "source"] = "key"
+    """Event field holding the record key."""
+    required: bool = False
+    """When true, an event without a matching record becomes a dead letter (stage `enrich`)."""
+
+
+class ImageOptions(_Spec):
+    """How this topology prepares images before vision calls."""
+
+    max_side: int = Field(default=1024, ge=64, le=4096)
+    """Downscale so the longer side is at most this many pixels."""
+    max_pixels: int = Field(default=40_000_000, ge=4096)
+    """Refuse images with more pixels than this (decompression bombs)."""
+
+
+class Topology(_Spec):
+    """A declared pipeline: input topic -> enrich -> concurrent model calls -> output topic."""
+
+    name: str = Field(pattern=_NAME)
+    version: str = Field(min_length=1)
+    """Bumped with every change to the topology; recorded in every output."""
+    description: str = ""
+    input_topic: str = Field(pattern=_TOPIC)
+    output_topic: str = Field(pattern=_TOPIC)
+    dead_letter_topic: str = Field(pattern=_TOPIC)
+    accepts: list[EventKind] = Field(min_length=1)
+    """Event kinds this topology answers; any other kind is dead-lettered (stage `route`)."""
+    enrichment: Enrichment | None = None
+    images: ImageOptions = ImageOptions()
+    calls: list[ModelCall] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Topology:
+        names = [call.name for call in self.calls]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"call names must be unique; repeated: {', '.join(duplicates)}")
+        topics = {self.input_topic, self.output_topic, self.dead_letter_topic}
+        if len(topics) != 3:
+            raise ValueError("input_topic, output_topic and dead_letter_topic must differ")
+        has_vision = any(call.kind == "vision" for call in self.calls)
+        if has_vision and self.accepts == ["text"]:
+            raise ValueError("a vision call needs images, but the topology accepts only text")
+        return self
+
+    @property
+    def slug(self) -> str:
+        """Name and version, safe for ids."""
+        return re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.name}-v{self.version}")
