@@ -78,6 +78,7 @@ def cmd_modelsim(args: argparse.Namespace) -> int:
     from services.modelsim.config import SimulatorConfig
     from services.modelsim.server import run
 
+    logging.getLogger("services.modelsim").setLevel(logging.INFO)  # the "listening on" line
     given = {name: getattr(args, name) for name in _SIMULATOR_FLAGS}
     config = SimulatorConfig(**{k: v for k, v in given.items() if v is not None})
     run(config, args.host, args.port)
