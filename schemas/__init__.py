@@ -14,6 +14,7 @@ from schemas.events import (
     parse_event,
 )
 from schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+from schemas.parked import Parked
 
 __all__ = [
     "DeadLetter",
@@ -24,6 +25,7 @@ __all__ = [
     "ModelCallResult",
     "OrgRecordRef",
     "Output",
+    "Parked",
     "Stage",
     "TextEvent",
     "TextImageEvent",

@@ -9,6 +9,7 @@ from typing import Any
 from schemas.dead_letter import DeadLetter
 from schemas.events import EVENT_ADAPTER
 from schemas.outputs import Output
+from schemas.parked import Parked
 
 JSON_DIR = Path(__file__).parent / "json"
 
@@ -19,6 +20,7 @@ def schema_documents() -> dict[str, dict[str, Any]]:
         "event.schema.json": {"title": "Event", **EVENT_ADAPTER.json_schema()},
         "output.schema.json": Output.model_json_schema(),
         "dead_letter.schema.json": DeadLetter.model_json_schema(),
+        "parked.schema.json": Parked.model_json_schema(),
     }
 
 

@@ -24,6 +24,8 @@ class ModelCallResult(_Contract):
     """Deterministic: same event, topology version, call and prompt version, same id."""
     model: str
     """The model that answered, as the endpoint reported it."""
+    endpoint: str = "default"
+    """The endpoint that answered (`default` or a named fallback endpoint)."""
     prompt_version: str
     """Version of the prompt template that was rendered."""
     answer: Any
@@ -35,6 +37,14 @@ class ModelCallResult(_Contract):
     """Completion tokens, from the endpoint's `usage`."""
     latency_ms: float = Field(ge=0)
     """Wall time of the call, retries included."""
+    attempts: int = Field(default=1, ge=0)
+    """HTTP requests made: retries, fallbacks and a schema repair included; 0 when reused."""
+    repaired: bool = False
+    """The first answer broke the declared schema and a repair request fixed it."""
+    reused: bool = False
+    """Answered before (an earlier delivery of the same event) and not paid again."""
+    cost_usd: float = Field(default=0.0, ge=0)
+    """Price of the tokens, from the configured price table."""
 
 
 class OrgRecordRef(_Contract):
@@ -65,6 +75,8 @@ class Totals(_Contract):
     model_calls: int
     tokens_in: int
     tokens_out: int
+    cost_usd: float = 0.0
+    """Cost of the calls paid for this event (reused answers were paid before)."""
     latency_ms: float
     """Time from the worker receiving the event to the output being ready."""
 

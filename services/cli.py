@@ -67,6 +67,7 @@ _SIMULATOR_FLAGS: dict[str, type] = {
     "retry_after_s": float,
     "rate_500": float,
     "rate_slow": float,
+    "rate_invalid": float,
     "slow_ms": float,
     "seed": int,
     "rpm_limit": int,

@@ -6,8 +6,31 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.worker.accounting import Budget, Price
+from services.worker.quotas import QuotaLimits
+from services.worker.retry import RetryPolicy
+
+
+class Endpoint(BaseModel):
+    """A further OpenAI-compatible endpoint that calls may name (for fallbacks)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    base_url: str
+    """E.g. `https://api.openai.com/v1` or `http://vllm:8000/v1`."""
+    api_key_env: str | None = None
+    """Name of the environment variable holding its API key (keys never sit in config)."""
+
+
+# List prices (USD per million tokens) of the models the shipped topologies name.
+DEFAULT_PRICES = {
+    "gpt-4o-mini": Price(input_per_mtok=0.15, output_per_mtok=0.60),
+    "gpt-4o": Price(input_per_mtok=2.50, output_per_mtok=10.00),
+    "text-embedding-3-small": Price(input_per_mtok=0.02),
+}
 
 
 class Settings(BaseSettings):
@@ -51,12 +74,33 @@ class Settings(BaseSettings):
     """Let http(s) image URLs reach loopback/private addresses (tests and local demos only)."""
     image_threads: int = Field(default=2, ge=1)
     """Threads preparing images; Pillow releases the GIL while decoding and resizing."""
-    model_timeout_s: float = Field(default=60.0, gt=0)
-    """Deadline of one HTTP attempt of a model call (the SDK default of 600 s is far too long)."""
-    model_max_retries: int = Field(default=2, ge=0)
-    """SDK retries for 408/409/429/5xx and connection errors, with backoff and Retry-After."""
+    retry: RetryPolicy = RetryPolicy()
+    """Retries of model calls, as JSON, e.g. `{"deadline_s": 60, "attempt_timeout_s": 20}`."""
+    endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    """Named endpoints besides `default` (OPENAI_BASE_URL), as JSON, for fallbacks."""
+    quotas: dict[str, QuotaLimits] = Field(default_factory=dict)
+    """Group-wide limits per model (or `endpoint/model`), as JSON, e.g.
+    `{"gpt-4o-mini": {"rpm": 500, "tpm": 200000, "max_concurrent": 100}}`."""
+    prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    """USD per million tokens per model, as JSON; replaces the defaults when set."""
+    budgets: dict[str, Budget] = Field(default_factory=dict)
+    """Per-tenant budgets, as JSON, e.g. `{"acme": {"usd": 5, "period": "day"}}`."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failures that open an endpoint's circuit (calls go to fallbacks)."""
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    """How long an open circuit skips its endpoint before one trial call."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (unset: no metrics server)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds to (0.0.0.0 inside containers)."""
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     """Recorded in every output."""
+
+    def api_key_for(self, endpoint: str) -> str:
+        if endpoint == "default":
+            return self.openai_api_key.get_secret_value()
+        env = self.endpoints[endpoint].api_key_env
+        return os.environ.get(env, "") if env else ""
 
     @property
     def orgdata_file(self) -> Path:

@@ -40,6 +40,17 @@ class Prompt(_Spec):
         return template
 
 
+class Target(_Spec):
+    """A model at an endpoint; `default` is OPENAI_BASE_URL, others are named in settings."""
+
+    model: str = Field(min_length=1)
+    endpoint: str = Field(default="default", pattern=_NAME)
+
+    @property
+    def key(self) -> str:
+        return f"{self.endpoint}/{self.model}"
+
+
 class ModelCall(_Spec):
     """One model call; all calls of a topology run concurrently for each event."""
 
@@ -49,11 +60,20 @@ class ModelCall(_Spec):
     """`vision` attaches the event's prepared images to the user message."""
     model: str = Field(min_length=1)
     """Model name as the endpoint knows it."""
+    endpoint: str = Field(default="default", pattern=_NAME)
+    """Endpoint of the model: `default` (OPENAI_BASE_URL) or one named in settings."""
+    fallbacks: list[Target] = Field(default_factory=list)
+    """Tried in order when the model fails for good or its circuit is open."""
     prompt: Prompt
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     output_schema: dict[str, Any] | None = None
     """JSON Schema of the answer; the call then asks for structured output and parses it."""
+
+    @property
+    def targets(self) -> list[Target]:
+        """The primary model first, then the fallbacks."""
+        return [Target(model=self.model, endpoint=self.endpoint), *self.fallbacks]
 
     @model_validator(mode="after")
     def _fits_kind(self) -> ModelCall:
@@ -94,6 +114,8 @@ class Topology(_Spec):
     input_topic: str = Field(pattern=_TOPIC)
     output_topic: str = Field(pattern=_TOPIC)
     dead_letter_topic: str = Field(pattern=_TOPIC)
+    parked_topic: str | None = Field(default=None, pattern=_TOPIC)
+    """Where events of tenants over budget wait; defaults to `<input_topic>.parked`."""
     accepts: list[EventKind] = Field(min_length=1)
     """Event kinds this topology answers; any other kind is dead-lettered (stage `route`)."""
     enrichment: Enrichment | None = None
@@ -106,13 +128,17 @@ class Topology(_Spec):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"call names must be unique; repeated: {', '.join(duplicates)}")
-        topics = {self.input_topic, self.output_topic, self.dead_letter_topic}
-        if len(topics) != 3:
-            raise ValueError("input_topic, output_topic and dead_letter_topic must differ")
+        topics = {self.input_topic, self.output_topic, self.dead_letter_topic, self.parked}
+        if len(topics) != 4:
+            raise ValueError("input, output, dead-letter and parked topics must differ")
         has_vision = any(call.kind == "vision" for call in self.calls)
         if has_vision and self.accepts == ["text"]:
             raise ValueError("a vision call needs images, but the topology accepts only text")
         return self
+
+    @property
+    def parked(self) -> str:
+        return self.parked_topic or f"{self.input_topic}.parked"
 
     @property
     def slug(self) -> str:

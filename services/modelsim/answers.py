@@ -3,6 +3,7 @@
 Chat answers are `[sim {model}] re: {head} #{digest8}`: `head` is the first 12 words of the
 last user message's text and `digest8` the first 8 hex digits of the sha256 of the
 canonical JSON of model + messages. Images of that message are described after it.
+With `break_schema`, a `json_schema` answer breaks its schema (see `schema.broken_answer`).
 """
 
 import base64
@@ -15,7 +16,7 @@ from typing import Any
 
 from services.errors import LlmflowError
 from services.modelsim.images import describe_image
-from services.modelsim.schema import schema_instance
+from services.modelsim.schema import broken_answer, schema_instance
 from services.modelsim.tokens import count_prompt_tokens, count_text_tokens
 
 JsonDict = dict[str, Any]
@@ -45,8 +46,11 @@ def sha256_hex(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
-def chat_completion(body: Mapping[str, Any]) -> JsonDict:
-    """A `chat.completion` object answering `body`; raises `BadRequest` when it is invalid."""
+def chat_completion(body: Mapping[str, Any], *, break_schema: bool = False) -> JsonDict:
+    """A `chat.completion` object answering `body`; raises `BadRequest` when it is invalid.
+
+    `break_schema` spoils a `json_schema` answer on purpose; other answers ignore it.
+    """
     model = _model(body)
     messages = _messages(body)
     if body.get("stream"):
@@ -54,7 +58,7 @@ def chat_completion(body: Mapping[str, Any]) -> JsonDict:
     digest = sha256_hex({"model": model, "messages": messages})
     # Built (and images decoded) even for structured outputs, so a bad image is always a 400.
     text = _plain_answer(model, messages, digest)
-    content = _content(body.get("response_format"), text, digest)
+    content = _content(body.get("response_format"), text, digest, break_schema)
     prompt_tokens = count_prompt_tokens(messages)
     completion_tokens = count_text_tokens(content)
     return {
@@ -185,7 +189,7 @@ def _plain_answer(model: str, messages: Sequence[Mapping[str, Any]], digest: str
     return answer
 
 
-def _content(response_format: Any, text: str, digest: str) -> str:
+def _content(response_format: Any, text: str, digest: str, break_schema: bool) -> str:
     if response_format is None:
         return text
     kind = response_format.get("type") if isinstance(response_format, dict) else None
@@ -201,6 +205,8 @@ def _content(response_format: Any, text: str, digest: str) -> str:
                 "response_format.json_schema.schema must be an object", "response_format"
             )
         try:
+            if break_schema:
+                return broken_answer(schema, digest)
             return json.dumps(schema_instance(schema, digest))
         except ValueError as exc:
             raise BadRequest(f"unsupported schema: {exc}", "response_format") from exc

@@ -33,8 +33,12 @@ class SimulatorConfig(BaseModel):
     slow_ms: float = Field(default=30_000, ge=0)
     """Extra delay of a slow answer, in milliseconds."""
 
+    rate_invalid: float = Field(default=0, ge=0, le=1)
+    """Share of `json_schema` chat requests answered with content that breaks the schema, for
+    testing repair and dead-lettering; drawn apart from the 429/500/slow band."""
+
     seed: int = 0
-    """Seed of the fault and jitter random generators, so fault sequences are reproducible."""
+    """Seed of the fault, invalid-answer and jitter random generators, so runs replay exactly."""
 
     models: list[str] = Field(default_factory=lambda: list(DEFAULT_MODELS))
     """Model ids listed by GET /v1/models; calls naming other models are answered too."""

@@ -32,16 +32,25 @@ def fault_for(draw: float, config: SimulatorConfig) -> Fault:
 class FaultInjector:
     """One uniform draw per model call from `Random(seed)`, so fault sequences replay exactly.
 
-    Jitter uses a second generator so enabling it does not shift the fault sequence.
+    Jitter and invalid answers use generators of their own, so enabling them does not shift
+    the fault sequence.
     """
 
     def __init__(self, config: SimulatorConfig) -> None:
         self._config = config
         self._faults = random.Random(config.seed)
         self._jitter = random.Random(f"jitter:{config.seed}")
+        self._invalid = random.Random(f"invalid:{config.seed}")
 
     def next_fault(self) -> Fault:
         return fault_for(self._faults.random(), self._config)
+
+    def next_invalid(self) -> bool:
+        """Whether the next `json_schema` chat request gets a schema-breaking answer.
+
+        Call it once per such request only, so the sequence follows those requests alone.
+        """
+        return self._invalid.random() < self._config.rate_invalid
 
     def latency_s(self) -> float:
         """`latency_ms` +/- uniform `jitter_ms`, never negative, in seconds."""

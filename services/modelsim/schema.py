@@ -6,10 +6,12 @@ Covers what OpenAI's strict mode accepts: objects (all properties emitted), stri
 const, a few formats, min/maxLength; `pattern` is ignored), integers and numbers (bounds,
 default 0..100), booleans, null, arrays (minItems default 1, at most 3 unless minItems asks
 for more), type lists and anyOf (first non-null branch), and local `$ref`s.
+`broken_answer` spoils such an instance on purpose, to exercise repair and dead-lettering.
 Errors are `ValueError`s whose message is fit for an HTTP 400 answer.
 """
 
 import hashlib
+import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +20,8 @@ MAX_DEPTH = 16
 DEFAULT_MIN = 0
 DEFAULT_MAX = 100
 MAX_DEFAULT_ITEMS = 3
+NOT_IN_ENUM = "not-in-enum"
+BROKEN_JSON = '{"broken": '
 
 Bound = tuple[float, bool]
 
@@ -40,6 +44,41 @@ def schema_instance(schema: Mapping[str, Any], digest: str) -> Any:
     return _Generator(schema, digest).value(schema, "$", "value", 0)
 
 
+def broken_answer(schema: Mapping[str, Any], digest: str) -> str:
+    """JSON text that breaks `schema`: the valid instance with one defect chosen by `digest`.
+
+    The candidate defects are dropping the first required property (in `required` order) and
+    setting the first enum-valued top-level property (in `properties` order, local `$ref`s
+    followed) to "not-in-enum"; the digest picks one when both apply. A schema offering
+    neither gets text that is not JSON at all: `{"broken": `.
+    """
+    generator = _Generator(schema, digest)
+    value = generator.value(schema, "$", "value", 0)
+    root = generator.deref(schema)
+    if not isinstance(value, dict) or not isinstance(root, Mapping):
+        return BROKEN_JSON
+    defects: list[dict[str, Any]] = []
+    required = root.get("required")
+    if isinstance(required, list):
+        dropped = next((key for key in required if key in value), None)
+        if dropped is not None:
+            defects.append({key: item for key, item in value.items() if key != dropped})
+    properties = root.get("properties")
+    if isinstance(properties, Mapping):
+        for key, sub in properties.items():
+            enum = _mapping_get(generator.deref(sub), "enum")
+            if key in value and isinstance(enum, list) and NOT_IN_ENUM not in enum:
+                defects.append({**value, key: NOT_IN_ENUM})
+                break
+    if not defects:
+        return BROKEN_JSON
+    return json.dumps(defects[generator._field_digest("$#broken") % len(defects)])
+
+
+def _mapping_get(node: Any, key: str) -> Any:
+    return node.get(key) if isinstance(node, Mapping) else None
+
+
 class _Generator:
     def __init__(self, root: Mapping[str, Any], digest: str) -> None:
         self._root = root
@@ -58,6 +97,14 @@ class _Generator:
                 raise ValueError(f"$ref {ref!r} does not resolve in the schema")
             node = node[key]
         return node
+
+    def deref(self, schema: Any) -> Any:
+        """`schema` with local `$ref`s followed (a chain, not the schema's whole tree)."""
+        for _ in range(MAX_DEPTH):
+            if not isinstance(schema, Mapping) or "$ref" not in schema:
+                return schema
+            schema = self._resolve(schema["$ref"])
+        raise ValueError(f"$ref chain longer than {MAX_DEPTH} links")
 
     def value(self, schema: Any, path: str, name: str, depth: int) -> Any:
         if depth > MAX_DEPTH:

@@ -2,10 +2,13 @@
 
 Every response carries `x-llmflow-simulator: 1` and an `x-request-id`. Model calls
 (chat completions, embeddings) get latency and injected faults; listings do not.
+Chat calls asking for a `json_schema` answer may get one that breaks it (`rate_invalid`);
+the request log marks those `"invalid": true`.
 """
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -95,6 +98,8 @@ class _Simulator:
         model: str | None,
         status: int,
         usage: Mapping[str, Any] | None,
+        *,
+        invalid: bool = False,
     ) -> None:
         self.log.append(
             {
@@ -102,6 +107,8 @@ class _Simulator:
                 "path": request.path,
                 "model": model,
                 "status": status,
+                "ok": status == 200,
+                "invalid": invalid,
                 "call_id": request.headers.get(CALL_ID_HEADER),
                 "prompt_tokens": usage.get("prompt_tokens") if usage else None,
                 "completion_tokens": usage.get("completion_tokens", 0) if usage else None,
@@ -124,47 +131,59 @@ class _Simulator:
         }
 
     async def chat(self, request: web.Request) -> web.Response:
-        return await self._model_call(request, chat_completion)
+        broken = functools.partial(chat_completion, break_schema=True)
+        return await self._model_call(request, chat_completion, broken)
 
     async def embed(self, request: web.Request) -> web.Response:
         return await self._model_call(request, embeddings)
 
-    async def _model_call(self, request: web.Request, answer: Answer) -> web.Response:
+    async def _model_call(
+        self, request: web.Request, answer: Answer, broken: Answer | None = None
+    ) -> web.Response:
+        """Answer with `broken` instead of `answer` when the invalid-answer draw hits."""
         raw = await request.read()
         body = _parse_json(raw)
         model = body.get("model") if isinstance(body, dict) else None
-        response, usage = await self._answer(request, raw, body, answer)
-        self._record(request, model if isinstance(model, str) else None, response.status, usage)
+        response, usage, invalid = await self._answer(request, raw, body, answer, broken)
+        model = model if isinstance(model, str) else None
+        self._record(request, model, response.status, usage, invalid=invalid)
         return response
 
     async def _answer(
-        self, request: web.Request, raw: bytes, body: Any, answer: Answer
-    ) -> tuple[web.Response, Mapping[str, Any] | None]:
+        self, request: web.Request, raw: bytes, body: Any, answer: Answer, broken: Answer | None
+    ) -> tuple[web.Response, Mapping[str, Any] | None, bool]:
+        """(response, usage, whether a schema-breaking answer was served)."""
         if not self._authorised(request):
-            return _unauthorised(), None
+            return _unauthorised(), None, False
         # Draw before sleeping so the fault sequence follows arrival order.
         fault = self.faults.next_fault()
+        # Drawn even when a fault follows, so the sequence depends on arrival order only.
+        invalid = broken is not None and _asks_for_schema(body) and self.faults.next_invalid()
         delay_s = self.faults.latency_s()
         if delay_s:
             await asyncio.sleep(delay_s)
         if fault is Fault.RATE_LIMIT:
-            return self._rate_limited(), None
+            return self._rate_limited(), None, False
         if fault is Fault.SERVER_ERROR:
             message = "The server had an error while processing your request (simulated)."
-            return _error(500, message, "server_error"), None
+            return _error(500, message, "server_error"), None, False
         if fault is Fault.SLOW:
             await asyncio.sleep(self.config.slow_ms / 1000)
         if not isinstance(body, dict):
             message = "We could not parse the JSON body of your request: expected a JSON object."
-            return _error(400, message, "invalid_request_error"), None
+            return _error(400, message, "invalid_request_error"), None, False
+        if invalid and broken is not None:
+            answer = broken
         try:
             if len(raw) < OFFLOAD_BYTES:
                 result = answer(body)
             else:
                 result = await asyncio.to_thread(answer, body)
         except BadRequest as exc:
-            return _error(400, exc.message, "invalid_request_error", param=exc.param), None
-        return web.json_response(result, headers=self._ratelimit_headers()), result["usage"]
+            error = _error(400, exc.message, "invalid_request_error", param=exc.param)
+            return error, None, False
+        response = web.json_response(result, headers=self._ratelimit_headers())
+        return response, result["usage"], invalid
 
     def _rate_limited(self) -> web.Response:
         retry_s = self.config.retry_after_s
@@ -223,6 +242,12 @@ class _Simulator:
             "by_path": dict(self.by_path),
         }
         return web.json_response(body)
+
+
+def _asks_for_schema(body: Any) -> bool:
+    """Whether a chat body asks for a `json_schema` answer, the only kind `rate_invalid` hits."""
+    response_format = body.get("response_format") if isinstance(body, dict) else None
+    return isinstance(response_format, dict) and response_format.get("type") == "json_schema"
 
 
 def _unauthorised() -> web.Response:

@@ -1,7 +1,8 @@
-"""One event in, one output or one dead letter out. Knows nothing of Kafka.
+"""One event in, one output, one dead letter or one parked event out. Knows nothing of Kafka.
 
-Stages: decode/validate the contract -> route by kind -> prepare images (thread pool)
--> look up org data -> render prompts -> run every model call concurrently -> merge.
+Stages: decode/validate the contract -> route by kind -> check the tenant's budget
+-> prepare images (thread pool) -> look up org data -> render prompts -> run every model
+call concurrently (answers paid for before are reused) -> merge.
 Every failure becomes a dead letter naming its stage; nothing escapes as an exception.
 """
 
@@ -14,7 +15,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from jinja2 import TemplateError
 from pydantic import ValidationError
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 from schemas.dead_letter import DeadLetter, Stage
 from schemas.events import AnyEvent, ImageRef, event_images, parse_event
 from schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+from schemas.parked import Parked
 from services.images.fetch import decode_inline, load_image_bytes
 from services.images.prepare import ImageError, ImageLimits, PreparedImage, prepare_image
 from services.orgdata.store import OrgDataStore, OrgRecord
@@ -37,6 +39,32 @@ class SourceMeta:
     topic: str
     partition: int
     offset: int
+
+
+class PaidCalls(Protocol):
+    """Answers already paid for, by call id (durable across crashes and rebalances)."""
+
+    def get(self, call_id: str) -> ModelCallResult | None: ...
+
+    def put(self, result: ModelCallResult) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OverBudget:
+    period: str
+    spent_usd: float
+    budget_usd: float
+
+
+class Budgets(Protocol):
+    """Per-tenant spend against budgets, for the whole group."""
+
+    def over_budget(self, tenant: str) -> OverBudget | None: ...
+
+    def charge(self, tenant: str, cost_usd: float) -> None: ...
+
+
+Result = Output | DeadLetter | Parked
 
 
 class StageFailure(Exception):
@@ -83,22 +111,30 @@ class Pipeline:
         image_limits: ImageLimits,
         executor: Executor,
         worker_id: str,
+        paid: PaidCalls | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.topology = topology
+        self._paid = paid
+        self._budgets = budgets
         self._models = models
         self._orgdata = orgdata
         self._limits = image_limits
         self._executor = executor
         self._worker_id = worker_id
 
-    async def handle(self, raw: bytes, source: SourceMeta) -> Output | DeadLetter:
+    async def handle(self, raw: bytes, source: SourceMeta) -> Result:
         received = _now()
         started = time.perf_counter()
         event_id: str | None = None
         try:
             event = self._decode(raw)
             event_id = event.id
-            return await self._answer(event, source, received, started)
+            tenant = event.tenant or event.key
+            verdict = self._budgets.over_budget(tenant) if self._budgets else None
+            if verdict is not None:
+                return self._park(event, tenant, verdict, raw, source)
+            return await self._answer(event, tenant, source, received, started)
         except StageFailure as failure:
             return DeadLetter(
                 event_id=event_id or _event_id_of(raw),
@@ -113,6 +149,29 @@ class Pipeline:
                 original_b64=base64.b64encode(raw).decode("ascii"),
                 failed_at=_now(),
             )
+
+    def _park(
+        self, event: AnyEvent, tenant: str, verdict: OverBudget, raw: bytes, source: SourceMeta
+    ) -> Parked:
+        return Parked(
+            event_id=event.id,
+            tenant=tenant,
+            topology=self.topology.name,
+            topology_version=self.topology.version,
+            reason="budget",
+            message=(
+                f"tenant {tenant!r} spent {verdict.spent_usd:.6f} USD of its "
+                f"{verdict.budget_usd:.6f} USD budget for {verdict.period}"
+            ),
+            period=verdict.period,
+            spent_usd=verdict.spent_usd,
+            budget_usd=verdict.budget_usd,
+            source_topic=source.topic,
+            source_partition=source.partition,
+            source_offset=source.offset,
+            original_b64=base64.b64encode(raw).decode("ascii"),
+            parked_at=_now(),
+        )
 
     def _decode(self, raw: bytes) -> AnyEvent:
         try:
@@ -130,7 +189,12 @@ class Pipeline:
         return event
 
     async def _answer(
-        self, event: AnyEvent, source: SourceMeta, received: datetime, started: float
+        self,
+        event: AnyEvent,
+        tenant: str,
+        source: SourceMeta,
+        received: datetime,
+        started: float,
     ) -> Output:
         images = await self._prepare_images(event_images(event))
         record, org_ref = self._enrich(event)
@@ -140,7 +204,7 @@ class Pipeline:
             "record": org_ref.model_dump() if org_ref else {},
         }
         image_urls = [image.data_url() for image in images]
-        results = await self._run_calls(event.id, context, image_urls)
+        results = await self._run_calls(event.id, tenant, context, image_urls)
         return Output(
             event_id=event.id,
             event_key=event.key,
@@ -166,6 +230,7 @@ class Pipeline:
                 model_calls=len(results),
                 tokens_in=sum(r.tokens_in for r in results),
                 tokens_out=sum(r.tokens_out for r in results),
+                cost_usd=sum(r.cost_usd for r in results),
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
             ),
             worker=self._worker_id,
@@ -204,15 +269,16 @@ class Pipeline:
         return record, OrgRecordRef(table=spec.table, key=key, version=version)
 
     async def _run_calls(
-        self, event_id: str, context: dict[str, Any], image_urls: list[str]
+        self, event_id: str, tenant: str, context: dict[str, Any], image_urls: list[str]
     ) -> list[ModelCallResult]:
         prompts = [self._render(call, context) for call in self.topology.calls]
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(
-                        self._models.run(
+                        self._call_once(
                             call,
+                            tenant,
                             call_id=call_id(event_id, self.topology, call),
                             system=system,
                             user=user,
@@ -227,6 +293,28 @@ class Pipeline:
             kind = f"{first.kind}{'_retries_exhausted' if first.transient else ''}"
             raise StageFailure("model", kind, str(first)) from first
         return [task.result() for task in tasks]
+
+    async def _call_once(
+        self,
+        call: ModelCall,
+        tenant: str,
+        *,
+        call_id: str,
+        system: str | None,
+        user: str,
+        image_urls: list[str],
+    ) -> ModelCallResult:
+        """Reuse an answer paid for before; otherwise call, then record it before moving on."""
+        if self._paid is not None and (paid := self._paid.get(call_id)) is not None:
+            return paid.model_copy(update={"reused": True, "attempts": 0, "latency_ms": 0.0})
+        result = await self._models.run(
+            call, call_id=call_id, system=system, user=user, image_urls=image_urls
+        )
+        if self._paid is not None:
+            self._paid.put(result)
+        if self._budgets is not None:
+            self._budgets.charge(tenant, result.cost_usd)
+        return result
 
     def _render(self, call: ModelCall, context: dict[str, Any]) -> tuple[str | None, str]:
         try:

@@ -39,6 +39,8 @@ async def test_chat_and_headers() -> None:
                 "path": "/v1/chat/completions",
                 "model": "sim-chat",
                 "status": 200,
+                "ok": True,
+                "invalid": False,
                 "call_id": "call-1",
                 "prompt_tokens": body["usage"]["prompt_tokens"],
                 "completion_tokens": body["usage"]["completion_tokens"],

@@ -38,6 +38,7 @@ def test_public_surface() -> None:
             "ModelCallResult",
             "OrgRecordRef",
             "Output",
+            "Parked",
             "Stage",
             "TextEvent",
             "TextImageEvent",

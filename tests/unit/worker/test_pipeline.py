@@ -27,6 +27,7 @@ from services.orgdata.loader import load_samples
 from services.orgdata.store import OrgDataStore
 from services.worker.model_client import ModelClient, call_id
 from services.worker.pipeline import Pipeline, SourceMeta
+from services.worker.retry import RetryPolicy
 from topologies import Topology, load_topology
 
 SOURCE = SourceMeta("in", 0, 42)
@@ -67,7 +68,7 @@ async def make_pipeline(
         await server.start_server()
         servers.append(server)
         openai = AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=api_key, max_retries=0)
-        client = ModelClient(openai)
+        client = ModelClient({"default": openai}, policy=RetryPolicy(max_attempts=1))
         clients.append(client)
         if isinstance(topology, str):
             topology = load_topology(project_root / "topologies" / f"{topology}.yaml")
