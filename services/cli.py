@@ -129,6 +129,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from services.broker.topics import ensure_topics
     from services.worker.app import build_app
+    from services.worker.metrics import Metrics
     from topologies.loader import load_topology
 
     settings = _settings(app_id=args.app_id, concurrency=args.concurrency)
@@ -142,7 +143,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         settings.topic_partitions,
         settings.topic_replication_factor,
     )
-    app = build_app(settings, topologies, partitions)
+    metrics = Metrics()
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+    app = build_app(settings, topologies, partitions, metrics)
     names = ", ".join(f"{t.name} v{t.version}" for t in topologies)
     logging.getLogger("llmflow").warning(
         "worker %s: %s on %s, model endpoint %s, %d events in flight per topology",

@@ -23,12 +23,14 @@ from PIL import Image, ImageDraw
 from schemas.dead_letter import DeadLetter
 from schemas.events import AnyEvent
 from schemas.outputs import Output
+from schemas.parked import Parked
 from services.broker.local import LocalKafka, free_port
 from services.broker.topics import ensure_topics
 from services.launch import Child, start_modelsim, start_worker
 from services.orgdata.loader import load_samples
 from services.orgdata.store import OrgDataStore
 from services.sdk import EventProducer, ResultConsumer, image_event, text_event
+from services.sdk.consumer import Result
 from services.sdk.events import text_image_event
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +137,9 @@ def _publish(
     return events, bad
 
 
-def _show(result: Output | DeadLetter) -> str:
+def _show(result: Result) -> str:
+    if isinstance(result, Parked):
+        return f"  PARK  {result.topology:<15} {result.event_id:<38} {result.message}"
     if isinstance(result, DeadLetter):
         return (
             f"  DEAD  {result.topology:<15} {result.event_id or '(no id)':<38} "
@@ -218,12 +222,15 @@ def run_demo(events: int = 24, bad: int = 4) -> int:
         results = [s[t] for s in specs for t in ("output_topic", "dead_letter_topic")]
         outputs: list[Output] = []
         dead: list[DeadLetter] = []
+        parked: list[Parked] = []
         with ResultConsumer(bootstrap, results) as consumer:
             for result in consumer.results(idle_timeout_s=60, limit=good + bad_sent):
                 if isinstance(result, Output):
                     outputs.append(result)
-                else:
+                elif isinstance(result, DeadLetter):
                     dead.append(result)
+                else:
+                    parked.append(result)
                 print(_show(result), flush=True)
                 print(f"  ... {len(outputs) + len(dead)}/{good + bad_sent}", flush=True)
         elapsed = time.monotonic() - started
@@ -237,9 +244,11 @@ def run_demo(events: int = 24, bad: int = 4) -> int:
         f"  events published   {good + bad_sent} ({good} good, {bad_sent} bad)\n"
         f"  outputs            {len(outputs)}\n"
         f"  dead letters       {len(dead)}\n"
+        f"  parked             {len(parked)}\n"
         f"  model calls        {calls}\n"
         f"  tokens             {sum(o.totals.tokens_in for o in outputs)} in, "
-        f"{sum(o.totals.tokens_out for o in outputs)} out\n"
+        f"{sum(o.totals.tokens_out for o in outputs)} out, "
+        f"{sum(o.totals.cost_usd for o in outputs):.6f} USD at list prices\n"
         f"  latency per event  p50 {_percentile(latencies, 50):.0f} ms, "
         f"p95 {_percentile(latencies, 95):.0f} ms\n"
         f"  wall time          {elapsed:.1f} s"

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     quotas: dict[str, QuotaLimits] = Field(default_factory=dict)
     """Group-wide limits per model (or `endpoint/model`), as JSON, e.g.
     `{"gpt-4o-mini": {"rpm": 500, "tpm": 200000, "max_concurrent": 100}}`."""
+    quota_max_workers: int = Field(default=4, ge=1)
+    """The most workers that will share the quotas: each leaves one request per minute of
+    headroom, so the group stays under `rpm` in every sliding minute."""
     prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
     """USD per million tokens per model, as JSON; replaces the defaults when set."""
     budgets: dict[str, Budget] = Field(default_factory=dict)

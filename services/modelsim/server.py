@@ -100,10 +100,13 @@ class _Simulator:
         usage: Mapping[str, Any] | None,
         *,
         invalid: bool = False,
+        received: float | None = None,
     ) -> None:
+        now = time.time()
         self.log.append(
             {
-                "t": time.time(),
+                "t": now,
+                "received": received or now,
                 "path": request.path,
                 "model": model,
                 "status": status,
@@ -141,12 +144,13 @@ class _Simulator:
         self, request: web.Request, answer: Answer, broken: Answer | None = None
     ) -> web.Response:
         """Answer with `broken` instead of `answer` when the invalid-answer draw hits."""
+        received = time.time()  # what a provider's requests-per-minute limit counts
         raw = await request.read()
         body = _parse_json(raw)
         model = body.get("model") if isinstance(body, dict) else None
         response, usage, invalid = await self._answer(request, raw, body, answer, broken)
         model = model if isinstance(model, str) else None
-        self._record(request, model, response.status, usage, invalid=invalid)
+        self._record(request, model, response.status, usage, invalid=invalid, received=received)
         return response
 
     async def _answer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -13,14 +14,28 @@ from kafka import KafkaConsumer
 
 from schemas.dead_letter import DeadLetter
 from schemas.outputs import Output
+from schemas.parked import Parked
+
+Result = Output | DeadLetter | Parked
+# Results remembered for de-duplication; redeliveries arrive within minutes, not millions.
+_REMEMBERED = 1_000_000
 
 
-def parse_result(value: bytes) -> Output | DeadLetter:
-    """An output, or a dead letter (recognised by its `stage` field)."""
+def parse_result(value: bytes) -> Result:
+    """An output, a dead letter (has `stage`) or a parked event (has `reason`)."""
     data = json.loads(value)
     if isinstance(data, dict) and "stage" in data:
         return DeadLetter.model_validate(data)
+    if isinstance(data, dict) and "reason" in data and "parked_at" in data:
+        return Parked.model_validate(data)
     return Output.model_validate(data)
+
+
+def identity(result: Result) -> str:
+    """The event a result answers: its id, or where it was read for unreadable events."""
+    if result.event_id is not None:
+        return f"id:{result.event_id}"
+    return f"at:{result.source_topic}:{result.source_partition}:{result.source_offset}"
 
 
 class ResultConsumer:
@@ -44,6 +59,9 @@ class ResultConsumer:
         self._consumer = KafkaConsumer(
             *topics, bootstrap_servers=bootstrap_servers, **(defaults | config)
         )
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
+        """Results dropped by `results(distinct=True)` because their event was seen before."""
 
     def records(self, idle_timeout_s: float = 10.0, limit: int | None = None) -> Iterator[Any]:
         """Raw kafka-python records (topic, partition, offset, key, value, headers)."""
@@ -64,10 +82,28 @@ class ResultConsumer:
                         return
 
     def results(
-        self, idle_timeout_s: float = 10.0, limit: int | None = None
-    ) -> Iterator[Output | DeadLetter]:
-        for record in self.records(idle_timeout_s, limit):
-            yield parse_result(record.value)
+        self, idle_timeout_s: float = 10.0, limit: int | None = None, *, distinct: bool = True
+    ) -> Iterator[Result]:
+        """Parsed results; with `distinct`, each event once (see `duplicates`).
+
+        Workers skip records they answered already, but a worker killed between publishing
+        a result and recording it leaves a second copy in the topic; this drops it.
+        """
+        yielded = 0
+        for record in self.records(idle_timeout_s):
+            result = parse_result(record.value)
+            if distinct:
+                key = identity(result)
+                if key in self._seen:
+                    self.duplicates += 1
+                    continue
+                self._seen[key] = None
+                if len(self._seen) > _REMEMBERED:
+                    self._seen.popitem(last=False)
+            yield result
+            yielded += 1
+            if limit is not None and yielded >= limit:
+                return
 
     def close(self) -> None:
         self._consumer.close()

@@ -114,7 +114,7 @@ class ModelClient:
         return cls(
             clients,
             policy=policy,
-            quotas=QuotaRegistry(settings.quotas),
+            quotas=QuotaRegistry(settings.quotas, max_workers=settings.quota_max_workers),
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_cooldown_s),
             prices=settings.prices,
             metrics=metrics,

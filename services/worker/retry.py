@@ -26,7 +26,7 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    max_attempts: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=16, ge=1)
     """Attempts per model call and endpoint, the first included."""
     base_delay_s: float = Field(default=0.25, gt=0)
     """Backoff before the second attempt; doubles with each further attempt."""

@@ -21,6 +21,7 @@ from schemas.outputs import Output
 from services.launch import Child
 from services.orgdata.store import OrgDataStore
 from services.sdk import EventProducer, ResultConsumer, image_event, text_event
+from services.sdk.consumer import Result
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +117,7 @@ def test_mixed_events_all_answered_once(
                 producer.send(products["input_topic"], event)
                 expected[event_id] = {"topology": "product_images", "colour": shade, "key": product}
 
-    results: list[Output | DeadLetter] = []
+    results: list[Result] = []
     topics = [triage["output_topic"], triage["dead_letter_topic"]]
     topics += [products["output_topic"], products["dead_letter_topic"]]
     with ResultConsumer(kafka_bootstrap, topics) as consumer:

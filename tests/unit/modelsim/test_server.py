@@ -33,9 +33,11 @@ async def test_chat_and_headers() -> None:
         assert body["choices"][0]["message"]["content"].startswith("[sim sim-chat] re: hello")
 
         log = await (await client.get("/sim/requests")).json()
+        assert log[0]["received"] <= log[0]["t"]
         assert log == [
             {
                 "t": log[0]["t"],
+                "received": log[0]["received"],
                 "path": "/v1/chat/completions",
                 "model": "sim-chat",
                 "status": 200,
