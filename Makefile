@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka demo test lint typecheck unit integration fmt schemas clean
+.PHONY: help install kafka demo test lint typecheck unit integration fmt schemas bench-http clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ fmt: $(STAMP) ## format and fix what ruff can
 
 schemas: $(STAMP) ## regenerate the JSON Schema files in schemas/json
 	$(BIN)/llmflow schemas export
+
+bench-http: $(STAMP) ## httpx vs aiohttp transport at 50 and 200 calls in flight
+	$(BIN)/python -m services.bench.http_transport
 
 clean: ## remove the virtualenv, local state and fetched jars
 	rm -rf $(VENV) .llmflow deploy/kafka/lib
