@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 from typing import Any, Literal
 
@@ -51,6 +52,20 @@ class Target(_Spec):
         return f"{self.endpoint}/{self.model}"
 
 
+def _pydantic_schema(path: str) -> dict[str, Any]:
+    """The JSON schema of the pydantic model at `module:Class`."""
+    from services.worker.structured import schema_for_pydantic
+
+    module_name, _, class_name = path.partition(":")
+    try:
+        model = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import output_model {path!r}: {exc}") from exc
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValueError(f"output_model {path!r} is not a pydantic model")
+    return schema_for_pydantic(model)
+
+
 class ModelCall(_Spec):
     """One model call; all calls of a topology run concurrently for each event."""
 
@@ -68,7 +83,19 @@ class ModelCall(_Spec):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     output_schema: dict[str, Any] | None = None
+    output_model: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
+    """Instead of `output_schema`: `package.module:Class` of a pydantic model whose JSON
+    schema the answer must follow."""
     """JSON Schema of the answer; the call then asks for structured output and parses it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_from_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("output_model"):
+            return data
+        if data.get("output_schema") is not None:
+            raise ValueError("give output_schema or output_model, not both")
+        return {**data, "output_schema": _pydantic_schema(str(data["output_model"]))}
 
     @property
     def targets(self) -> list[Target]:

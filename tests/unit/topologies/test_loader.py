@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import pytest
+from pydantic import BaseModel
 
 from topologies import TopologyError, load_topology
 
@@ -80,4 +82,31 @@ def test_yaml_syntax_error_has_location(tmp_path: Path) -> None:
 def test_vision_needs_images(tmp_path: Path) -> None:
     path = _write(tmp_path, VALID.replace("    model: m", "    kind: vision\n    model: m"))
     with pytest.raises(TopologyError, match="vision call needs images"):
+        load_topology(path)
+
+
+class Triage(BaseModel):
+    """Used by the output_model test below."""
+
+    category: Literal["billing", "bug"]
+    urgent: bool
+
+
+def test_output_model_gives_the_schema(tmp_path: Path) -> None:
+    where = "tests.unit.topologies.test_loader:Triage"
+    path = _write(
+        tmp_path, VALID.replace("    model: m\n", f"    model: m\n    output_model: {where}\n")
+    )
+    schema = load_topology(path).calls[0].output_schema
+    assert schema is not None
+    assert schema["properties"]["category"]["enum"] == ["billing", "bug"]
+    assert schema["required"] == ["category", "urgent"]
+
+
+def test_output_model_must_import(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        VALID.replace("    model: m\n", "    model: m\n    output_model: nowhere.at:All\n"),
+    )
+    with pytest.raises(TopologyError, match=r"cannot import output_model 'nowhere\.at:All'"):
         load_topology(path)
