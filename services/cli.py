@@ -259,7 +259,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     from schemas.export import write_schemas
 
-    for path in write_schemas(Path(args.out) if args.out else None or Path("schemas/json")):
+    for path in write_schemas(Path(args.out)) if args.out else write_schemas():
         print(path)
     return 0
 

@@ -17,7 +17,7 @@ from typing import Any
 from services.errors import LlmflowError
 from services.modelsim.images import describe_image
 from services.modelsim.schema import broken_answer, schema_instance
-from services.modelsim.tokens import count_prompt_tokens, count_text_tokens
+from services.tokens import count_prompt_tokens, count_text_tokens
 
 JsonDict = dict[str, Any]
 

@@ -18,8 +18,8 @@ from openai import AsyncOpenAI, DefaultAioHttpClient
 
 from schemas.outputs import ModelCallResult
 from services.errors import LlmflowError
-from services.modelsim.tokens import count_prompt_tokens, count_text_tokens
 from services.settings import Settings
+from services.tokens import count_prompt_tokens, count_text_tokens
 from services.worker.accounting import Price, call_cost
 from services.worker.breaker import CircuitBreaker
 from services.worker.metrics import Metrics

@@ -91,6 +91,16 @@ def _event_id_of(raw: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _provenance(raw: bytes, source: SourceMeta) -> dict[str, Any]:
+    """Where an unanswered event came from, and its bytes, so it can be replayed."""
+    return {
+        "source_topic": source.topic,
+        "source_partition": source.partition,
+        "source_offset": source.offset,
+        "original_b64": base64.b64encode(raw).decode("ascii"),
+    }
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
@@ -143,11 +153,8 @@ class Pipeline:
                 stage=failure.stage,
                 error_kind=failure.kind,
                 message=failure.message,
-                source_topic=source.topic,
-                source_partition=source.partition,
-                source_offset=source.offset,
-                original_b64=base64.b64encode(raw).decode("ascii"),
                 failed_at=_now(),
+                **_provenance(raw, source),
             )
 
     def _park(
@@ -166,11 +173,8 @@ class Pipeline:
             period=verdict.period,
             spent_usd=verdict.spent_usd,
             budget_usd=verdict.budget_usd,
-            source_topic=source.topic,
-            source_partition=source.partition,
-            source_offset=source.offset,
-            original_b64=base64.b64encode(raw).decode("ascii"),
             parked_at=_now(),
+            **_provenance(raw, source),
         )
 
     def _decode(self, raw: bytes) -> AnyEvent:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from services.modelsim.answers import BadRequest, chat_completion, embeddings
-from services.modelsim.tokens import count_prompt_tokens, count_text_tokens
+from services.tokens import count_prompt_tokens, count_text_tokens
 
 
 def _body(text: Any, model: str = "sim-chat") -> dict[str, Any]:

@@ -14,7 +14,7 @@ from services.modelsim.config import SimulatorConfig
 from services.modelsim.faults import Fault, FaultInjector
 from services.modelsim.schema import BROKEN_JSON, NOT_IN_ENUM, broken_answer, schema_instance
 from services.modelsim.server import make_app
-from services.modelsim.tokens import count_text_tokens
+from services.tokens import count_text_tokens
 from services.worker.structured import SchemaViolation, parse_answer
 
 TICKET: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Real OpenAI token counts (o200k_base) for the SIMULATOR's `usage` fields.
+"""Real OpenAI token counts (o200k_base): the simulator's `usage`, the worker's quota estimates.
 
 Prompt counts follow OpenAI's published chat formula: 3 tokens per message, the tokens of
 each string field (plus 1 for a `name`), and 3 tokens priming the reply. A text part counts
