@@ -51,6 +51,7 @@ def test_rate_limits_and_server_errors_are_retried_until_every_event_is_answered
     topology_copy: Callable[[str], Path],
     worker_env: Callable[[Child], dict[str, str]],
     workers: WorkerFactory,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = topology_copy("support_triage")
     spec = yaml.safe_load(path.read_text())
@@ -90,6 +91,11 @@ def test_rate_limits_and_server_errors_are_retried_until_every_event_is_answered
     assert total(metrics, "llmflow_cost_usd_total") == pytest.approx(cost)
     assert total(metrics, "llmflow_model_call_seconds_count") == 1500
     assert total(metrics, "llmflow_in_flight_events") == 0
+    with capsys.disabled():
+        print(
+            f"\n[fault test] 500 events, 1500 calls: {statuses[429]} answered 429, "
+            f"{statuses[500]} answered 500, all retried; 500 outputs, 0 dead letters"
+        )
 
 
 def test_requests_per_minute_hold_across_two_workers(
@@ -98,6 +104,7 @@ def test_requests_per_minute_hold_across_two_workers(
     topology_copy: Callable[[str], Path],
     worker_env: Callable[[Child], dict[str, str]],
     workers: WorkerFactory,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     rpm = 240
     path = topology_copy("support_triage")
@@ -125,6 +132,9 @@ def test_requests_per_minute_hold_across_two_workers(
     )
     assert busiest <= rpm
     assert busiest >= 0.8 * rpm, f"quota far from used: {busiest} in the busiest minute"
+    with capsys.disabled():
+        span = arrivals[-1] - arrivals[0]
+        print(f"\n[rpm test] limit {rpm}/min, busiest sliding minute {busiest}, {span:.0f} s run")
 
 
 def test_tenant_over_budget_is_parked_and_others_are_not(
