@@ -40,14 +40,21 @@ from typing import Any, Literal, TypeVar
 import orjson
 from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from schemas.events import AnyEvent, ImageEvent, TextEvent, parse_event
 from schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
 from services.bench.report import Ratio, machine, make_ratio, markdown_table, write_report
 from services.broker.local import LocalKafka
 from services.broker.topics import ensure_topics
-from services.images.prepare import ImageLimits, decode_only, prepare_image
+from services.images.prepare import (
+    ImageLimits,
+    decode_and_shrink,
+    decode_only,
+    encode,
+    prepare_image,
+    shrink_target,
+)
 from services.sdk import image_event, text_event
 from services.sdk.producer import EventProducer
 
@@ -116,29 +123,24 @@ def synthetic_photo(width: int, height: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    """The size prepare_image shrinks to: longer side at max_side, aspect kept, no upscaling."""
-    width, height = size
-    scale = min(1.0, max_side / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 def draft_decoding(raw: bytes, limits: ImageLimits) -> dict[str, Any]:
     """Whether prepare_image lets libjpeg decode at reduced scale, and to what size.
 
-    prepare_image asks for a draft when the longer side is at least 2 x max_side; libjpeg
-    then decodes at the smallest of 1/2, 1/4, 1/8 scale that still covers the target size.
+    prepare_image shrinks by a whole factor when that lands within 10% of max_side
+    (`shrink_target`); for a JPEG, libjpeg then decodes at 1/2, 1/4 or 1/8 scale.
     """
     with Image.open(BytesIO(raw)) as img:
         original = img.size
-        applies = max(original) >= 2 * limits.max_side
+        target, factor = shrink_target(original, limits.max_side)
+        applies = factor != 1
         if applies:
-            img.draft("RGB", fit(original, limits.max_side))
+            img.draft("RGB", target)
         decoded = img.size
     share = decoded[0] * decoded[1] / (original[0] * original[1])
     return {
         "applies": applies,
-        "threshold_long_side": 2 * limits.max_side,
+        "target_size": list(target),
+        "whole_factor": factor,
         "decoded_size": list(decoded),
         "scale": f"1/{round(original[0] / decoded[0])}",
         "decoded_pixel_share": share,
@@ -146,32 +148,18 @@ def draft_decoding(raw: bytes, limits: ImageLimits) -> dict[str, Any]:
 
 
 def image_stages_ms(raw: bytes, limits: ImageLimits, reps: int = 3) -> dict[str, float]:
-    """Median ms of each step prepare_image takes, with the same Pillow calls, one at a time.
-
-    For locating the cost only: it mirrors prepare_image for an RGB JPEG without ICC profile
-    (draft, decode, orient, LANCZOS thumbnail, re-encode) plus the base64 of data_url.
-    """
-    samples: dict[str, list[float]] = {"decode": [], "resize": [], "encode": [], "base64": []}
+    """Median ms of prepare_image's own steps: decode and shrink, re-encode, base64."""
+    samples: dict[str, list[float]] = {"decode_shrink": [], "encode": [], "base64": []}
     for _ in range(reps):
         t0 = time.perf_counter()
-        img = Image.open(BytesIO(raw))
-        if max(img.size) >= 2 * limits.max_side:
-            img.draft("RGB", fit(img.size, limits.max_side))
-        ImageOps.exif_transpose(img, in_place=True)
+        with Image.open(BytesIO(raw)) as img:
+            out, _ = decode_and_shrink(img, limits)
         t1 = time.perf_counter()
-        img.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
+        data, _ = encode(out, limits)
         t2 = time.perf_counter()
-        buf = BytesIO()
-        img.save(buf, "JPEG", quality=limits.jpeg_quality, optimize=False)
+        base64.b64encode(data).decode("ascii")
         t3 = time.perf_counter()
-        base64.b64encode(buf.getvalue()).decode("ascii")
-        t4 = time.perf_counter()
-        for name, start, end in (
-            ("decode", t0, t1),
-            ("resize", t1, t2),
-            ("encode", t2, t3),
-            ("base64", t3, t4),
-        ):
+        for name, start, end in (("decode_shrink", t0, t1), ("encode", t1, t2), ("base64", t2, t3)):
             samples[name].append((end - start) * 1000)
     return {name: round(statistics.median(values), 2) for name, values in samples.items()}
 
@@ -198,25 +186,24 @@ def image_explanation(
     """Say which reading of the full / decode-only ratio applies to this size, and why."""
     verdict = "meets" if ratio >= IMAGE_TARGET else "misses"
     steps = (
-        f"Steps: decode {stages['decode']:.1f} ms, LANCZOS resize {stages['resize']:.1f} ms, "
-        f"re-encode {stages['encode']:.1f} ms, base64 {stages['base64']:.2f} ms; "
-        f"decode_only takes {decode_ms:.1f} ms."
+        f"Steps: decode and shrink {stages['decode_shrink']:.1f} ms, re-encode "
+        f"{stages['encode']:.1f} ms, base64 {stages['base64']:.2f} ms; decode_only takes "
+        f"{decode_ms:.1f} ms."
     )
     if draft["applies"]:
         return (
-            f"{label}: draft decoding applies. The long side is >= {draft['threshold_long_side']}"
-            f" px, so prepare_image lets libjpeg decode at {draft['scale']} scale "
+            f"{label}: draft decoding applies. A whole factor of {draft['whole_factor']} lands "
+            f"near max_side, so libjpeg decodes at {draft['scale']} scale "
             f"({draft['decoded_size'][0]}x{draft['decoded_size'][1]}, "
-            f"{draft['decoded_pixel_share']:.0%} of the pixels decode_only decodes), and the "
-            "full path may beat decode-only (ratio > 1.0 possible). Measured "
+            f"{draft['decoded_pixel_share']:.0%} of the pixels decode_only decodes) and the "
+            "full path can beat decode-only (ratio > 1.0). Measured "
             f"{ratio:.2f}, which {verdict} the >= {IMAGE_TARGET} target. {steps}"
         )
     return (
-        f"{label}: no draft decoding. The long side is below {draft['threshold_long_side']} px,"
-        " so prepare_image decodes every pixel like decode_only and adds the LANCZOS resize,"
-        " the JPEG re-encode and base64 on top: the ratio is below 1.0 by construction and "
-        f"the >= {IMAGE_TARGET} target is the test. Measured {ratio:.2f}, which {verdict} it. "
-        f"{steps}"
+        f"{label}: no draft decoding (no whole factor lands near max_side), so prepare_image "
+        "decodes every pixel like decode_only and adds a LANCZOS resize, the re-encode and "
+        f"base64: the ratio is below 1.0 by construction. Measured {ratio:.2f}, which "
+        f"{verdict} the >= {IMAGE_TARGET} target. {steps}"
     )
 
 

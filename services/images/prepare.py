@@ -96,8 +96,8 @@ def prepare_image(raw: bytes, limits: ImageLimits) -> PreparedImage:
         width, height = img.size
         _check_pixels(width, height, limits)
         try:
-            out, swapped = _decode_and_shrink(img, limits)
-            data, mime = _encode(out, limits)
+            out, swapped = decode_and_shrink(img, limits)
+            data, mime = encode(out, limits)
         except Exception as exc:  # Pillow raises many unrelated types on bad input
             raise _unreadable(exc) from exc
     if swapped:
@@ -206,18 +206,44 @@ def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _decode_and_shrink(img: Image.Image, limits: ImageLimits) -> tuple[Image.Image, bool]:
+# An integer shrink factor is taken when it lands within this share of `max_side`.
+NEAR_ENOUGH = 0.9
+
+
+def shrink_target(size: tuple[int, int], max_side: int) -> tuple[tuple[int, int], int]:
+    """(output size, integer factor or 0). Shrinking by a whole factor k costs a fraction
+    of a LANCZOS resize (JPEG DCT scaling or box averaging), so it is used whenever the
+    result stays within 10% of `max_side`: a 2000 px photo becomes 1000 px, not 1024 px."""
+    w, h = size
+    longest = max(w, h)
+    if longest <= max_side:
+        return size, 1
+    k = -(-longest // max_side)  # ceil
+    if longest / k >= NEAR_ENOUGH * max_side:
+        return (-(-w // k), -(-h // k)), k  # Image.reduce rounds up
+    return _fit(size, max_side), 0
+
+
+def decode_and_shrink(img: Image.Image, limits: ImageLimits) -> tuple[Image.Image, bool]:
     """Decode the first frame, apply EXIF orientation and shrink; True if it was rotated."""
-    if max(img.size) >= 2 * limits.max_side:
-        # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale, still >= the target size.
-        img.draft("RGB", _fit(img.size, limits.max_side))
+    target, factor = shrink_target(img.size, limits.max_side)
+    if factor != 1:
+        # JPEG only: libjpeg decodes at 1/2, 1/4 or 1/8 scale, still >= the target size.
+        img.draft("RGB", target)
     icc = img.info.get("icc_profile")
     decoded_size = img.size
     ImageOps.exif_transpose(img, in_place=True)  # loads the first frame only
     swapped = img.size != decoded_size
+    if swapped:
+        target = (target[1], target[0])
 
     out = _normalise_mode(img, keep_cmyk=bool(icc))
-    out.thumbnail((limits.max_side, limits.max_side), Image.Resampling.LANCZOS)
+    if out.size != target:
+        remaining = out.width // target[0] if factor else 0
+        if remaining > 1 and -(-out.width // remaining) == target[0]:
+            out = out.reduce(remaining)  # box average: what is left of the whole factor
+        else:
+            out = out.resize(target, Image.Resampling.LANCZOS)
     if isinstance(icc, bytes) and icc:
         out = _to_srgb(out, icc)
     if out.mode == "CMYK":
@@ -259,7 +285,7 @@ def _fully_opaque(img: Image.Image) -> bool:
     return extrema[0] == 255
 
 
-def _encode(img: Image.Image, limits: ImageLimits) -> tuple[bytes, str]:
+def encode(img: Image.Image, limits: ImageLimits) -> tuple[bytes, str]:
     img.info = {}  # strip EXIF, ICC, XMP and comments: savers copy some from info
     buf = BytesIO()
     if img.mode == "RGBA":

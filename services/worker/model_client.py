@@ -246,7 +246,8 @@ class ModelClient:
                 call.name, "unknown_endpoint", f"no endpoint {target.endpoint!r}", transient=False
             )
         quota = self._quotas.get(target.key) or self._quotas.get(target.model)
-        estimate = _estimate_tokens(call, request)
+        # Counting tokens costs CPU on every call; only a quota needs the estimate.
+        estimate = _estimate_tokens(call, request) if quota is not None else 0
         deadline = time.monotonic() + self._policy.deadline_s
         attempt = 0
         while True:

@@ -13,6 +13,7 @@ from PIL import Image, ImageCms
 
 from services.errors import ConfigError
 from services.images import ImageError, ImageLimits, decode_only, prepare_image
+from services.images.prepare import shrink_target
 
 LIMITS = ImageLimits()
 
@@ -52,12 +53,33 @@ def expect_error(raw: bytes, kind: str, limits: ImageLimits = LIMITS) -> ImageEr
 
 
 def test_large_jpeg_is_downscaled_to_max_side() -> None:
-    out = prepare_image(gradient_jpeg(3000, 2000), LIMITS)
-    assert (out.width, out.height) == (1024, 683)
-    assert (out.original_width, out.original_height) == (3000, 2000)
+    out = prepare_image(gradient_jpeg(1600, 1200), LIMITS)
+    assert (out.width, out.height) == (1024, 768)
+    assert (out.original_width, out.original_height) == (1600, 1200)
     assert out.original_format == "JPEG"
     assert out.mime == "image/jpeg"
-    assert reopen(out.data).size == (1024, 683)
+    assert reopen(out.data).size == (1024, 768)
+
+
+def test_whole_factor_used_when_it_lands_near_max_side() -> None:
+    # 3000 / 3 = 1000 px is within 10% of 1024: cheap integer shrinking, not LANCZOS.
+    out = prepare_image(gradient_jpeg(3000, 2000), LIMITS)
+    assert (out.width, out.height) == (1000, 667)
+    assert reopen(out.data).size == (1000, 667)
+    assert prepare_image(gradient_jpeg(4000, 3000), LIMITS).width == 1000  # DCT scaling 1/4
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((800, 600), ((800, 600), 1)),
+        ((2000, 1500), ((1000, 750), 2)),
+        ((2100, 1000), ((1024, 488), 0)),  # 2100 / 3 = 700 px would be too small
+        ((1000, 4096), ((250, 1024), 4)),
+    ],
+)
+def test_target_sizes(size: tuple[int, int], expected: tuple[tuple[int, int], int]) -> None:
+    assert shrink_target(size, 1024) == expected
 
 
 def test_small_image_is_not_upscaled() -> None:
@@ -82,7 +104,7 @@ def test_png_with_alpha_stays_png() -> None:
     img.paste((0, 0, 0, 0), (0, 0, 1000, 1000))
     out = prepare_image(encode(img, "PNG"), LIMITS)
     assert out.mime == "image/png"
-    assert (out.width, out.height) == (1024, 512)
+    assert (out.width, out.height) == (1000, 500)
     decoded = reopen(out.data)
     assert decoded.mode == "RGBA"
     assert decoded.getpixel((0, 0)) == (0, 0, 0, 0)
