@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka demo test lint typecheck unit integration fmt schemas bench-http clean
+.PHONY: help install kafka demo test lint typecheck unit integration fmt schemas bench bench-quick bench-http clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,14 @@ fmt: $(STAMP) ## format and fix what ruff can
 
 schemas: $(STAMP) ## regenerate the JSON Schema files in schemas/json
 	$(BIN)/llmflow schemas export
+
+bench: install kafka ## every benchmark scenario: report in results/<time>, table and chart in docs/bench
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,bench]"
+	$(BIN)/python -m services.bench.run --publish docs/bench
+
+bench-quick: install kafka ## the same scenarios, short runs (a smoke check, not for figures)
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,bench]"
+	$(BIN)/python -m services.bench.run --quick --out results/quick
 
 bench-http: $(STAMP) ## httpx vs aiohttp transport at 50 and 200 calls in flight
 	$(BIN)/python -m services.bench.http_transport
