@@ -50,11 +50,9 @@ schemas: $(STAMP) ## regenerate the JSON Schema files in schemas/json
 	$(BIN)/llmflow schemas export
 
 bench: install kafka ## every benchmark scenario: report in results/<time>, table and chart in docs/bench
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,bench]"
 	$(BIN)/python -m services.bench.run --publish docs/bench
 
 bench-quick: install kafka ## the same scenarios, short runs (a smoke check, not for figures)
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,bench]"
 	$(BIN)/python -m services.bench.run --quick --out results/quick
 
 bench-http: $(STAMP) ## httpx vs aiohttp transport at 50 and 200 calls in flight
