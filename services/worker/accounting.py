@@ -89,9 +89,11 @@ class SpendView:
         return self._totals.get((tenant, period), 0.0)
 
 
-async def follow_changelog(bootstrap_servers: str, topic: str, view: SpendView) -> None:
+async def follow_changelog(
+    bootstrap_servers: str, topic: str, partitions: int, view: SpendView
+) -> None:
     """Apply every record of the spend changelog to `view`, forever (cancel to stop)."""
-    from aiokafka import AIOKafkaConsumer
+    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
@@ -101,12 +103,10 @@ async def follow_changelog(bootstrap_servers: str, topic: str, view: SpendView) 
     )
     await consumer.start()
     try:
-        while not (partitions := consumer.partitions_for_topic(topic) or set()):
-            await consumer.force_metadata_update()  # created by faust at start-up
+        # faust creates the changelog topic at start-up; topics() refreshes the metadata.
+        while topic not in await consumer.topics():
             await asyncio.sleep(0.5)
-        from aiokafka import TopicPartition
-
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
         await consumer.seek_to_beginning()
         while True:
             batches = await consumer.getmany(timeout_ms=500)

@@ -105,10 +105,12 @@ def build_app(
     )
     resources = Resources(settings, metrics or Metrics())
     inputs = {t.input_topic: partitions[t.input_topic] for t in topologies}
-    spend_changelogs = [
-        _add_agent(app, settings, resources, topology, partitions[topology.input_topic])
+    spend_changelogs = {
+        _add_agent(app, settings, resources, topology, partitions[topology.input_topic]): (
+            partitions[topology.input_topic]
+        )
         for topology in topologies
-    ]
+    }
     _divide_quotas_on_rebalance(app, resources, inputs)
     if settings.budgets:
         _follow_spend(app, settings, resources, spend_changelogs)
@@ -146,13 +148,13 @@ def _divide_quotas_on_rebalance(
 
 
 def _follow_spend(
-    app: faust.App, settings: Settings, resources: Resources, changelogs: list[str]
+    app: faust.App, settings: Settings, resources: Resources, changelogs: dict[str, int]
 ) -> None:
     async def follow() -> None:
         await asyncio.gather(
             *(
-                follow_changelog(settings.kafka_bootstrap_servers, topic, resources.spend)
-                for topic in changelogs
+                follow_changelog(settings.kafka_bootstrap_servers, topic, count, resources.spend)
+                for topic, count in changelogs.items()
             )
         )
 

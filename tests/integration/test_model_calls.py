@@ -148,7 +148,7 @@ def test_tenant_over_budget_is_parked_and_others_are_not(
     spec = yaml.safe_load(path.read_text())
     topics = [spec["output_topic"], spec["dead_letter_topic"], f"{spec['input_topic']}.parked"]
     sim = modelsim()
-    budget = 0.0003  # about four events' worth at gpt-4o-mini list prices
+    budget = 0.0006  # about eight events' worth at gpt-4o-mini list prices
     env = {**worker_env(sim), "LLMFLOW_BUDGETS": json.dumps({"thrifty": {"usd": budget}})}
     first, second = workers([path], env), workers([path], env)
 
@@ -167,6 +167,13 @@ def test_tenant_over_budget_is_parked_and_others_are_not(
         r.totals.cost_usd for r in early if isinstance(r, Output) and r.tenant == "thrifty"
     )
     assert thrifty_cost >= budget, "the first batch must use the budget up"
+    local = {str(w.pid): 0.0 for w in (first, second)}
+    for r in early:
+        if isinstance(r, Output) and r.tenant == "thrifty":
+            local[r.worker.rsplit(":", 1)[1]] += r.totals.cost_usd
+    # One worker's own spend stays under the budget: it can only park the second batch
+    # by counting the other worker's spend, which reaches it through the changelog.
+    assert min(local.values()) < budget, local
     assert sorted(r.event_id or "" for r in late) == sorted(late_ids)
     parked = [r for r in late if isinstance(r, Parked)]
     assert sorted(p.event_id for p in parked) == sorted(i for i in late_ids if i.startswith("t2"))
