@@ -104,7 +104,7 @@ async def follow_changelog(
     await consumer.start()
     try:
         # faust creates the changelog topic at start-up; topics() refreshes the metadata.
-        while topic not in await consumer.topics():
+        while topic not in await consumer.topics():  # noqa: ASYNC110  (polls the broker)
             await asyncio.sleep(0.5)
         consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
         await consumer.seek_to_beginning()
