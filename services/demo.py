@@ -26,7 +26,7 @@ from schemas.outputs import Output
 from schemas.parked import Parked
 from services.broker.local import LocalKafka, free_port
 from services.broker.topics import ensure_topics
-from services.launch import Child, start_modelsim, start_worker
+from services.launch import Child, start_modelsim, start_worker, worker_env
 from services.orgdata.loader import load_samples
 from services.orgdata.store import OrgDataStore
 from services.sdk import EventProducer, ResultConsumer, image_event, text_event
@@ -201,15 +201,15 @@ def run_demo(events: int = 24, bad: int = 4) -> int:
         specs = [yaml.safe_load(p.read_text()) for p in paths]
         topics = [s[t] for s in specs for t in ("input_topic", "output_topic", "dead_letter_topic")]
         ensure_topics(bootstrap, topics, partitions=4)
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "OPENAI_BASE_URL": base_url,
-            "OPENAI_API_KEY": api_key,
-            "LLMFLOW_APP_ID": f"llmflow-demo-{suffix}",
-            "LLMFLOW_DATA_DIR": str(run_dir / "worker"),
-            "LLMFLOW_ORGDATA_PATH": str(orgdata),
-            "LLMFLOW_IMAGE_ROOT": str((run_dir / "images").resolve()),
-        }
+        env = worker_env(
+            bootstrap,
+            base_url,
+            f"llmflow-demo-{suffix}",
+            api_key,
+            data_dir=run_dir / "worker",
+            orgdata_path=orgdata,
+            image_root=(run_dir / "images").resolve(),
+        )
         worker = start_worker("worker", paths, run_dir / "logs", env)
         stack.callback(worker.stop)
         print(f"Worker: pid {worker.pid} running {', '.join(s['name'] for s in specs)}")

@@ -93,6 +93,20 @@ def start_modelsim(port: int, log_dir: Path, flags: Sequence[str] = ()) -> Child
     return child
 
 
+def worker_env(
+    bootstrap: str, base_url: str, app_id: str, api_key: str = "simulator", **settings: object
+) -> dict[str, str]:
+    """The environment of a worker: where Kafka and the model are, its consumer group, and
+    any further setting by field name (`concurrency=50` -> LLMFLOW_CONCURRENCY=50)."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": api_key,
+        "LLMFLOW_APP_ID": app_id,
+    }
+    return env | {f"LLMFLOW_{name.upper()}": str(value) for name, value in settings.items()}
+
+
 def start_worker(
     name: str,
     topologies: Sequence[Path | str],

@@ -42,8 +42,10 @@ from typing import Any
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from services import launch
 from services.broker.local import free_port
 from services.broker.topics import ensure_topics
+from services.demo import TICKETS
 from services.errors import LlmflowError
 from services.launch import Child, start_modelsim, start_worker
 from services.orgdata.loader import load_samples
@@ -56,16 +58,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The sample org data holds customers C-1001 .. C-1024: every event finds its record.
 CUSTOMERS = 24
-TICKETS = (
-    "I was charged twice for my subscription this month, please refund one payment.",
-    "The export button crashes the app every time I try to download my report.",
-    "How do I add a second administrator to our account?",
-    "Could you add dark mode? My team works late and the screen is too bright.",
-    "I cannot log in since yesterday; the password reset mail never arrives.",
-    "Your latest update deleted all my saved filters. This is unacceptable.",
-    "Thanks for the quick fix last week, everything works great now!",
-    "Our invoice shows the wrong VAT number, we need a corrected copy.",
-)
 
 
 class BenchError(LlmflowError):
@@ -509,16 +501,15 @@ def worker_env(
     data_dir: Path,
     metrics_port: int,
 ) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "OPENAI_BASE_URL": sim.extra["base_url"],
-        "OPENAI_API_KEY": "bench",
-        "LLMFLOW_APP_ID": app_id,
-        "LLMFLOW_DATA_DIR": str(data_dir),
-        "LLMFLOW_ORGDATA_PATH": str(orgdata),
-        "LLMFLOW_CONCURRENCY": str(concurrency),
-        "LLMFLOW_METRICS_PORT": str(metrics_port),
-    }
+    return launch.worker_env(
+        bootstrap,
+        sim.extra["base_url"],
+        app_id,
+        data_dir=data_dir,
+        orgdata_path=orgdata,
+        concurrency=concurrency,
+        metrics_port=metrics_port,
+    )
 
 
 def start_workers(

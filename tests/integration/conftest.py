@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services import launch
 from services.broker.local import LocalKafka, free_port
 from services.launch import Child, start_modelsim, start_worker
 from services.orgdata.loader import load_samples
@@ -100,15 +101,14 @@ def worker_env(
     app_id = f"llmflow-test-{uuid.uuid4().hex[:8]}"
 
     def env(sim: Child) -> dict[str, str]:
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "OPENAI_BASE_URL": sim.extra["base_url"],
-            "OPENAI_API_KEY": "test",
-            "LLMFLOW_APP_ID": app_id,
-            "LLMFLOW_ORGDATA_PATH": str(orgdata_file),
-            "LLMFLOW_IMAGE_ROOT": str(run_dir / "images"),
-            "LLMFLOW_CONCURRENCY": "50",
-        }
+        return launch.worker_env(
+            kafka_bootstrap,
+            sim.extra["base_url"],
+            app_id,
+            orgdata_path=orgdata_file,
+            image_root=run_dir / "images",
+            concurrency=50,
+        )
 
     return env
 
