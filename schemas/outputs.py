@@ -80,6 +80,17 @@ class Totals(_Contract):
     latency_ms: float
     """Time from the worker receiving the event to the output being ready."""
 
+    @classmethod
+    def of(cls, calls: list[ModelCallResult], latency_ms: float) -> Totals:
+        """The sums over `calls`."""
+        return cls(
+            model_calls=len(calls),
+            tokens_in=sum(c.tokens_in for c in calls),
+            tokens_out=sum(c.tokens_out for c in calls),
+            cost_usd=sum(c.cost_usd for c in calls),
+            latency_ms=latency_ms,
+        )
+
 
 class Output(_Contract):
     """The merged result of one event."""

@@ -230,13 +230,7 @@ class Pipeline:
                 for image in images
             ],
             calls=results,
-            totals=Totals(
-                model_calls=len(results),
-                tokens_in=sum(r.tokens_in for r in results),
-                tokens_out=sum(r.tokens_out for r in results),
-                cost_usd=sum(r.cost_usd for r in results),
-                latency_ms=round((time.perf_counter() - started) * 1000, 3),
-            ),
+            totals=Totals.of(results, round((time.perf_counter() - started) * 1000, 3)),
             worker=self._worker_id,
             received_at=received,
             produced_at=_now(),

@@ -38,6 +38,12 @@ def _produce(
     return ids
 
 
+def _figures(capsys: pytest.CaptureFixture[str], text: str) -> None:
+    """Print a run's figures past pytest's capture, for the CI log."""
+    with capsys.disabled():
+        print(text)
+
+
 def _collect(bootstrap: str, topics: list[str], count: int, timeout_s: float = 60) -> list[Result]:
     with ResultConsumer(bootstrap, topics) as consumer:
         results = list(consumer.results(idle_timeout_s=timeout_s, limit=count))
@@ -91,11 +97,11 @@ def test_rate_limits_and_server_errors_are_retried_until_every_event_is_answered
     assert total(metrics, "llmflow_cost_usd_total") == pytest.approx(cost)
     assert total(metrics, "llmflow_model_call_seconds_count") == 1500
     assert total(metrics, "llmflow_in_flight_events") == 0
-    with capsys.disabled():
-        print(
-            f"\n[fault test] 500 events, 1500 calls: {statuses[429]} answered 429, "
-            f"{statuses[500]} answered 500, all retried; 500 outputs, 0 dead letters"
-        )
+    _figures(
+        capsys,
+        f"\n[fault test] 500 events, 1500 calls: {statuses[429]} answered 429, "
+        f"{statuses[500]} answered 500, all retried; 500 outputs, 0 dead letters",
+    )
 
 
 def test_requests_per_minute_hold_across_two_workers(
@@ -132,9 +138,10 @@ def test_requests_per_minute_hold_across_two_workers(
     )
     assert busiest <= rpm
     assert busiest >= 0.8 * rpm, f"quota far from used: {busiest} in the busiest minute"
-    with capsys.disabled():
-        span = arrivals[-1] - arrivals[0]
-        print(f"\n[rpm test] limit {rpm}/min, busiest sliding minute {busiest}, {span:.0f} s run")
+    span = arrivals[-1] - arrivals[0]
+    _figures(
+        capsys, f"\n[rpm test] limit {rpm}/min, busiest sliding minute {busiest}, {span:.0f} s run"
+    )
 
 
 def test_tenant_over_budget_is_parked_and_others_are_not(
@@ -226,11 +233,11 @@ def test_killed_worker_loses_nothing_and_pays_no_answer_twice(
     assert settled_before_kill == {}
     reused = total(scrape(port), "llmflow_model_calls_total", status="reused")
     assert reused > 0, "the restarted worker should have reused stored answers"
-    with capsys.disabled():
-        print(
-            f"\n[kill test] events {len(sent)}, raw duplicate results {duplicates}, "
-            f"calls paid twice {len(repaid)} (in flight at the kill), answers reused {reused:.0f}"
-        )
+    _figures(
+        capsys,
+        f"\n[kill test] events {len(sent)}, raw duplicate results {duplicates}, "
+        f"calls paid twice {len(repaid)} (in flight at the kill), answers reused {reused:.0f}",
+    )
 
 
 def test_answers_that_break_their_schema_are_repaired_or_dead_lettered(
