@@ -135,7 +135,12 @@ class LocalKafka:
         config = self._write_config(free_port())
         fmt = subprocess.run(
             self._run_java(
-                "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)
+                # "--cluster-id=ID": a random id may start with "-", which a bare argument cannot.
+                "kafka.tools.StorageTool",
+                "format",
+                f"--cluster-id={_cluster_id()}",
+                "-c",
+                str(config),
             ),
             capture_output=True,
             text=True,
