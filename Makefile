@@ -50,13 +50,13 @@ schemas: $(STAMP) ## regenerate the JSON Schema files in schemas/json
 	$(BIN)/llmflow schemas export
 
 bench: install kafka ## every benchmark scenario: report in results/<time>, table and chart in docs/bench
-	$(BIN)/python -m services.bench.run --publish docs/bench
+	$(BIN)/python -m llmflow.services.bench.run --publish docs/bench
 
 bench-quick: install kafka ## the same scenarios, short runs (a smoke check, not for figures)
-	$(BIN)/python -m services.bench.run --quick --out results/quick
+	$(BIN)/python -m llmflow.services.bench.run --quick --out results/quick
 
 bench-http: $(STAMP) ## httpx vs aiohttp transport at 50 and 200 calls in flight
-	$(BIN)/python -m services.bench.http_transport
+	$(BIN)/python -m llmflow.services.bench.http_transport
 
 clean: ## remove the virtualenv, local state and fetched jars
 	rm -rf $(VENV) .llmflow deploy/kafka/lib

@@ -4,8 +4,8 @@ Every contract is a pydantic v2 model; JSON Schema copies for producers in other
 languages live in `schemas/json/` (regenerate with `llmflow schemas export`).
 """
 
-from schemas.dead_letter import DeadLetter, Stage
-from schemas.events import (
+from llmflow.schemas.dead_letter import DeadLetter, Stage
+from llmflow.schemas.events import (
     Event,
     ImageEvent,
     ImageRef,
@@ -13,8 +13,8 @@ from schemas.events import (
     TextImageEvent,
     parse_event,
 )
-from schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
-from schemas.parked import Parked
+from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+from llmflow.schemas.parked import Parked
 
 __all__ = [
     "DeadLetter",

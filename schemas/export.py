@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.dead_letter import DeadLetter
-from schemas.events import EVENT_ADAPTER
-from schemas.outputs import Output
-from schemas.parked import Parked
+from llmflow.schemas.dead_letter import DeadLetter
+from llmflow.schemas.events import EVENT_ADAPTER
+from llmflow.schemas.outputs import Output
+from llmflow.schemas.parked import Parked
 
 JSON_DIR = Path(__file__).parent / "json"
 

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.errors import LlmflowError
+from llmflow.errors import LlmflowError
 
 
 def _settings(**overrides: Any) -> Any:
-    from services.settings import Settings
+    from llmflow.services.settings import Settings
 
     # Settings are frozen: command-line values are folded in at construction.
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -26,7 +26,7 @@ def _settings(**overrides: Any) -> Any:
 
 
 def cmd_kafka_fetch(args: argparse.Namespace) -> int:
-    from services.broker.local import LIB_DIR, fetch_kafka
+    from llmflow.services.broker.local import LIB_DIR, fetch_kafka
 
     fetch_kafka()
     print(f"Kafka jars in {LIB_DIR}")
@@ -34,7 +34,7 @@ def cmd_kafka_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_kafka_start(args: argparse.Namespace) -> int:
-    from services.broker.local import LocalKafka
+    from llmflow.services.broker.local import LocalKafka
 
     broker = LocalKafka(Path(args.data_dir), port=args.port).start()
     print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
@@ -76,10 +76,10 @@ _SIMULATOR_FLAGS: dict[str, type] = {
 
 
 def cmd_modelsim(args: argparse.Namespace) -> int:
-    from services.modelsim.config import SimulatorConfig
-    from services.modelsim.server import run
+    from llmflow.services.modelsim.config import SimulatorConfig
+    from llmflow.services.modelsim.server import run
 
-    logging.getLogger("services.modelsim").setLevel(logging.INFO)  # the "listening on" line
+    logging.getLogger("llmflow.services.modelsim").setLevel(logging.INFO)  # the "listening on" line
     given = {name: getattr(args, name) for name in _SIMULATOR_FLAGS}
     config = SimulatorConfig(**{k: v for k, v in given.items() if v is not None})
     run(config, args.host, args.port)
@@ -87,7 +87,7 @@ def cmd_modelsim(args: argparse.Namespace) -> int:
 
 
 def _add_simulator_flags(parser: argparse.ArgumentParser) -> None:
-    from services.modelsim.config import SimulatorConfig
+    from llmflow.services.modelsim.config import SimulatorConfig
 
     for name, kind in _SIMULATOR_FLAGS.items():
         field = SimulatorConfig.model_fields[name]
@@ -103,7 +103,7 @@ def _add_simulator_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_topology_validate(args: argparse.Namespace) -> int:
-    from topologies.loader import TopologyError, load_topology
+    from llmflow.topologies.loader import TopologyError, load_topology
 
     failed = 0
     for path in args.files:
@@ -125,10 +125,10 @@ def cmd_topology_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from services.broker.topics import ensure_topics
-    from services.worker.app import build_app
-    from services.worker.metrics import Metrics
-    from topologies.loader import load_topology
+    from llmflow.services.broker.topics import ensure_topics
+    from llmflow.services.worker.app import build_app
+    from llmflow.services.worker.metrics import Metrics
+    from llmflow.topologies.loader import load_topology
 
     settings = _settings(app_id=args.app_id, concurrency=args.concurrency)
     topologies = [load_topology(path) for path in args.topology]
@@ -177,8 +177,8 @@ def _quiet_worker_class() -> type:
 
 
 def cmd_orgdata_load(args: argparse.Namespace) -> int:
-    from services.orgdata.loader import load_file, load_samples
-    from services.orgdata.store import OrgDataStore
+    from llmflow.services.orgdata.loader import load_file, load_samples
+    from llmflow.services.orgdata.store import OrgDataStore
 
     settings = _settings()
     path = Path(args.db) if args.db else settings.orgdata_file
@@ -202,7 +202,7 @@ def cmd_orgdata_load(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from services.sdk import EventProducer, image_event, text_event, text_image_event
+    from llmflow.services.sdk import EventProducer, image_event, text_event, text_image_event
 
     # Build and check every event first: a bad one must not leave half a batch sent.
     batch: list[tuple[bytes, Any]]
@@ -236,7 +236,7 @@ def _read_event_file(path: Path, keep_invalid: bool) -> list[tuple[bytes, Any]]:
     """(raw line, event or None when invalid and kept) for every non-blank line."""
     from pydantic import ValidationError
 
-    from schemas.events import parse_event
+    from llmflow.schemas.events import parse_event
 
     batch: list[tuple[bytes, Any]] = []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
@@ -252,7 +252,7 @@ def _read_event_file(path: Path, keep_invalid: bool) -> list[tuple[bytes, Any]]:
 
 
 def cmd_consume(args: argparse.Namespace) -> int:
-    from services.sdk import ResultConsumer
+    from llmflow.services.sdk import ResultConsumer
 
     settings = _settings()
     with ResultConsumer(
@@ -270,7 +270,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas_export(args: argparse.Namespace) -> int:
-    from schemas.export import write_schemas
+    from llmflow.schemas.export import write_schemas
 
     for path in write_schemas(Path(args.out)) if args.out else write_schemas():
         print(path)
@@ -278,7 +278,7 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from services.demo import run_demo
+    from llmflow.services.demo import run_demo
 
     return run_demo(events=args.events, bad=args.bad)
 

@@ -20,18 +20,18 @@ from pathlib import Path
 import yaml
 from PIL import Image, ImageDraw
 
-from schemas.dead_letter import DeadLetter
-from schemas.events import AnyEvent
-from schemas.outputs import Output
-from schemas.parked import Parked
-from services.broker.local import LocalKafka, free_port
-from services.broker.topics import ensure_topics
-from services.launch import Child, start_modelsim, start_worker, worker_env
-from services.orgdata.loader import load_samples
-from services.orgdata.store import OrgDataStore
-from services.sdk import EventProducer, ResultConsumer, image_event, text_event
-from services.sdk.consumer import Result
-from services.sdk.events import text_image_event
+from llmflow.schemas.dead_letter import DeadLetter
+from llmflow.schemas.events import AnyEvent
+from llmflow.schemas.outputs import Output
+from llmflow.schemas.parked import Parked
+from llmflow.services.broker.local import LocalKafka, free_port
+from llmflow.services.broker.topics import ensure_topics
+from llmflow.services.launch import Child, start_modelsim, start_worker, worker_env
+from llmflow.services.orgdata.loader import load_samples
+from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.sdk import EventProducer, ResultConsumer, image_event, text_event
+from llmflow.services.sdk.consumer import Result
+from llmflow.services.sdk.events import text_image_event
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = Path(".llmflow/demo")

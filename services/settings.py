@@ -9,9 +9,9 @@ from pathlib import Path
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.worker.accounting import Budget, Price
-from services.worker.quotas import QuotaLimits
-from services.worker.retry import RetryPolicy
+from llmflow.services.worker.accounting import Budget, Price
+from llmflow.services.worker.quotas import QuotaLimits
+from llmflow.services.worker.retry import RetryPolicy
 
 
 class Endpoint(BaseModel):

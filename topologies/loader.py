@@ -8,8 +8,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from services.errors import ConfigError
-from topologies.spec import Topology
+from llmflow.errors import ConfigError
+from llmflow.topologies.spec import Topology
 
 PACKAGED = Path(__file__).parent
 

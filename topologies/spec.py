@@ -9,7 +9,7 @@ from typing import Any, Literal
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from topologies.prompts import compile_template
+from llmflow.topologies.prompts import compile_template
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
@@ -54,7 +54,7 @@ class Target(_Spec):
 
 def _pydantic_schema(path: str) -> dict[str, Any]:
     """The JSON schema of the pydantic model at `module:Class`."""
-    from services.worker.structured import schema_for_pydantic
+    from llmflow.services.worker.structured import schema_for_pydantic
 
     module_name, _, class_name = path.partition(":")
     try:

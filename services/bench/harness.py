@@ -42,15 +42,15 @@ from typing import Any
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from services import launch
-from services.broker.local import free_port
-from services.broker.topics import ensure_topics
-from services.demo import TICKETS
-from services.errors import LlmflowError
-from services.launch import Child, start_modelsim, start_worker
-from services.orgdata.loader import load_samples
-from services.orgdata.store import OrgDataStore
-from services.sdk import text_event
+from llmflow.errors import LlmflowError
+from llmflow.services import launch
+from llmflow.services.broker.local import free_port
+from llmflow.services.broker.topics import ensure_topics
+from llmflow.services.demo import TICKETS
+from llmflow.services.launch import Child, start_modelsim, start_worker
+from llmflow.services.orgdata.loader import load_samples
+from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.sdk import text_event
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +578,7 @@ def start_passthrough(
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{label}.log"
-    args = [sys.executable, "-m", "services.bench.harness", "passthrough"]
+    args = [sys.executable, "-m", "llmflow.services.bench.harness", "passthrough"]
     args += ["--bootstrap", bootstrap, "--source", source, "--sink", sink]
     args += ["--group", f"bench-{label}-{uuid.uuid4().hex[:6]}", "--partitions", str(partitions)]
     with log_path.open("ab") as out:

@@ -34,8 +34,8 @@ import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 from openai.types.chat import ChatCompletionMessageParam
 
-from services.broker.local import free_port
-from services.launch import start_modelsim
+from llmflow.services.broker.local import free_port
+from llmflow.services.launch import start_modelsim
 
 Transport = Literal["httpx", "aiohttp"]
 # ABBA within a round: a drift that grows steadily over the round costs both transports the same.

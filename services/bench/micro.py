@@ -42,12 +42,12 @@ from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from schemas.events import AnyEvent, ImageEvent, TextEvent, parse_event
-from schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
-from services.bench.report import Ratio, machine, make_ratio, markdown_table, write_report
-from services.broker.local import LocalKafka
-from services.broker.topics import ensure_topics
-from services.images.prepare import (
+from llmflow.schemas.events import AnyEvent, ImageEvent, TextEvent, parse_event
+from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+from llmflow.services.bench.report import Ratio, machine, make_ratio, markdown_table, write_report
+from llmflow.services.broker.local import LocalKafka
+from llmflow.services.broker.topics import ensure_topics
+from llmflow.services.images.prepare import (
     ImageLimits,
     decode_and_shrink,
     decode_only,
@@ -55,8 +55,8 @@ from services.images.prepare import (
     prepare_image,
     shrink_target,
 )
-from services.sdk import image_event, text_event
-from services.sdk.producer import EventProducer
+from llmflow.services.sdk import image_event, text_event
+from llmflow.services.sdk.producer import EventProducer
 
 T = TypeVar("T")
 SCENARIOS = ("image_path", "contract_cost", "producer_sdk")

@@ -48,7 +48,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from services.broker.local import KAFKA_DIR
+from llmflow.services.broker.local import KAFKA_DIR
 
 Better = Literal["higher", "lower"]
 

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from services.bench import micro, worker_scenarios
-from services.bench.report import machine, markdown_table, write_report
+from llmflow.services.bench import micro, worker_scenarios
+from llmflow.services.bench.report import machine, markdown_table, write_report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

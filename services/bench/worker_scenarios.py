@@ -43,7 +43,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from services.bench.harness import (
+from llmflow.services.bench.harness import (
     BenchError,
     CpuSampler,
     Encoded,
@@ -72,8 +72,8 @@ from services.bench.harness import (
     topology_copy,
     wait_settled,
 )
-from services.broker.local import LocalKafka
-from services.launch import Child
+from llmflow.services.broker.local import LocalKafka
+from llmflow.services.launch import Child
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from services.errors import LlmflowError
+from llmflow.errors import LlmflowError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Image intake for vision models: fetch from an allowed source, then shrink and re-encode."""
 
-from services.images.fetch import decode_inline, load_image_bytes
-from services.images.prepare import (
+from llmflow.services.images.fetch import decode_inline, load_image_bytes
+from llmflow.services.images.prepare import (
     ImageError,
     ImageErrorKind,
     ImageLimits,

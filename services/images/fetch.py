@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 from urllib.request import url2pathname
 
-from services.images.prepare import ImageError, ImageLimits, check_byte_size
+from llmflow.services.images.prepare import ImageError, ImageLimits, check_byte_size
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 from PIL import Image, ImageCms, ImageOps
 
-from services.errors import ConfigError, LlmflowError
+from llmflow.errors import ConfigError, LlmflowError
 
 ImageErrorKind = Literal[
     "unreadable",

@@ -4,7 +4,7 @@ Answers are deterministic functions of the request, so runs are reproducible wit
 real model; faults (429, 500, slow answers) and latency are injected on demand.
 """
 
-from services.modelsim.config import SimulatorConfig
-from services.modelsim.server import make_app
+from llmflow.services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.server import make_app
 
 __all__ = ["SimulatorConfig", "make_app"]

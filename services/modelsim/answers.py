@@ -14,10 +14,10 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.errors import LlmflowError
-from services.modelsim.images import describe_image
-from services.modelsim.schema import broken_answer, schema_instance
-from services.tokens import count_prompt_tokens, count_text_tokens
+from llmflow.errors import LlmflowError
+from llmflow.services.modelsim.images import describe_image
+from llmflow.services.modelsim.schema import broken_answer, schema_instance
+from llmflow.services.tokens import count_prompt_tokens, count_text_tokens
 
 JsonDict = dict[str, Any]
 

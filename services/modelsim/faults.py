@@ -3,7 +3,7 @@
 import enum
 import random
 
-from services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.config import SimulatorConfig
 
 
 class Fault(enum.Enum):

@@ -21,9 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
-from services.modelsim.answers import BadRequest, chat_completion, embeddings
-from services.modelsim.config import SimulatorConfig
-from services.modelsim.faults import Fault, FaultInjector
+from llmflow.services.modelsim.answers import BadRequest, chat_completion, embeddings
+from llmflow.services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.faults import Fault, FaultInjector
 
 logger = logging.getLogger(__name__)
 

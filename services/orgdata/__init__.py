@@ -1,7 +1,7 @@
 """Organisational reference data for enrichment, kept in SQLite (no server needed)."""
 
-from services.orgdata.loader import load_file, load_samples
-from services.orgdata.store import (
+from llmflow.services.orgdata.loader import load_file, load_samples
+from llmflow.services.orgdata.store import (
     OrgDataError,
     OrgDataStore,
     OrgRecord,

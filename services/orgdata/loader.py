@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from services.orgdata.store import OrgDataError, OrgDataStore
+from llmflow.services.orgdata.store import OrgDataError, OrgDataStore
 
 _SUFFIXES = (".csv", ".jsonl")
 
@@ -36,7 +36,7 @@ def load_file(store: OrgDataStore, table: str, path: Path | str, key_field: str 
 
 def load_samples(store: OrgDataStore) -> dict[str, int]:
     """Load each `samples/<table>.jsonl` shipped with this package; returns counts."""
-    samples = resources.files("services.orgdata") / "samples"
+    samples = resources.files("llmflow.services.orgdata") / "samples"
     counts: dict[str, int] = {}
     for entry in sorted(samples.iterdir(), key=lambda e: e.name):
         if entry.is_file() and entry.name.endswith(".jsonl"):

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from services.errors import LlmflowError
+from llmflow.errors import LlmflowError
 
 _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from schemas.dead_letter import DeadLetter
-from schemas.outputs import Output
-from schemas.parked import Parked
+from llmflow.schemas.dead_letter import DeadLetter
+from llmflow.schemas.outputs import Output
+from llmflow.schemas.parked import Parked
 
 Result = Output | DeadLetter | Parked
 # Results remembered for de-duplication; redeliveries arrive within minutes, not millions.

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from schemas.events import (
+from llmflow.schemas.events import (
     INLINE_IMAGE_MAX_CHARS,
     ImageEvent,
     ImageRef,

@@ -7,7 +7,7 @@ from typing import Any
 
 from kafka import KafkaProducer
 
-from schemas.events import AnyEvent
+from llmflow.schemas.events import AnyEvent
 
 
 class EventProducer:

@@ -27,18 +27,18 @@ from typing import Any
 
 import faust
 
-from schemas.dead_letter import DeadLetter
-from schemas.outputs import Output
-from services.images.prepare import ImageLimits
-from services.orgdata.store import OrgDataStore
-from services.settings import Settings
-from services.worker.accounting import SpendView, follow_changelog
-from services.worker.metrics import Metrics
-from services.worker.model_client import ModelClient
-from services.worker.pipeline import Pipeline, Result, SourceMeta
-from services.worker.quotas import share_of
-from services.worker.state import TableBudgets, TablePaidCalls
-from topologies.spec import Topology
+from llmflow.schemas.dead_letter import DeadLetter
+from llmflow.schemas.outputs import Output
+from llmflow.services.images.prepare import ImageLimits
+from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.settings import Settings
+from llmflow.services.worker.accounting import SpendView, follow_changelog
+from llmflow.services.worker.metrics import Metrics
+from llmflow.services.worker.model_client import ModelClient
+from llmflow.services.worker.pipeline import Pipeline, Result, SourceMeta
+from llmflow.services.worker.quotas import share_of
+from llmflow.services.worker.state import TableBudgets, TablePaidCalls
+from llmflow.topologies.spec import Topology
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,17 @@ from typing import Any, Literal
 import openai
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
-from schemas.outputs import ModelCallResult
-from services.errors import LlmflowError
-from services.settings import Settings
-from services.tokens import count_prompt_tokens, count_text_tokens
-from services.worker.accounting import Price, call_cost
-from services.worker.breaker import CircuitBreaker
-from services.worker.metrics import Metrics
-from services.worker.quotas import QuotaRegistry
-from services.worker.retry import RetryPolicy, decide
-from services.worker.structured import SchemaViolation, parse_answer, repair_messages
-from topologies.spec import ModelCall, Target, Topology
+from llmflow.errors import LlmflowError
+from llmflow.schemas.outputs import ModelCallResult
+from llmflow.services.settings import Settings
+from llmflow.services.tokens import count_prompt_tokens, count_text_tokens
+from llmflow.services.worker.accounting import Price, call_cost
+from llmflow.services.worker.breaker import CircuitBreaker
+from llmflow.services.worker.metrics import Metrics
+from llmflow.services.worker.quotas import QuotaRegistry
+from llmflow.services.worker.retry import RetryPolicy, decide
+from llmflow.services.worker.structured import SchemaViolation, parse_answer, repair_messages
+from llmflow.topologies.spec import ModelCall, Target, Topology
 
 # Completion budget assumed for the quota when a call sets no max_tokens.
 _DEFAULT_COMPLETION_ESTIMATE = 256

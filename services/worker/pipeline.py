@@ -20,16 +20,16 @@ from typing import Any, Protocol
 from jinja2 import TemplateError
 from pydantic import ValidationError
 
-from schemas.dead_letter import DeadLetter, Stage
-from schemas.events import AnyEvent, ImageRef, event_images, parse_event
-from schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
-from schemas.parked import Parked
-from services.images.fetch import decode_inline, load_image_bytes
-from services.images.prepare import ImageError, ImageLimits, PreparedImage, prepare_image
-from services.orgdata.store import OrgDataStore, OrgRecord
-from services.worker.model_client import ModelCallError, ModelClient, call_id
-from topologies.prompts import render
-from topologies.spec import ModelCall, Topology
+from llmflow.schemas.dead_letter import DeadLetter, Stage
+from llmflow.schemas.events import AnyEvent, ImageRef, event_images, parse_event
+from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+from llmflow.schemas.parked import Parked
+from llmflow.services.images.fetch import decode_inline, load_image_bytes
+from llmflow.services.images.prepare import ImageError, ImageLimits, PreparedImage, prepare_image
+from llmflow.services.orgdata.store import OrgDataStore, OrgRecord
+from llmflow.services.worker.model_client import ModelCallError, ModelClient, call_id
+from llmflow.topologies.prompts import render
+from llmflow.topologies.spec import ModelCall, Topology
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ from types import MappingProxyType, TracebackType
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.errors import ConfigError
+from llmflow.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

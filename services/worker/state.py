@@ -12,9 +12,9 @@ from typing import Any
 
 from faust.streams import current_event
 
-from schemas.outputs import ModelCallResult
-from services.worker.accounting import Budget, SpendView, period_key, spend_key
-from services.worker.pipeline import OverBudget
+from llmflow.schemas.outputs import ModelCallResult
+from llmflow.services.worker.accounting import Budget, SpendView, period_key, spend_key
+from llmflow.services.worker.pipeline import OverBudget
 
 
 class TablePaidCalls:

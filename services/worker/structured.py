@@ -16,7 +16,7 @@ import pydantic
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError, ValidationError
 
-from services.errors import ConfigError, LlmflowError
+from llmflow.errors import ConfigError, LlmflowError
 
 MAX_REPORTED_ERRORS = 3
 MAX_ERROR_CHARS = 160

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services import launch
-from services.broker.local import LocalKafka, free_port
-from services.launch import Child, start_modelsim, start_worker
-from services.orgdata.loader import load_samples
-from services.orgdata.store import OrgDataStore
+from llmflow.services import launch
+from llmflow.services.broker.local import LocalKafka, free_port
+from llmflow.services.launch import Child, start_modelsim, start_worker
+from llmflow.services.orgdata.loader import load_samples
+from llmflow.services.orgdata.store import OrgDataStore
 
 
 def _docker_answers() -> bool:

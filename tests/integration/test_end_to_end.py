@@ -16,12 +16,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from schemas.dead_letter import DeadLetter
-from schemas.outputs import Output
-from services.launch import Child
-from services.orgdata.store import OrgDataStore
-from services.sdk import EventProducer, ResultConsumer, image_event, text_event
-from services.sdk.consumer import Result
+from llmflow.schemas.dead_letter import DeadLetter
+from llmflow.schemas.outputs import Output
+from llmflow.services.launch import Child
+from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.sdk import EventProducer, ResultConsumer, image_event, text_event
+from llmflow.services.sdk.consumer import Result
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import local
+from llmflow.services.broker import local
 
 pytestmark = pytest.mark.integration
 

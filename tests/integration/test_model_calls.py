@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.dead_letter import DeadLetter
-from schemas.outputs import Output
-from schemas.parked import Parked
-from services.broker.local import free_port
-from services.launch import Child
-from services.sdk import EventProducer, ResultConsumer, text_event
-from services.sdk.consumer import Result
-from services.worker.structured import parse_answer
+from llmflow.schemas.dead_letter import DeadLetter
+from llmflow.schemas.outputs import Output
+from llmflow.schemas.parked import Parked
+from llmflow.services.broker.local import free_port
+from llmflow.services.launch import Child
+from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
+from llmflow.services.sdk.consumer import Result
+from llmflow.services.worker.structured import parse_answer
 from tests.integration.helpers import keep_calls, scrape, simulator_log, total
 
 pytestmark = pytest.mark.integration

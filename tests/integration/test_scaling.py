@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas.outputs import Output
-from services.launch import Child
-from services.sdk import EventProducer, ResultConsumer, text_event
+from llmflow.schemas.outputs import Output
+from llmflow.services.launch import Child
+from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
 
 pytestmark = pytest.mark.integration
 

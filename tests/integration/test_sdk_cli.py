@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from services.sdk import text_event
+from llmflow.services.sdk import text_event
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def _llmflow(*args: str, bootstrap: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "llmflow.services.cli", *args],
         capture_output=True,
         text=True,
         env=env,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.cli import build_parser, main
+from llmflow.services.cli import build_parser, main
 
 
 def test_compose_commands_are_valid_llmflow_commands(project_root: Path) -> None:

@@ -2,7 +2,7 @@
 
 import bpe_openai
 
-from services.tokens import count_prompt_tokens, count_text_tokens
+from llmflow.services.tokens import count_prompt_tokens, count_text_tokens
 
 
 def test_text_tokens_match_bpe() -> None:

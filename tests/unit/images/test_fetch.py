@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from services.images import ImageError, ImageLimits, decode_inline, fetch, load_image_bytes
-from services.images.fetch import refusal_reason
+from llmflow.services.images import ImageError, ImageLimits, decode_inline, fetch, load_image_bytes
+from llmflow.services.images.fetch import refusal_reason
 
 BODY = b"\xff\xd8\xff" + bytes(range(256)) * 40  # content is not decoded here
 LOCAL = ImageLimits(allow_private_hosts=True, fetch_timeout_s=5)

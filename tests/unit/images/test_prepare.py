@@ -11,9 +11,9 @@ from io import BytesIO
 import pytest
 from PIL import Image, ImageCms
 
-from services.errors import ConfigError
-from services.images import ImageError, ImageLimits, decode_only, prepare_image
-from services.images.prepare import shrink_target
+from llmflow.errors import ConfigError
+from llmflow.services.images import ImageError, ImageLimits, decode_only, prepare_image
+from llmflow.services.images.prepare import shrink_target
 
 LIMITS = ImageLimits()
 

@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 from pydantic import ValidationError
 
-from services.modelsim.config import SimulatorConfig
-from services.modelsim.faults import Fault, FaultInjector, fault_for
+from llmflow.services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.faults import Fault, FaultInjector, fault_for
 
 
 def test_shares_are_validated() -> None:

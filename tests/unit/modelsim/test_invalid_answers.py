@@ -9,13 +9,18 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
-from services.modelsim.answers import chat_completion
-from services.modelsim.config import SimulatorConfig
-from services.modelsim.faults import Fault, FaultInjector
-from services.modelsim.schema import BROKEN_JSON, NOT_IN_ENUM, broken_answer, schema_instance
-from services.modelsim.server import make_app
-from services.tokens import count_text_tokens
-from services.worker.structured import SchemaViolation, parse_answer
+from llmflow.services.modelsim.answers import chat_completion
+from llmflow.services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.faults import Fault, FaultInjector
+from llmflow.services.modelsim.schema import (
+    BROKEN_JSON,
+    NOT_IN_ENUM,
+    broken_answer,
+    schema_instance,
+)
+from llmflow.services.modelsim.server import make_app
+from llmflow.services.tokens import count_text_tokens
+from llmflow.services.worker.structured import SchemaViolation, parse_answer
 
 TICKET: dict[str, Any] = {
     "type": "object",

@@ -7,8 +7,8 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
-from services.modelsim.config import SimulatorConfig
-from services.modelsim.server import make_app
+from llmflow.services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.server import make_app
 
 
 @pytest.fixture

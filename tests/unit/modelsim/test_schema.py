@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from services.modelsim.answers import BadRequest, chat_completion
-from services.modelsim.schema import schema_instance
+from llmflow.services.modelsim.answers import BadRequest, chat_completion
+from llmflow.services.modelsim.schema import schema_instance
 
 _TYPES: dict[str, Any] = {
     "object": dict,

@@ -7,8 +7,8 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.modelsim.config import SimulatorConfig
-from services.modelsim.server import make_app
+from llmflow.services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.server import make_app
 
 CHAT = {"model": "sim-chat", "messages": [{"role": "user", "content": "hello world"}]}
 

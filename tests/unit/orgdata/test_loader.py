@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from services.orgdata import OrgDataError, OrgDataStore, load_file, load_samples
+from llmflow.services.orgdata import OrgDataError, OrgDataStore, load_file, load_samples
 
 
 @pytest.fixture

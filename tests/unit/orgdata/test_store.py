@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.orgdata import OrgDataError, OrgDataStore, record_version
+from llmflow.services.orgdata import OrgDataError, OrgDataStore, record_version
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-import schemas
-from schemas.events import INLINE_IMAGE_MAX_CHARS, ImageEvent, TextEvent, parse_event
-from schemas.export import JSON_DIR, render, schema_documents
+from llmflow import schemas
+from llmflow.schemas.events import INLINE_IMAGE_MAX_CHARS, ImageEvent, TextEvent, parse_event
+from llmflow.schemas.export import JSON_DIR, render, schema_documents
 
 EVENT = {
     "id": "e-1",

@@ -6,7 +6,7 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel
 
-from topologies import TopologyError, load_topology
+from llmflow.topologies import TopologyError, load_topology
 
 VALID = """\
 name: demo

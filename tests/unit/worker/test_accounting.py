@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.worker.accounting import Price, SpendView, call_cost, period_key, spend_key
+from llmflow.services.worker.accounting import Price, SpendView, call_cost, period_key, spend_key
 
 
 def test_cost_from_prices() -> None:

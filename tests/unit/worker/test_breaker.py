@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from services.worker.breaker import CircuitBreaker
+from llmflow.services.worker.breaker import CircuitBreaker
 
 
 class Clock:
@@ -42,7 +42,7 @@ def test_opens_after_consecutive_failures_only(breaker: CircuitBreaker) -> None:
 def test_half_open_allows_one_trial_and_success_closes(
     breaker: CircuitBreaker, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="services.worker.breaker")
+    caplog.set_level(logging.INFO, logger="llmflow.services.worker.breaker")
     for _ in range(3):
         breaker.record_failure("m", "http_503")
     clock.now = 9.9
@@ -63,7 +63,7 @@ def test_half_open_allows_one_trial_and_success_closes(
 def test_failed_trial_reopens_for_another_cooldown(
     breaker: CircuitBreaker, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="services.worker.breaker")
+    caplog.set_level(logging.INFO, logger="llmflow.services.worker.breaker")
     for _ in range(3):
         breaker.record_failure("m")
     clock.now = 10.0

@@ -10,14 +10,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 
-from services.modelsim.config import SimulatorConfig
-from services.modelsim.server import make_app
-from services.worker.accounting import Price
-from services.worker.breaker import CircuitBreaker
-from services.worker.metrics import Metrics
-from services.worker.model_client import ModelCallError, ModelClient
-from services.worker.retry import RetryPolicy
-from topologies.spec import ModelCall
+from llmflow.services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.server import make_app
+from llmflow.services.worker.accounting import Price
+from llmflow.services.worker.breaker import CircuitBreaker
+from llmflow.services.worker.metrics import Metrics
+from llmflow.services.worker.model_client import ModelCallError, ModelClient
+from llmflow.services.worker.retry import RetryPolicy
+from llmflow.topologies.spec import ModelCall
 
 Factory = Callable[..., Any]
 SCHEMA = {

@@ -18,17 +18,17 @@ from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 from PIL import Image
 
-from schemas.dead_letter import DeadLetter
-from schemas.outputs import Output
-from services.images.prepare import ImageLimits
-from services.modelsim.config import SimulatorConfig
-from services.modelsim.server import make_app
-from services.orgdata.loader import load_samples
-from services.orgdata.store import OrgDataStore
-from services.worker.model_client import ModelClient, call_id
-from services.worker.pipeline import Pipeline, SourceMeta
-from services.worker.retry import RetryPolicy
-from topologies import Topology, load_topology
+from llmflow.schemas.dead_letter import DeadLetter
+from llmflow.schemas.outputs import Output
+from llmflow.services.images.prepare import ImageLimits
+from llmflow.services.modelsim.config import SimulatorConfig
+from llmflow.services.modelsim.server import make_app
+from llmflow.services.orgdata.loader import load_samples
+from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.worker.model_client import ModelClient, call_id
+from llmflow.services.worker.pipeline import Pipeline, SourceMeta
+from llmflow.services.worker.retry import RetryPolicy
+from llmflow.topologies import Topology, load_topology
 
 SOURCE = SourceMeta("in", 0, 42)
 PipelineFactory = Callable[..., Any]

@@ -11,8 +11,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from services.errors import ConfigError
-from services.worker.quotas import (
+from llmflow.errors import ConfigError
+from llmflow.services.worker.quotas import (
     ModelQuota,
     Permit,
     QuotaLimits,

@@ -6,7 +6,7 @@ import httpx2
 import openai
 import pytest
 
-from services.worker.retry import RetryPolicy, classify, decide, retry_after
+from llmflow.services.worker.retry import RetryPolicy, classify, decide, retry_after
 
 REQUEST = httpx2.Request("POST", "http://model/v1/chat/completions")
 

@@ -6,8 +6,8 @@ from typing import Any, Literal
 import pydantic
 import pytest
 
-from services.errors import ConfigError
-from services.worker.structured import (
+from llmflow.errors import ConfigError
+from llmflow.services.worker.structured import (
     SchemaViolation,
     parse_answer,
     repair_messages,
