@@ -24,7 +24,7 @@ kafka: $(STAMP) ## fetch Apache Kafka from Maven Central (once)
 	$(BIN)/llmflow kafka fetch
 
 demo: install kafka ## run the end-to-end demo (local Kafka + model simulator unless configured)
-	$(BIN)/llmflow demo
+	$(BIN)/python -m dev.demo
 
 test: install kafka lint typecheck ## lint, type-check, unit and integration tests on a real broker
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -50,13 +50,13 @@ schemas: $(STAMP) ## regenerate the JSON Schema files in schemas/json
 	$(BIN)/llmflow schemas export
 
 bench: install kafka ## every benchmark scenario: report in results/<time>, table and chart in docs/bench
-	$(BIN)/python -m llmflow.services.bench.run --publish docs/bench
+	$(BIN)/python -m dev.bench.run --publish docs/bench
 
 bench-quick: install kafka ## the same scenarios, short runs (a smoke check, not for figures)
-	$(BIN)/python -m llmflow.services.bench.run --quick --out results/quick
+	$(BIN)/python -m dev.bench.run --quick --out results/quick
 
 bench-http: $(STAMP) ## httpx vs aiohttp transport at 50 and 200 calls in flight
-	$(BIN)/python -m llmflow.services.bench.http_transport
+	$(BIN)/python -m dev.bench.http_transport
 
 clean: ## remove the virtualenv, local state and fetched jars
 	rm -rf $(VENV) .llmflow deploy/kafka/lib

@@ -1,5 +1,7 @@
 """Event contracts: what upstream publishes, what workers output, what dead letters carry.
 
+Results (outputs, dead letters, parked events) say which they are in `record_type`.
+
 Every contract is a pydantic v2 model; JSON Schema copies for producers in other
 languages live in `schemas/json/` (regenerate with `llmflow schemas export`).
 """
@@ -15,6 +17,7 @@ from llmflow.schemas.events import (
 )
 from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
 from llmflow.schemas.parked import Parked
+from llmflow.schemas.results import Result
 
 __all__ = [
     "DeadLetter",
@@ -26,6 +29,7 @@ __all__ = [
     "OrgRecordRef",
     "Output",
     "Parked",
+    "Result",
     "Stage",
     "TextEvent",
     "TextImageEvent",

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from llmflow.schemas._base import NUMBER, Contract, JsonInt, Timestamp
 
 Stage = Literal["decode", "validate", "route", "image", "enrich", "prompt", "model", "output"]
+# 2: results carry `record_type`, so readers tell them apart without guessing from keys.
+DEAD_LETTER_SCHEMA_VERSION: Final = 2
 
 
-class DeadLetter(BaseModel):
+class DeadLetter(Contract):
     """Why an event got no output. Replaying `original_b64` reproduces the input exactly."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    schema_version: Literal[1] = 1
+    record_type: Literal["dead_letter"] = "dead_letter"
+    """Tells a dead letter from an output or a parked event when one reader takes all three."""
+    schema_version: Annotated[Literal[2], NUMBER] = DEAD_LETTER_SCHEMA_VERSION
+    """Contract version of this record."""
     event_id: str | None
     """Id of the event, when it could be read."""
     topology: str
@@ -29,8 +32,12 @@ class DeadLetter(BaseModel):
     message: str
     """A human-readable reason."""
     source_topic: str
-    source_partition: int
-    source_offset: int
+    """Topic the event was read from."""
+    source_partition: JsonInt
+    """Partition the event was read from."""
+    source_offset: JsonInt
+    """Offset of the event; with topic and partition, it names an unreadable event."""
     original_b64: str
     """The event's original bytes, base64."""
-    failed_at: AwareDatetime
+    failed_at: Timestamp
+    """When the worker gave up on the event."""

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import Field
 
-OUTPUT_SCHEMA_VERSION: Final = 1
+from llmflow.schemas._base import NUMBER, Contract, JsonBool, JsonFloat, JsonInt, Timestamp
+
+# 2: results carry `record_type`, so readers tell them apart without guessing from keys.
+OUTPUT_SCHEMA_VERSION: Final = 2
 
 
-class _Contract(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-
-class ModelCallResult(_Contract):
+class ModelCallResult(Contract):
     """The answer of one model call and what it cost."""
 
     name: str
@@ -31,23 +30,23 @@ class ModelCallResult(_Contract):
     answer: Any
     """Text for chat and vision calls, a JSON value when the call declares an output schema,
     a list of floats for embeddings."""
-    tokens_in: int = Field(ge=0)
+    tokens_in: JsonInt = Field(ge=0)
     """Prompt tokens, from the endpoint's `usage`."""
-    tokens_out: int = Field(ge=0)
+    tokens_out: JsonInt = Field(ge=0)
     """Completion tokens, from the endpoint's `usage`."""
-    latency_ms: float = Field(ge=0)
+    latency_ms: JsonFloat = Field(ge=0)
     """Wall time of the call, retries included."""
-    attempts: int = Field(default=1, ge=0)
+    attempts: JsonInt = Field(default=1, ge=0)
     """HTTP requests made: retries, fallbacks and a schema repair included; 0 when reused."""
-    repaired: bool = False
+    repaired: JsonBool = False
     """The first answer broke the declared schema and a repair request fixed it."""
-    reused: bool = False
+    reused: JsonBool = False
     """Answered before (an earlier delivery of the same event) and not paid again."""
-    cost_usd: float = Field(default=0.0, ge=0)
+    cost_usd: JsonFloat = Field(default=0.0, ge=0)
     """Price of the tokens, from the configured price table."""
 
 
-class OrgRecordRef(_Contract):
+class OrgRecordRef(Contract):
     """Which organisational-data record enriched the event."""
 
     table: str
@@ -58,26 +57,33 @@ class OrgRecordRef(_Contract):
     """Content hash of the record used; null when no record was found."""
 
 
-class ImageInfo(_Contract):
+class ImageInfo(Contract):
     """An image as it was sent to the model, after preparation."""
 
     sha256: str
     """Hash of the prepared bytes."""
-    width: int
-    height: int
-    original_width: int
-    original_height: int
+    width: JsonInt
+    """Width in pixels as sent, after any downscaling."""
+    height: JsonInt
+    """Height in pixels as sent, after any downscaling."""
+    original_width: JsonInt
+    """Width in pixels of the image the event referenced."""
+    original_height: JsonInt
+    """Height in pixels of the image the event referenced."""
 
 
-class Totals(_Contract):
+class Totals(Contract):
     """Sums over all model calls of the event."""
 
-    model_calls: int
-    tokens_in: int
-    tokens_out: int
-    cost_usd: float = 0.0
+    model_calls: JsonInt
+    """Number of model calls, reused answers included."""
+    tokens_in: JsonInt
+    """Prompt tokens over all calls."""
+    tokens_out: JsonInt
+    """Completion tokens over all calls."""
+    cost_usd: JsonFloat = 0.0
     """Cost of the calls paid for this event (reused answers were paid before)."""
-    latency_ms: float
+    latency_ms: JsonFloat
     """Time from the worker receiving the event to the output being ready."""
 
     @classmethod
@@ -92,10 +98,13 @@ class Totals(_Contract):
         )
 
 
-class Output(_Contract):
+class Output(Contract):
     """The merged result of one event."""
 
-    schema_version: Literal[1] = OUTPUT_SCHEMA_VERSION
+    record_type: Literal["output"] = "output"
+    """Tells an output from a dead letter or a parked event when one reader takes all three."""
+    schema_version: Annotated[Literal[2], NUMBER] = OUTPUT_SCHEMA_VERSION
+    """Contract version of this record."""
     event_id: str
     """Id of the input event."""
     event_key: str
@@ -104,9 +113,9 @@ class Output(_Contract):
     """Tenant of the input event."""
     source_topic: str
     """Topic the input event was read from."""
-    source_partition: int
+    source_partition: JsonInt
     """Partition of the input event."""
-    source_offset: int
+    source_offset: JsonInt
     """Offset of the input event."""
     topology: str
     """Name of the topology that produced this output."""
@@ -122,9 +131,9 @@ class Output(_Contract):
     """Token and latency totals."""
     worker: str
     """The worker that produced the output (host:pid)."""
-    received_at: AwareDatetime
+    received_at: Timestamp
     """When the worker took the event from Kafka."""
-    produced_at: AwareDatetime
+    produced_at: Timestamp
     """When the output was ready."""
 
     def call(self, name: str) -> ModelCallResult:

@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict
+from llmflow.schemas._base import NUMBER, Contract, JsonFloat, JsonInt, Timestamp
+
+# 2: results carry `record_type`, so readers tell them apart without guessing from keys.
+PARKED_SCHEMA_VERSION: Final = 2
 
 
-class Parked(BaseModel):
+class Parked(Contract):
     """An event that was not answered on purpose; replay `original_b64` to answer it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    schema_version: Literal[1] = 1
+    record_type: Literal["parked"] = "parked"
+    """Tells a parked event from an output or a dead letter when one reader takes all three."""
+    schema_version: Annotated[Literal[2], NUMBER] = PARKED_SCHEMA_VERSION
+    """Contract version of this record."""
     event_id: str
+    """Id of the parked event."""
     tenant: str
     """The tenant the event was charged to (its `tenant`, else its `key`)."""
     topology: str
+    """The topology whose worker parked the event."""
     topology_version: str
+    """Version of that topology."""
     reason: str
     """Why it was parked, e.g. `budget`."""
     message: str
     """Human-readable detail: spend, budget and period."""
     period: str
     """The budget period the tenant exhausted, e.g. `2026-11-27`."""
-    spent_usd: float
-    budget_usd: float
+    spent_usd: JsonFloat
+    """What the tenant had spent in `period` when the event arrived."""
+    budget_usd: JsonFloat
+    """The tenant's budget for `period`."""
     source_topic: str
-    source_partition: int
-    source_offset: int
+    """Topic the event was read from."""
+    source_partition: JsonInt
+    """Partition the event was read from."""
+    source_offset: JsonInt
+    """Offset of the event in that partition."""
     original_b64: str
-    parked_at: AwareDatetime
+    """The event's original bytes, base64; replay them to answer it."""
+    parked_at: Timestamp
+    """When the worker parked the event."""

@@ -1,4 +1,5 @@
-"""The `llmflow` command: one entry point for every process and tool of the system."""
+"""The `llmflow` command: one entry point for every process and tool of the pipeline (the
+model simulator, a stand-in for a model endpoint, is `llmflow-modelsim`)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from llmflow.errors import LlmflowError
 
 
 def _settings(**overrides: Any) -> Any:
-    from llmflow.services.settings import Settings
+    from llmflow.services.worker.settings import Settings
 
     # Settings are frozen: command-line values are folded in at construction.
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -26,10 +27,9 @@ def _settings(**overrides: Any) -> Any:
 
 
 def cmd_kafka_fetch(args: argparse.Namespace) -> int:
-    from llmflow.services.broker.local import LIB_DIR, fetch_kafka
+    from llmflow.services.broker.local import fetch_kafka
 
-    fetch_kafka()
-    print(f"Kafka jars in {LIB_DIR}")
+    print(f"Kafka jars in {fetch_kafka()}")
     return 0
 
 
@@ -54,49 +54,6 @@ def _wait_for_signal() -> None:
     signal.signal(signal.SIGINT, handler)
     while not stop:
         time.sleep(0.2)
-
-
-# --- model simulator -----------------------------------------------------------------------
-
-
-# Simulator settings exposed as flags, with the type argparse converts them to.
-_SIMULATOR_FLAGS: dict[str, type] = {
-    "latency_ms": float,
-    "jitter_ms": float,
-    "rate_429": float,
-    "retry_after_s": float,
-    "rate_500": float,
-    "rate_slow": float,
-    "rate_invalid": float,
-    "slow_ms": float,
-    "seed": int,
-    "rpm_limit": int,
-    "require_api_key": str,
-}
-
-
-def cmd_modelsim(args: argparse.Namespace) -> int:
-    from llmflow.services.modelsim.config import SimulatorConfig
-    from llmflow.services.modelsim.server import run
-
-    logging.getLogger("llmflow.services.modelsim").setLevel(logging.INFO)  # the "listening on" line
-    given = {name: getattr(args, name) for name in _SIMULATOR_FLAGS}
-    config = SimulatorConfig(**{k: v for k, v in given.items() if v is not None})
-    run(config, args.host, args.port)
-    return 0
-
-
-def _add_simulator_flags(parser: argparse.ArgumentParser) -> None:
-    from llmflow.services.modelsim.config import SimulatorConfig
-
-    for name, kind in _SIMULATOR_FLAGS.items():
-        field = SimulatorConfig.model_fields[name]
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            type=kind,
-            help=f"{field.description or ''} (default {field.default})",
-        )
 
 
 # --- topologies ----------------------------------------------------------------------------
@@ -125,52 +82,12 @@ def cmd_topology_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from llmflow.services.broker.topics import ensure_topics
-    from llmflow.services.worker.app import build_app
-    from llmflow.services.worker.metrics import Metrics
-    from llmflow.topologies.loader import load_topology
+    from llmflow.services.worker.app import run
+    from llmflow.services.worker.bootstrap import bootstrap
 
     settings = _settings(app_id=args.app_id, concurrency=args.concurrency)
-    topologies = [load_topology(path) for path in args.topology]
-    topics = [
-        t for tp in topologies for t in (tp.input_topic, tp.output_topic, tp.dead_letter_topic)
-    ]
-    partitions = ensure_topics(
-        settings.kafka_bootstrap_servers,
-        topics,
-        settings.topic_partitions,
-        settings.topic_replication_factor,
-    )
-    metrics = Metrics()
-    if settings.metrics_port is not None:
-        metrics.serve(settings.metrics_port, settings.metrics_host)
-    app = build_app(settings, topologies, partitions, metrics)
-    names = ", ".join(f"{t.name} v{t.version}" for t in topologies)
-    logging.getLogger("llmflow").warning(
-        "worker %s: %s on %s, model endpoint %s, %d events in flight per topology",
-        settings.worker_id,
-        names,
-        settings.kafka_bootstrap_servers,
-        settings.openai_base_url,
-        settings.concurrency,
-    )
-    worker = _quiet_worker_class()(app, loglevel=args.loglevel, quiet=True)
-    worker.execute_from_commandline()
-    return 0  # pragma: no cover - execute_from_commandline exits the process
-
-
-def _quiet_worker_class() -> type:
-    import faust
-
-    class QuietWorker(faust.Worker):
-        """faust's terminal spinner turns the root logger to DEBUG so that it can spin on
-        every record; in a service that builds and drops every debug record of aiokafka,
-        openai and faust, about a tenth of the worker's CPU. No spinner, no DEBUG."""
-
-        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-            pass
-
-    return QuietWorker
+    run(bootstrap(settings, args.topology), loglevel=args.loglevel)
+    return 0  # pragma: no cover - run exits the process
 
 
 # --- org data ------------------------------------------------------------------------------
@@ -266,7 +183,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- schemas & demo ------------------------------------------------------------------------
+# --- schemas -------------------------------------------------------------------------------
 
 
 def cmd_schemas_export(args: argparse.Namespace) -> int:
@@ -275,12 +192,6 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
     for path in write_schemas(Path(args.out)) if args.out else write_schemas():
         print(path)
     return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from llmflow.services.demo import run_demo
-
-    return run_demo(events=args.events, bad=args.bad)
 
 
 # --- parser --------------------------------------------------------------------------------
@@ -299,12 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--data-dir", default=".llmflow/kafka")
     start.add_argument("--port", type=int, default=0, help="0 picks a free port")
     start.set_defaults(func=cmd_kafka_start)
-
-    sim = sub.add_parser("modelsim", help="run the OpenAI-compatible model SIMULATOR")
-    sim.add_argument("--host", default="127.0.0.1")
-    sim.add_argument("--port", type=int, default=8400)
-    _add_simulator_flags(sim)
-    sim.set_defaults(func=cmd_modelsim)
 
     topology = sub.add_parser("topology", help="work with topology files")
     topology_sub = topology.add_subparsers(dest="topology_command", required=True)
@@ -353,11 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     export = schemas_sub.add_parser("export", help="write JSON Schema files")
     export.add_argument("--out")
     export.set_defaults(func=cmd_schemas_export)
-
-    demo = sub.add_parser("demo", help="run the end-to-end demo")
-    demo.add_argument("--events", type=int, default=24)
-    demo.add_argument("--bad", type=int, default=4)
-    demo.set_defaults(func=cmd_demo)
     return parser
 
 

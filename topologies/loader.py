@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from llmflow.errors import ConfigError
-from llmflow.topologies.spec import Topology
+from llmflow.topologies.spec import WITHIN, Topology
 
 PACKAGED = Path(__file__).parent
 
@@ -62,7 +62,8 @@ def load_topology(path: str | Path) -> Topology:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            loc = tuple(error["loc"])
+            # An error inside a field's value (a schema keyword) says where: follow it there.
+            loc = (*error["loc"], *error.get("ctx", {}).get(WITHIN, ()))
             mark = _node_at(root, loc).start_mark
             dotted = ".".join(str(part) for part in loc) or "(top level)"
             problems.append(f"{path}:{mark.line + 1}:{mark.column + 1}: {dotted}: {error['msg']}")

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
-import re
 from typing import Any, Literal
 
 from jinja2 import TemplateSyntaxError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from llmflow.topologies.output_schemas import InvalidSchema, check_schema, schema_of_output_model
 from llmflow.topologies.prompts import compile_template
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 EventKind = Literal["text", "image", "text_image"]
+
+# Context key of a validation error that lies inside a field's value: the path below the
+# field, so the loader can point at the offending line of the file (see `loader`).
+WITHIN = "within"
 
 
 class _Spec(BaseModel):
@@ -45,25 +49,13 @@ class Target(_Spec):
     """A model at an endpoint; `default` is OPENAI_BASE_URL, others are named in settings."""
 
     model: str = Field(min_length=1)
+    """Model name as the endpoint knows it."""
     endpoint: str = Field(default="default", pattern=_NAME)
+    """Endpoint of the model: `default` (OPENAI_BASE_URL) or one named in settings."""
 
     @property
     def key(self) -> str:
         return f"{self.endpoint}/{self.model}"
-
-
-def _pydantic_schema(path: str) -> dict[str, Any]:
-    """The JSON schema of the pydantic model at `module:Class`."""
-    from llmflow.services.worker.structured import schema_for_pydantic
-
-    module_name, _, class_name = path.partition(":")
-    try:
-        model = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot import output_model {path!r}: {exc}") from exc
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise ValueError(f"output_model {path!r} is not a pydantic model")
-    return schema_for_pydantic(model)
 
 
 class ModelCall(_Spec):
@@ -80,13 +72,17 @@ class ModelCall(_Spec):
     fallbacks: list[Target] = Field(default_factory=list)
     """Tried in order when the model fails for good or its circuit is open."""
     prompt: Prompt
+    """The prompt rendered for every event."""
     temperature: float | None = Field(default=None, ge=0, le=2)
+    """Sampling temperature; unset, the endpoint's default."""
     max_tokens: int | None = Field(default=None, ge=1)
+    """Cap on the answer's tokens; unset, the endpoint's default (quotas then assume 256)."""
     output_schema: dict[str, Any] | None = None
+    """JSON Schema (2020-12) of the answer; the call then asks for structured output and
+    parses it."""
     output_model: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
     """Instead of `output_schema`: `package.module:Class` of a pydantic model whose JSON
     schema the answer must follow."""
-    """JSON Schema of the answer; the call then asks for structured output and parses it."""
 
     @model_validator(mode="before")
     @classmethod
@@ -95,7 +91,21 @@ class ModelCall(_Spec):
             return data
         if data.get("output_schema") is not None:
             raise ValueError("give output_schema or output_model, not both")
-        return {**data, "output_schema": _pydantic_schema(str(data["output_model"]))}
+        return {**data, "output_schema": schema_of_output_model(str(data["output_model"]))}
+
+    @field_validator("output_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            try:
+                check_schema(schema)
+            except InvalidSchema as exc:
+                raise PydanticCustomError(
+                    "json_schema",
+                    "not a valid JSON Schema (2020-12): {problem}",
+                    {"problem": exc.message, WITHIN: exc.path},
+                ) from exc
+        return schema
 
     @property
     def targets(self) -> list[Target]:
@@ -135,19 +145,27 @@ class Topology(_Spec):
     """A declared pipeline: input topic -> enrich -> concurrent model calls -> output topic."""
 
     name: str = Field(pattern=_NAME)
+    """Unique among the topologies of a worker group; names its agent and state tables."""
     version: str = Field(min_length=1)
     """Bumped with every change to the topology; recorded in every output."""
     description: str = ""
+    """What the topology is for, for people."""
     input_topic: str = Field(pattern=_TOPIC)
+    """Topic of the events to answer."""
     output_topic: str = Field(pattern=_TOPIC)
+    """Topic of the outputs, one per answered event."""
     dead_letter_topic: str = Field(pattern=_TOPIC)
+    """Topic of the events that could not be answered, with the stage that failed."""
     parked_topic: str | None = Field(default=None, pattern=_TOPIC)
     """Where events of tenants over budget wait; defaults to `<input_topic>.parked`."""
     accepts: list[EventKind] = Field(min_length=1)
     """Event kinds this topology answers; any other kind is dead-lettered (stage `route`)."""
     enrichment: Enrichment | None = None
+    """The org-data record to attach to each event; unset, none."""
     images: ImageOptions = ImageOptions()
+    """How images are prepared before vision calls."""
     calls: list[ModelCall] = Field(min_length=1)
+    """The model calls, run concurrently for each event; the output lists them in this order."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -155,8 +173,7 @@ class Topology(_Spec):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"call names must be unique; repeated: {', '.join(duplicates)}")
-        topics = {self.input_topic, self.output_topic, self.dead_letter_topic, self.parked}
-        if len(topics) != 4:
+        if len(set(self.topics)) != len(self.topics):
             raise ValueError("input, output, dead-letter and parked topics must differ")
         has_vision = any(call.kind == "vision" for call in self.calls)
         if has_vision and self.accepts == ["text"]:
@@ -165,9 +182,10 @@ class Topology(_Spec):
 
     @property
     def parked(self) -> str:
+        """The topic of parked events."""
         return self.parked_topic or f"{self.input_topic}.parked"
 
     @property
-    def slug(self) -> str:
-        """Name and version, safe for ids."""
-        return re.sub(r"[^A-Za-z0-9._-]", "_", f"{self.name}-v{self.version}")
+    def topics(self) -> list[str]:
+        """Every topic the topology reads or writes: input, output, dead letters, parked."""
+        return [self.input_topic, self.output_topic, self.dead_letter_topic, self.parked]

@@ -1,8 +1,12 @@
 """Fetch, format, start and stop a real single-node Apache Kafka broker (KRaft).
 
-The jars come from Maven Central through `deploy/kafka/pom.xml`; the broker runs as
-a JVM child process on free loopback ports with settings that keep tests fast.
-Used alike by the test fixtures, `make demo` and `llmflow kafka start`.
+The jars come from Maven Central through `pom.xml` (kept in `deploy/kafka/`, shipped in the
+wheel); the broker runs as a JVM child process on free loopback ports with settings that
+keep tests fast. Used alike by the test fixtures, `make demo` and `llmflow kafka start`.
+
+Where the jars go (`lib_dir()`): `LLMFLOW_KAFKA_LIB` when set; in a checkout
+`deploy/kafka/lib`; from an installed wheel `${XDG_CACHE_HOME:-~/.cache}/llmflow/kafka-<Kafka
+version>/lib`, so that site-packages is never written to.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -23,9 +29,10 @@ from llmflow.errors import LlmflowError
 
 log = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-KAFKA_DIR = PROJECT_ROOT / "deploy" / "kafka"
-LIB_DIR = KAFKA_DIR / "lib"
+# `kafka` beside this file: in a checkout a link to `deploy/kafka/`; in a wheel a folder with
+# copies of the two files below (setuptools copies what a link points to).
+KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
+LIB_ENV = "LLMFLOW_KAFKA_LIB"
 
 # Local-only settings: one node, no replication, no waiting for rebalances.
 _FAST_SETTINGS = {
@@ -54,24 +61,68 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def kafka_version(pom: Path | None = None) -> str:
+    """`kafka.version` of the Maven file (by default the one shipped with llmflow)."""
+    pom = pom or KAFKA_DIR / "pom.xml"
+    try:
+        root = ET.parse(pom).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise BrokerError(f"cannot read {pom}: {exc}") from exc
+    for element in root.iter():
+        if element.tag.rpartition("}")[2] == "kafka.version" and element.text:
+            return element.text.strip()
+    raise BrokerError(f"{pom} names no kafka.version")
+
+
+def lib_dir() -> Path:
+    """Where the Kafka jars are (or go): `LLMFLOW_KAFKA_LIB` when set; in a checkout
+    `deploy/kafka/lib`; from an installed wheel a user cache folder per Kafka version."""
+    if configured := os.environ.get(LIB_ENV):
+        return Path(configured).expanduser().absolute()
+    if KAFKA_DIR.is_symlink():  # only a checkout has the link; a wheel holds copies
+        return KAFKA_DIR.resolve() / "lib"
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(cache) if Path(cache).is_absolute() else Path.home() / ".cache"
+    return root / "llmflow" / f"kafka-{kafka_version()}" / "lib"
+
+
 def kafka_is_fetched() -> bool:
-    return LIB_DIR.is_dir() and any(LIB_DIR.glob("kafka_2.13-*.jar"))
+    lib = lib_dir()
+    return lib.is_dir() and any(lib.glob("kafka_2.13-*.jar"))
 
 
-def fetch_kafka() -> None:
-    """Download the Kafka jars with Maven unless they are already there."""
+def fetch_kafka() -> Path:
+    """Download the Kafka jars with Maven unless they are already there; returns their
+    folder."""
+    lib = lib_dir()
     if kafka_is_fetched():
-        return
+        return lib
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError(
             "Maven (mvn) is needed to fetch Kafka; install it (apt-get install maven)"
         )
-    log.info("fetching Apache Kafka from Maven Central into %s", LIB_DIR)
-    cmd = [mvn, "-q", "-B", "-f", str(KAFKA_DIR / "pom.xml"), "dependency:copy-dependencies"]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    log.info("fetching Apache Kafka from Maven Central into %s", lib)
+    lib.mkdir(parents=True, exist_ok=True)
+    # Maven runs on a copy of the pom in a scratch folder, its base directory: nothing it
+    # might write lands beside the installed package. `outputDirectory` overrides the
+    # pom's default `${project.basedir}/lib`.
+    with tempfile.TemporaryDirectory(prefix="llmflow-kafka-") as scratch:
+        pom = Path(scratch) / "pom.xml"
+        shutil.copyfile(KAFKA_DIR / "pom.xml", pom)
+        cmd = [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            f"-DoutputDirectory={lib}",
+            "dependency:copy-dependencies",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=scratch)
     if result.returncode != 0 or not kafka_is_fetched():
         raise BrokerError(f"fetching Kafka failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return lib
 
 
 def _java() -> str:
@@ -123,7 +174,7 @@ class LocalKafka:
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
             "-cp",
-            str(LIB_DIR / "*"),
+            str(lib_dir() / "*"),
             main_class,
             *args,
         ]

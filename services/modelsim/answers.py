@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmflow.errors import LlmflowError
+from llmflow.services.models.tokens import count_prompt_tokens, count_text_tokens
 from llmflow.services.modelsim.images import describe_image
 from llmflow.services.modelsim.schema import broken_answer, schema_instance
-from llmflow.services.tokens import count_prompt_tokens, count_text_tokens
 
 JsonDict = dict[str, Any]
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import OrderedDict
@@ -12,23 +11,19 @@ from typing import Any
 
 from kafka import KafkaConsumer
 
-from llmflow.schemas.dead_letter import DeadLetter
-from llmflow.schemas.outputs import Output
-from llmflow.schemas.parked import Parked
+from llmflow.schemas.results import RESULT_ADAPTER
+from llmflow.schemas.results import Result as Result  # re-exported: callers annotate with it
 
-Result = Output | DeadLetter | Parked
 # Results remembered for de-duplication; redeliveries arrive within minutes, not millions.
 _REMEMBERED = 1_000_000
 
 
 def parse_result(value: bytes) -> Result:
-    """An output, a dead letter (has `stage`) or a parked event (has `reason`)."""
-    data = json.loads(value)
-    if isinstance(data, dict) and "stage" in data:
-        return DeadLetter.model_validate(data)
-    if isinstance(data, dict) and "reason" in data and "parked_at" in data:
-        return Parked.model_validate(data)
-    return Output.model_validate(data)
+    """An output, a dead letter or a parked event, as its `record_type` says.
+
+    Raises pydantic.ValidationError, also for records without `record_type` (schema version 1).
+    """
+    return RESULT_ADAPTER.validate_json(value)
 
 
 def identity(result: Result) -> str:

@@ -47,7 +47,8 @@ def text_event(
     tenant: str | None = None,
     event_id: str | None = None,
 ) -> TextEvent:
-    return TextEvent.model_validate({**_common(key, source, tenant, event_id), "text": text})
+    fields = _common(key, source, tenant, event_id)
+    return TextEvent.model_validate({**fields, "kind": "text", "text": text})
 
 
 def image_event(
@@ -59,7 +60,7 @@ def image_event(
     event_id: str | None = None,
 ) -> ImageEvent:
     fields = _common(key, source, tenant, event_id)
-    return ImageEvent.model_validate({**fields, "image": image_ref(image)})
+    return ImageEvent.model_validate({**fields, "kind": "image", "image": image_ref(image)})
 
 
 def text_image_event(
@@ -73,4 +74,6 @@ def text_image_event(
 ) -> TextImageEvent:
     fields = _common(key, source, tenant, event_id)
     refs = [image_ref(image) for image in images]
-    return TextImageEvent.model_validate({**fields, "text": text, "images": refs})
+    return TextImageEvent.model_validate(
+        {**fields, "kind": "text_image", "text": text, "images": refs}
+    )

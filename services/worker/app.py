@@ -12,6 +12,8 @@ Each topology therefore keeps two tables, changelogged and co-partitioned with i
 `answered` (partition:offset of records whose result is published: a redelivered record
 is skipped) and `paid` (answers by call id: a redelivered event reuses every answer it
 already paid for and calls only what is missing).
+
+This module declares things the way faust wants them; `bootstrap` decides what they are.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -29,15 +30,11 @@ import faust
 
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
-from llmflow.services.images.prepare import ImageLimits
-from llmflow.services.orgdata.store import OrgDataStore
-from llmflow.services.settings import Settings
-from llmflow.services.worker.accounting import SpendView, follow_changelog
+from llmflow.services.models.quotas import QuotaRegistry, share_of
+from llmflow.services.worker.budgets import SpendView, follow_changelog
 from llmflow.services.worker.metrics import Metrics
-from llmflow.services.worker.model_client import ModelClient
 from llmflow.services.worker.pipeline import Pipeline, Result, SourceMeta
-from llmflow.services.worker.quotas import share_of
-from llmflow.services.worker.state import TableBudgets, TablePaidCalls
+from llmflow.services.worker.settings import Settings
 from llmflow.topologies.spec import Topology
 
 log = logging.getLogger(__name__)
@@ -48,48 +45,10 @@ STATE_WINDOW = timedelta(hours=1)
 STATE_EXPIRES = timedelta(hours=2)
 
 
-class Resources:
-    """Clients shared by every agent of one worker, created inside the running event loop."""
-
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.executor = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="images")
-        self.orgdata = OrgDataStore(settings.orgdata_file)
-        self.spend = SpendView()
-        self._models: ModelClient | None = None
-
-    @property
-    def models(self) -> ModelClient:
-        if self._models is None:
-            self._models = ModelClient.from_settings(self.settings, self.metrics)
-        return self._models
-
-    async def close(self) -> None:
-        if self._models is not None:
-            await self._models.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.orgdata.close()
-
-
-def image_limits(settings: Settings, topology: Topology) -> ImageLimits:
-    return ImageLimits(
-        max_pixels=topology.images.max_pixels,
-        max_side=topology.images.max_side,
-        file_root=settings.image_root,
-        allow_private_hosts=settings.image_allow_private_hosts,
-    )
-
-
-def build_app(
-    settings: Settings,
-    topologies: list[Topology],
-    partitions: dict[str, int],
-    metrics: Metrics | None = None,
-) -> faust.App:
-    """`partitions` maps each input topic to its partition count (for co-partitioned tables)."""
+def create_app(settings: Settings) -> faust.App:
+    """The faust app of one worker, with nothing declared on it yet."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         datadir=str(settings.data_dir / "faust"),
@@ -103,37 +62,89 @@ def build_app(
         # Never kill an agent for a slow model: calls carry their own deadlines.
         stream_processing_timeout=max(300.0, settings.retry.deadline_s * 2),
     )
-    resources = Resources(settings, metrics or Metrics())
-    inputs = {t.input_topic: partitions[t.input_topic] for t in topologies}
-    spend_changelogs = {
-        _add_agent(app, settings, resources, topology, partitions[topology.input_topic]): (
-            partitions[topology.input_topic]
-        )
-        for topology in topologies
-    }
-    _divide_quotas_on_rebalance(app, resources, inputs)
-    if settings.budgets:
-        _follow_spend(app, settings, resources, spend_changelogs)
-
-    async def close_resources(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
-        await resources.close()
-
-    # Fires after the consumer stopped and before the producer's final flush.
-    app.on_before_shutdown.connect(close_resources)
-    return app
 
 
-def _divide_quotas_on_rebalance(
-    app: faust.App, resources: Resources, inputs: dict[str, int]
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """A topology's state tables, co-partitioned with its input topic."""
+
+    answered: Any
+    """partition:offset of records whose result is published."""
+    paid: Any
+    """Answers by call id."""
+    spend: Any
+    """Spend per (tenant, period, partition)."""
+
+    @property
+    def spend_changelog(self) -> str:
+        return str(self.spend.changelog_topic.get_topic_name())
+
+
+def declare_tables(app: faust.App, topology: Topology, partitions: int) -> Tables:
+    """`partitions` is the input topic's partition count."""
+    answered = app.Table(f"{topology.name}-answered", default=int, partitions=partitions)
+    paid = app.Table(f"{topology.name}-paid", default=dict, partitions=partitions)
+    return Tables(
+        answered=answered.tumbling(STATE_WINDOW, expires=STATE_EXPIRES),
+        paid=paid.tumbling(STATE_WINDOW, expires=STATE_EXPIRES),
+        spend=app.Table(f"{topology.name}-spend", default=float, partitions=partitions),
+    )
+
+
+def add_agent(
+    app: faust.App,
+    pipeline: Pipeline,
+    answered: Any,
+    metrics: Metrics,
+    concurrency: int,
+) -> None:
+    """The topology's agent: `concurrency` instances share its input topic."""
+    topology = pipeline.topology
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
+    raw |= {"key_serializer": "raw", "value_serializer": "raw"}
+    source = app.topic(topology.input_topic, **raw)
+    sinks = _Sinks(
+        app.topic(topology.output_topic, **raw),
+        app.topic(topology.dead_letter_topic, **raw),
+        app.topic(topology.parked, **raw),
+    )
+    name = topology.name
+
+    async def process(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            message = event.message
+            metrics.events_in.labels(name).inc()
+            mark = f"{message.partition}:{message.offset}"
+            if mark in answered:  # windowed by the record's own timestamp
+                metrics.redeliveries_skipped.labels(name).inc()
+                log.info("skipping redelivered record %s of %s", mark, message.topic)
+                continue
+            meta = SourceMeta(message.topic, message.partition, message.offset)
+            metrics.in_flight.labels(name).inc()
+            try:
+                result = await pipeline.handle(event.value, meta)
+                await _publish(result, message.key, sinks)
+            finally:
+                metrics.in_flight.labels(name).dec()
+            answered[mark] = 1
+            _count(metrics, name, result, message.timestamp)
+            yield None
+
+    app.agent(source, name=f"llmflow.{name}", concurrency=concurrency)(process)
+
+
+def divide_quotas_on_rebalance(
+    app: faust.App, quotas: QuotaRegistry, metrics: Metrics, inputs: dict[str, int]
 ) -> None:
     """Each worker takes the share of the group's quotas that matches its share of the
-    input partitions: 0 while partitions are revoked, the new share once assigned."""
+    input partitions (`inputs`: topic -> partition count): 0 while partitions are revoked,
+    the new share once assigned."""
     total = sum(inputs.values())
 
     def apply(owned: int) -> None:
         share = share_of(owned, total)
-        resources.models.quotas.set_share(share)
-        resources.metrics.quota_share.set(share)
+        quotas.set_share(share)
+        metrics.quota_share.set(share)
         log.info("quota share %.3f (%d of %d input partitions)", share, owned, total)
 
     async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -147,13 +158,15 @@ def _divide_quotas_on_rebalance(
     app.on_partitions_assigned.connect(assigned)
 
 
-def _follow_spend(
-    app: faust.App, settings: Settings, resources: Resources, changelogs: dict[str, int]
+def follow_spend(
+    app: faust.App, bootstrap_servers: str, view: SpendView, changelogs: dict[str, int]
 ) -> None:
+    """Keep `view` up to date from the spend changelogs (topic -> partition count)."""
+
     async def follow() -> None:
         await asyncio.gather(
             *(
-                follow_changelog(settings.kafka_bootstrap_servers, topic, count, resources.spend)
+                follow_changelog(bootstrap_servers, topic, count, view)
                 for topic, count in changelogs.items()
             )
         )
@@ -161,71 +174,28 @@ def _follow_spend(
     app.task(follow)
 
 
-def _add_agent(
-    app: faust.App,
-    settings: Settings,
-    resources: Resources,
-    topology: Topology,
-    partitions: int,
-) -> str:
-    """Declare the topology's topics, tables and agent; returns its spend changelog topic."""
-    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
-    raw |= {"key_serializer": "raw", "value_serializer": "raw"}
-    source = app.topic(topology.input_topic, **raw)
-    sinks = _Sinks(
-        app.topic(topology.output_topic, **raw),
-        app.topic(topology.dead_letter_topic, **raw),
-        app.topic(topology.parked, **raw),
-    )
-    answered = app.Table(f"{topology.name}-answered", default=int, partitions=partitions).tumbling(
-        STATE_WINDOW, expires=STATE_EXPIRES
-    )
-    paid = app.Table(f"{topology.name}-paid", default=dict, partitions=partitions).tumbling(
-        STATE_WINDOW, expires=STATE_EXPIRES
-    )
-    spend = app.Table(f"{topology.name}-spend", default=float, partitions=partitions)
-    pipeline: Pipeline | None = None
-    metrics = resources.metrics
-    name = topology.name
+def close_on_shutdown(app: faust.App, close: Callable[[], Awaitable[None]]) -> None:
+    """Run `close` after the consumer stopped and before the producer's final flush."""
 
-    def get_pipeline() -> Pipeline:
-        nonlocal pipeline
-        if pipeline is None:
-            pipeline = Pipeline(
-                topology,
-                models=resources.models,
-                orgdata=resources.orgdata,
-                image_limits=image_limits(settings, topology),
-                executor=resources.executor,
-                worker_id=settings.worker_id,
-                paid=TablePaidCalls(paid),
-                budgets=TableBudgets(settings.budgets, spend, resources.spend),
-            )
-        return pipeline
+    async def on_shutdown(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        await close()
 
-    async def process(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        runner = get_pipeline()
-        async for event in stream.events():
-            message = event.message
-            metrics.events_in.labels(name).inc()
-            mark = f"{message.partition}:{message.offset}"
-            if mark in answered:  # windowed by the record's own timestamp
-                metrics.redeliveries_skipped.labels(name).inc()
-                log.info("skipping redelivered record %s of %s", mark, message.topic)
-                continue
-            meta = SourceMeta(message.topic, message.partition, message.offset)
-            metrics.in_flight.labels(name).inc()
-            try:
-                result = await runner.handle(event.value, meta)
-                await _publish(result, message.key, sinks)
-            finally:
-                metrics.in_flight.labels(name).dec()
-            answered[mark] = 1
-            _count(metrics, name, result, message.timestamp)
-            yield None
+    app.on_before_shutdown.connect(on_shutdown)
 
-    app.agent(source, name=f"llmflow.{name}", concurrency=settings.concurrency)(process)
-    return str(spend.changelog_topic.get_topic_name())
+
+def run(app: faust.App, loglevel: str) -> None:
+    """Run the worker until it is stopped; exits the process."""
+    worker = _QuietWorker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()
+
+
+class _QuietWorker(faust.Worker):
+    """faust's terminal spinner turns the root logger to DEBUG so that it can spin on
+    every record; in a service that builds and drops every debug record of aiokafka,
+    openai and faust, about a tenth of the worker's CPU. No spinner, no DEBUG."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        pass
 
 
 def _count(metrics: Metrics, topology: str, result: Result, record_timestamp: float) -> None:
@@ -233,7 +203,7 @@ def _count(metrics: Metrics, topology: str, result: Result, record_timestamp: fl
         metrics.outputs.labels(topology).inc()
         for call in result.calls:
             if call.reused:
-                metrics.model_calls.labels(call.model, call.endpoint, "reused").inc()
+                metrics.models.calls.labels(call.model, call.endpoint, "reused").inc()
             else:
                 metrics.cost.labels(call.model, result.tenant or result.event_key).inc(
                     call.cost_usd

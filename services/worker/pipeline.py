@@ -4,6 +4,7 @@ Stages: decode/validate the contract -> route by kind -> check the tenant's budg
 -> prepare images (thread pool) -> look up org data -> render prompts -> run every model
 call concurrently (answers paid for before are reused) -> merge.
 Every failure becomes a dead letter naming its stage; nothing escapes as an exception.
+Model calls, org data, paid answers and budgets come in through the protocols of `ports`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from jinja2 import TemplateError
 from pydantic import ValidationError
@@ -26,8 +27,9 @@ from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Ou
 from llmflow.schemas.parked import Parked
 from llmflow.services.images.fetch import decode_inline, load_image_bytes
 from llmflow.services.images.prepare import ImageError, ImageLimits, PreparedImage, prepare_image
-from llmflow.services.orgdata.store import OrgDataStore, OrgRecord
-from llmflow.services.worker.model_client import ModelCallError, ModelClient, call_id
+from llmflow.services.models.client import ModelCallError, call_id
+from llmflow.services.orgdata.store import OrgRecord
+from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBudget, PaidCalls
 from llmflow.topologies.prompts import render
 from llmflow.topologies.spec import ModelCall, Topology
 
@@ -39,29 +41,6 @@ class SourceMeta:
     topic: str
     partition: int
     offset: int
-
-
-class PaidCalls(Protocol):
-    """Answers already paid for, by call id (durable across crashes and rebalances)."""
-
-    def get(self, call_id: str) -> ModelCallResult | None: ...
-
-    def put(self, result: ModelCallResult) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class OverBudget:
-    period: str
-    spent_usd: float
-    budget_usd: float
-
-
-class Budgets(Protocol):
-    """Per-tenant spend against budgets, for the whole group."""
-
-    def over_budget(self, tenant: str) -> OverBudget | None: ...
-
-    def charge(self, tenant: str, cost_usd: float) -> None: ...
 
 
 Result = Output | DeadLetter | Parked
@@ -116,8 +95,8 @@ class Pipeline:
     def __init__(
         self,
         topology: Topology,
-        models: ModelClient,
-        orgdata: OrgDataStore | None,
+        models: ModelRunner,
+        orgdata: OrgData | None,
         image_limits: ImageLimits,
         executor: Executor,
         worker_id: str,

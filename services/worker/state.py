@@ -13,8 +13,8 @@ from typing import Any
 from faust.streams import current_event
 
 from llmflow.schemas.outputs import ModelCallResult
-from llmflow.services.worker.accounting import Budget, SpendView, period_key, spend_key
-from llmflow.services.worker.pipeline import OverBudget
+from llmflow.services.worker.budgets import Budget, SpendView, period_key, spend_key
+from llmflow.services.worker.ports import OverBudget
 
 
 class TablePaidCalls:

@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from llmflow.services import launch
+from dev import launch
+from dev.launch import Child, start_modelsim, start_worker
+from dev.topologies import copy_topology
 from llmflow.services.broker.local import LocalKafka, free_port
-from llmflow.services.launch import Child, start_modelsim, start_worker
 from llmflow.services.orgdata.loader import load_samples
 from llmflow.services.orgdata.store import OrgDataStore
 
@@ -79,17 +79,12 @@ def modelsim(run_dir: Path) -> Iterator[Callable[..., Child]]:
 
 
 @pytest.fixture
-def topology_copy(run_dir: Path, project_root: Path) -> Callable[[str], Path]:
-    """Copy a shipped topology with topics unique to this test."""
+def topology_copy(run_dir: Path) -> Callable[[str], Path]:
+    """Copy a shipped topology into `run_dir` with topics unique to this test."""
     suffix = uuid.uuid4().hex[:8]
 
     def copy(name: str) -> Path:
-        spec = yaml.safe_load((project_root / "topologies" / f"{name}.yaml").read_text())
-        for field in ("input_topic", "output_topic", "dead_letter_topic"):
-            spec[field] = f"{spec[field]}.{suffix}"
-        path = run_dir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(spec, sort_keys=False))
-        return path
+        return copy_topology(name, run_dir, suffix).path
 
     return copy
 

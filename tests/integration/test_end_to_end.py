@@ -16,9 +16,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from dev.launch import Child
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
-from llmflow.services.launch import Child
 from llmflow.services.orgdata.store import OrgDataStore
 from llmflow.services.sdk import EventProducer, ResultConsumer, image_event, text_event
 from llmflow.services.sdk.consumer import Result

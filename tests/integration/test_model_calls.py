@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dev.launch import Child
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
 from llmflow.schemas.parked import Parked
 from llmflow.services.broker.local import free_port
-from llmflow.services.launch import Child
+from llmflow.services.models.structured import parse_answer
 from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
 from llmflow.services.sdk.consumer import Result
-from llmflow.services.worker.structured import parse_answer
 from tests.integration.helpers import keep_calls, scrape, simulator_log, total
 
 pytestmark = pytest.mark.integration
@@ -153,7 +153,7 @@ def test_tenant_over_budget_is_parked_and_others_are_not(
 ) -> None:
     path = topology_copy("support_triage")
     spec = yaml.safe_load(path.read_text())
-    topics = [spec["output_topic"], spec["dead_letter_topic"], f"{spec['input_topic']}.parked"]
+    topics = [spec["output_topic"], spec["dead_letter_topic"], spec["parked_topic"]]
     sim = modelsim()
     budget = 0.0006  # about eight events' worth at gpt-4o-mini list prices
     env = {**worker_env(sim), "LLMFLOW_BUDGETS": json.dumps({"thrifty": {"usd": budget}})}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dev.launch import Child
 from llmflow.schemas.outputs import Output
-from llmflow.services.launch import Child
 from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from llmflow.services.bench.report import make_ratio, markdown_table, target_met, write_report
+from dev.bench.report import make_ratio, markdown_table, target_met, write_report
 
 
 def tiny_results() -> dict[str, Any]:

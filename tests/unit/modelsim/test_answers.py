@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from llmflow.services.models.tokens import count_prompt_tokens, count_text_tokens
 from llmflow.services.modelsim.answers import BadRequest, chat_completion, embeddings
-from llmflow.services.tokens import count_prompt_tokens, count_text_tokens
 
 
 def _body(text: Any, model: str = "sim-chat") -> dict[str, Any]:

@@ -9,6 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import ValidationError
 
+from llmflow.services.models.structured import SchemaViolation, parse_answer
+from llmflow.services.models.tokens import count_text_tokens
 from llmflow.services.modelsim.answers import chat_completion
 from llmflow.services.modelsim.config import SimulatorConfig
 from llmflow.services.modelsim.faults import Fault, FaultInjector
@@ -19,8 +21,6 @@ from llmflow.services.modelsim.schema import (
     schema_instance,
 )
 from llmflow.services.modelsim.server import make_app
-from llmflow.services.tokens import count_text_tokens
-from llmflow.services.worker.structured import SchemaViolation, parse_answer
 
 TICKET: dict[str, Any] = {
     "type": "object",

@@ -4,8 +4,9 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, RootModel
 
+from llmflow.services.cli import main
 from llmflow.topologies import TopologyError, load_topology
 
 VALID = """\
@@ -109,4 +110,39 @@ def test_output_model_must_import(tmp_path: Path) -> None:
         VALID.replace("    model: m\n", "    model: m\n    output_model: nowhere.at:All\n"),
     )
     with pytest.raises(TopologyError, match=r"cannot import output_model 'nowhere\.at:All'"):
+        load_topology(path)
+
+
+def test_invalid_output_schema_points_at_the_keyword(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    schema = (
+        "    output_schema:\n"
+        "      type: object\n"
+        "      properties:\n"
+        '        name: {type: string, minLength: "x"}\n'
+    )
+    path = _write(tmp_path, VALID + schema)
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    expected = (
+        f"{path}:16:41: calls.0.output_schema.properties.name.minLength: "
+        "not a valid JSON Schema (2020-12): 'x' is not of type 'integer'"
+    )
+    assert info.value.problems == [expected]
+    # `llmflow topology validate` prints the same line.
+    assert main(["topology", "validate", str(path)]) == 1
+    assert expected in capsys.readouterr().err
+
+
+class Scores(RootModel[list[int]]):
+    """Not an object: cannot be an output schema."""
+
+
+def test_output_model_must_describe_an_object(tmp_path: Path) -> None:
+    where = "tests.unit.topologies.test_loader:Scores"
+    path = _write(
+        tmp_path, VALID.replace("    model: m\n", f"    model: m\n    output_model: {where}\n")
+    )
+    with pytest.raises(TopologyError, match=r"t.yaml:8:5: calls.0: .*Scores must describe a JSON"):
         load_topology(path)

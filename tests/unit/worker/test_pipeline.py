@@ -1,4 +1,5 @@
-"""The pipeline without Kafka: real HTTP to an in-process model simulator."""
+"""The pipeline without Kafka, with small fakes for model calls, org data, paid answers and
+budgets; one test runs the real model client against the in-process simulator."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import base64
 import io
 import json
 import re
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +20,132 @@ from openai import AsyncOpenAI
 from PIL import Image
 
 from llmflow.schemas.dead_letter import DeadLetter
-from llmflow.schemas.outputs import Output
+from llmflow.schemas.outputs import ModelCallResult, Output
+from llmflow.schemas.parked import Parked
 from llmflow.services.images.prepare import ImageLimits
+from llmflow.services.models.client import ModelCallError, ModelClient, call_id
+from llmflow.services.models.retry import RetryPolicy
 from llmflow.services.modelsim.config import SimulatorConfig
 from llmflow.services.modelsim.server import make_app
 from llmflow.services.orgdata.loader import load_samples
-from llmflow.services.orgdata.store import OrgDataStore
-from llmflow.services.worker.model_client import ModelClient, call_id
+from llmflow.services.orgdata.store import OrgDataStore, OrgRecord
 from llmflow.services.worker.pipeline import Pipeline, SourceMeta
-from llmflow.services.worker.retry import RetryPolicy
-from llmflow.topologies import Topology, load_topology
+from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBudget, PaidCalls
+from llmflow.topologies import ModelCall, Topology, load_topology
 
 SOURCE = SourceMeta("in", 0, 42)
-PipelineFactory = Callable[..., Any]
+COST = 0.001  # what the fake charges per call
+
+
+# --- fakes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """One request the fake model received."""
+
+    call: str
+    call_id: str
+    system: str | None
+    user: str
+    image_urls: list[str]
+
+
+class FakeModels:
+    """Answers every call (a JSON object when it declares a schema); records what it was
+    asked and how many calls ran at once. `fail` maps call names to the error they raise."""
+
+    def __init__(
+        self, latency_s: float = 0.0, fail: dict[str, ModelCallError] | None = None
+    ) -> None:
+        self.latency_s = latency_s
+        self.fail = fail or {}
+        self.asked: list[Asked] = []
+        self.running = 0
+        self.peak = 0
+
+    async def run(
+        self,
+        call: ModelCall,
+        *,
+        call_id: str,
+        system: str | None,
+        user: str,
+        image_urls: list[str],
+    ) -> ModelCallResult:
+        self.asked.append(Asked(call.name, call_id, system, user, image_urls))
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await asyncio.sleep(self.latency_s)
+        finally:
+            self.running -= 1
+        if call.name in self.fail:
+            raise self.fail[call.name]
+        answer = {"fake": True} if call.output_schema else f"answer to: {user}"
+        return ModelCallResult(
+            name=call.name,
+            kind=call.kind,
+            call_id=call_id,
+            model=call.model,
+            endpoint=call.endpoint,
+            prompt_version=call.prompt.version,
+            answer=answer,
+            tokens_in=len(user.split()),
+            tokens_out=5,
+            latency_ms=1.0,
+            cost_usd=COST,
+        )
+
+    def request(self, call: str) -> Asked:
+        """The one request made for `call`."""
+        (asked,) = [a for a in self.asked if a.call == call]
+        return asked
+
+
+class FakeOrgData:
+    def __init__(self, records: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self.records = records
+
+    def get(self, table: str, key: str) -> OrgRecord | None:
+        data = self.records.get((table, key))
+        if data is None:
+            return None
+        return OrgRecord(table, key, f"v-{key}", "2026-01-01T00:00:00+00:00", data)
+
+
+class FakePaid:
+    def __init__(self) -> None:
+        self.answers: dict[str, ModelCallResult] = {}
+
+    def get(self, call_id: str) -> ModelCallResult | None:
+        return self.answers.get(call_id)
+
+    def put(self, result: ModelCallResult) -> None:
+        self.answers[result.call_id] = result
+
+
+class FakeBudgets:
+    def __init__(self, over: dict[str, OverBudget] | None = None) -> None:
+        self.over = over or {}
+        self.charged: list[tuple[str, float]] = []
+
+    def over_budget(self, tenant: str) -> OverBudget | None:
+        return self.over.get(tenant)
+
+    def charge(self, tenant: str, cost_usd: float) -> None:
+        self.charged.append((tenant, cost_usd))
+
+
+ORGDATA = FakeOrgData(
+    {
+        ("customers", "C-1001"): {"name": "Harbor Lane Bakery", "tier": "pro"},
+        ("products", "P-2001"): {"name": "Walnut desk", "category": "furniture"},
+    }
+)
+
+
+# --- helpers -----------------------------------------------------------------------------
 
 
 def _event(**fields: Any) -> bytes:
@@ -46,72 +160,111 @@ def _event(**fields: Any) -> bytes:
     return json.dumps({**body, **fields}).encode()
 
 
-@pytest.fixture
-def store() -> OrgDataStore:
-    store = OrgDataStore(":memory:")
-    load_samples(store)
-    return store
+def _image_event(data_base64: str) -> bytes:
+    body = json.loads(_event(key="P-2001"))
+    body.pop("text")
+    return json.dumps({**body, "kind": "image", "image": {"data_base64": data_base64}}).encode()
+
+
+def _jpeg_b64(size: tuple[int, int]) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (0, 0, 255)).save(buffer, "JPEG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 @pytest.fixture
-async def make_pipeline(
-    project_root: Path, store: OrgDataStore
-) -> AsyncIterator[Callable[..., Any]]:
-    servers: list[TestServer] = []
-    clients: list[ModelClient] = []
-    executor = ThreadPoolExecutor(2)
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(2) as pool:
+        yield pool
 
-    async def make(
-        topology: str | Topology = "support_triage", api_key: str = "k", **sim: Any
+
+@pytest.fixture
+def topology(project_root: Path) -> Callable[[str], Topology]:
+    def load(name: str) -> Topology:
+        return load_topology(project_root / "topologies" / f"{name}.yaml")
+
+    return load
+
+
+PipelineFactory = Callable[..., Pipeline]
+
+
+@pytest.fixture
+def make_pipeline(
+    topology: Callable[[str], Topology], executor: ThreadPoolExecutor
+) -> PipelineFactory:
+    def make(
+        spec: str | Topology = "support_triage",
+        models: ModelRunner | None = None,
+        orgdata: OrgData = ORGDATA,
+        paid: PaidCalls | None = None,
+        budgets: Budgets | None = None,
     ) -> Pipeline:
-        server = TestServer(make_app(SimulatorConfig(**sim)))
-        await server.start_server()
-        servers.append(server)
-        openai = AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key=api_key, max_retries=0)
-        client = ModelClient({"default": openai}, policy=RetryPolicy(max_attempts=1))
-        clients.append(client)
-        if isinstance(topology, str):
-            topology = load_topology(project_root / "topologies" / f"{topology}.yaml")
-        return Pipeline(topology, client, store, ImageLimits(), executor, "test:1")
+        return Pipeline(
+            topology(spec) if isinstance(spec, str) else spec,
+            models or FakeModels(),
+            orgdata,
+            ImageLimits(),
+            executor,
+            "test:1",
+            paid=paid,
+            budgets=budgets,
+        )
 
-    yield make
-    for client in clients:
-        await client.close()
-    for server in servers:
-        await server.close()
-    executor.shutdown()
+    return make
+
+
+# --- outputs -----------------------------------------------------------------------------
 
 
 async def test_text_event_gets_every_answer_and_its_lineage(
-    make_pipeline: PipelineFactory, store: OrgDataStore
+    make_pipeline: PipelineFactory,
 ) -> None:
-    pipeline = await make_pipeline()
+    models = FakeModels()
+    pipeline = make_pipeline(models=models)
     result = await pipeline.handle(_event(), SOURCE)
     assert isinstance(result, Output), result
     assert [c.name for c in result.calls] == ["classify", "summarize", "draft_reply"]
-    summary = result.call("summarize")
-    assert summary.answer.startswith(
-        "[sim gpt-4o-mini] re: My invoice was charged twice and I need a refund today #"
+    for call, answered in zip(pipeline.topology.calls, result.calls, strict=True):
+        assert answered.call_id == call_id("e-1", pipeline.topology, call)
+        assert models.request(call.name).call_id == answered.call_id
+        assert models.request(call.name).image_urls == []
+    assert result.call("classify").answer == {"fake": True}
+    assert result.call("summarize").answer == (
+        "answer to: My invoice was charged twice and I need a refund today"
     )
-    assert summary.call_id == call_id("e-1", pipeline.topology, pipeline.topology.calls[1])
-    record = store.get("customers", "C-1001")
-    assert record is not None
-    assert result.org_record is not None and result.org_record.version == record.version
-    # The reply prompt was rendered with the customer's record.
-    reply = result.call("draft_reply").answer
-    assert reply.startswith(f"[sim gpt-4o-mini] re: Dear {record.data['name']}")
-    assert set(result.call("classify").answer) == {"category", "priority", "sentiment"}
-    assert (result.source_partition, result.source_offset) == (0, 42)
-    assert result.totals.tokens_out == sum(c.tokens_out for c in result.calls) > 0
+    # The prompts were rendered with the customer's record, and the output cites it.
+    assert models.request("draft_reply").user.startswith("Dear Harbor Lane Bakery (pro plan)")
+    assert models.request("classify").user.startswith("Customer tier: pro")
+    assert result.org_record is not None
+    assert (result.org_record.table, result.org_record.version) == ("customers", "v-C-1001")
+    assert (result.source_topic, result.source_partition, result.source_offset) == ("in", 0, 42)
+    assert result.totals.tokens_out == sum(c.tokens_out for c in result.calls) == 15
+    assert result.totals.cost_usd == pytest.approx(3 * COST)
+    assert result.worker == "test:1"
 
 
 async def test_unknown_customer_is_answered_without_a_record(
     make_pipeline: PipelineFactory,
 ) -> None:
-    result = await (await make_pipeline()).handle(_event(key="C-9999"), SOURCE)
+    models = FakeModels()
+    result = await make_pipeline(models=models).handle(_event(key="C-9999"), SOURCE)
     assert isinstance(result, Output)
     assert result.org_record is not None and result.org_record.version is None
-    assert "Dear customer (unknown plan)" in result.call("draft_reply").answer
+    assert models.request("draft_reply").user.startswith("Dear customer (unknown plan)")
+
+
+async def test_calls_and_events_run_concurrently(make_pipeline: PipelineFactory) -> None:
+    models = FakeModels(latency_s=0.05)
+    pipeline = make_pipeline(models=models)
+    results = await asyncio.gather(
+        *(pipeline.handle(_event(id=f"e-{n}"), SOURCE) for n in range(20))
+    )
+    assert all(isinstance(r, Output) for r in results)
+    assert models.peak == 20 * 3  # every call of every event in flight at once
+
+
+# --- dead letters, one per stage ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -129,90 +282,201 @@ async def test_unknown_customer_is_answered_without_a_record(
 async def test_bad_input_becomes_a_dead_letter(
     make_pipeline: PipelineFactory, raw: bytes, stage: str, kind: str
 ) -> None:
-    result = await (await make_pipeline()).handle(raw, SOURCE)
+    models = FakeModels()
+    result = await make_pipeline(models=models).handle(raw, SOURCE)
     assert isinstance(result, DeadLetter)
     assert (result.stage, result.error_kind) == (stage, kind)
     assert base64.b64decode(result.original_b64) == raw
     assert (result.source_topic, result.source_offset) == ("in", 42)
+    assert models.asked == []
 
 
 async def test_wrong_kind_is_routed_to_dead_letters(make_pipeline: PipelineFactory) -> None:
     body = json.loads(_event())
     body.pop("text")
     raw = json.dumps({**body, "kind": "image", "image": {"url": "file:///x.jpg"}}).encode()
-    result = await (await make_pipeline()).handle(raw, SOURCE)
+    result = await make_pipeline().handle(raw, SOURCE)
     assert isinstance(result, DeadLetter) and result.stage == "route"
     assert result.event_id == "e-1"
 
 
-async def test_permanent_model_error_is_a_dead_letter(make_pipeline: PipelineFactory) -> None:
-    pipeline = await make_pipeline(api_key="wrong", require_api_key="right")
-    result = await pipeline.handle(_event(), SOURCE)
+async def test_missing_required_record_is_an_enrich_dead_letter(
+    make_pipeline: PipelineFactory, topology: Callable[[str], Topology]
+) -> None:
+    spec = topology("support_triage")
+    assert spec.enrichment is not None
+    required = spec.enrichment.model_copy(update={"required": True})
+    pipeline = make_pipeline(spec.model_copy(update={"enrichment": required}))
+    assert isinstance(await pipeline.handle(_event(), SOURCE), Output)
+    result = await pipeline.handle(_event(key="C-9999"), SOURCE)
     assert isinstance(result, DeadLetter)
-    assert (result.stage, result.error_kind) == ("model", "http_401")
-
-
-async def test_rate_limited_past_retries_is_a_dead_letter(make_pipeline: PipelineFactory) -> None:
-    result = await (await make_pipeline(rate_429=1.0)).handle(_event(), SOURCE)
-    assert isinstance(result, DeadLetter)
-    assert (result.stage, result.error_kind) == ("model", "http_429_retries_exhausted")
+    assert (result.stage, result.error_kind) == ("enrich", "record_not_found")
 
 
 async def test_template_error_is_a_prompt_dead_letter(
-    make_pipeline: PipelineFactory, project_root: Path
+    make_pipeline: PipelineFactory, topology: Callable[[str], Topology]
 ) -> None:
-    topology = load_topology(project_root / "topologies" / "support_triage.yaml")
-    call = topology.calls[1]
+    spec = topology("support_triage")
+    call = spec.calls[1]
     broken = call.model_copy(
         update={"prompt": call.prompt.model_copy(update={"user": "{{ event.nope }}"})}
     )
-    topology = topology.model_copy(update={"calls": [topology.calls[0], broken]})
-    result = await (await make_pipeline(topology)).handle(_event(), SOURCE)
+    spec = spec.model_copy(update={"calls": [spec.calls[0], broken]})
+    result = await make_pipeline(spec).handle(_event(), SOURCE)
     assert isinstance(result, DeadLetter)
     assert (result.stage, result.error_kind) == ("prompt", "UndefinedError")
     assert "nope" in result.message
 
 
-async def test_calls_and_events_run_concurrently(make_pipeline: PipelineFactory) -> None:
-    pipeline = await make_pipeline(latency_ms=200)
-    started = time.perf_counter()
-    results = await asyncio.gather(
-        *(pipeline.handle(_event(id=f"e-{n}"), SOURCE) for n in range(20))
+@pytest.mark.parametrize(
+    ("transient", "kind"),
+    [(False, "http_401"), (True, "http_429_retries_exhausted")],
+)
+async def test_failed_model_call_is_a_model_dead_letter(
+    make_pipeline: PipelineFactory, transient: bool, kind: str
+) -> None:
+    reason = kind.removesuffix("_retries_exhausted")
+    error = ModelCallError("summarize", reason, "refused", transient=transient, attempts=3)
+    result = await make_pipeline(models=FakeModels(fail={"summarize": error})).handle(
+        _event(), SOURCE
     )
-    elapsed = time.perf_counter() - started
-    assert all(isinstance(r, Output) for r in results)
-    # 20 events x 3 calls of 200 ms each: sequentially 12 s; concurrently about 0.2 s.
-    assert elapsed < 1.5, elapsed
+    assert isinstance(result, DeadLetter)
+    assert (result.stage, result.error_kind) == ("model", kind)
+    assert result.message == "call 'summarize': refused"
 
 
-def _jpeg_b64(size: tuple[int, int]) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, (0, 0, 255)).save(buffer, "JPEG")
-    return base64.b64encode(buffer.getvalue()).decode()
+# --- answers paid for once, budgets ------------------------------------------------------
 
 
-async def test_image_event_is_prepared_and_described(make_pipeline: PipelineFactory) -> None:
-    pipeline = await make_pipeline("product_images")
-    body = json.loads(_event(key="P-2001"))
-    body.pop("text")
-    raw = json.dumps({**body, "kind": "image", "image": {"data_base64": _jpeg_b64((2048, 1024))}})
-    result = await pipeline.handle(raw.encode(), SOURCE)
+async def test_a_redelivered_event_reuses_every_answer_paid_for(
+    make_pipeline: PipelineFactory,
+) -> None:
+    models, paid, budgets = FakeModels(), FakePaid(), FakeBudgets()
+    pipeline = make_pipeline(models=models, paid=paid, budgets=budgets)
+    first = await pipeline.handle(_event(), SOURCE)
+    assert isinstance(first, Output) and len(paid.answers) == 3
+    again = await pipeline.handle(_event(), SOURCE)
+    assert isinstance(again, Output)
+    assert len(models.asked) == 3  # nothing was asked twice
+    assert all(c.reused and c.attempts == 0 and c.latency_ms == 0 for c in again.calls)
+    assert [c.answer for c in again.calls] == [c.answer for c in first.calls]
+    assert budgets.charged == [("C-1001", COST)] * 3  # reused answers are not charged again
+
+
+async def test_only_the_calls_not_paid_for_run(make_pipeline: PipelineFactory) -> None:
+    models, paid = FakeModels(), FakePaid()
+    pipeline = make_pipeline(models=models, paid=paid)
+    classify = pipeline.topology.calls[0]
+    earlier = await FakeModels().run(
+        classify,
+        call_id=call_id("e-1", pipeline.topology, classify),
+        system=None,
+        user="earlier",
+        image_urls=[],
+    )
+    paid.put(earlier)
+    result = await pipeline.handle(_event(), SOURCE)
+    assert isinstance(result, Output)
+    assert [a.call for a in models.asked] == ["summarize", "draft_reply"]
+    assert [c.reused for c in result.calls] == [True, False, False]
+
+
+async def test_tenant_over_budget_is_parked_and_others_are_charged(
+    make_pipeline: PipelineFactory,
+) -> None:
+    models = FakeModels()
+    budgets = FakeBudgets({"thrifty": OverBudget("2026-01-02", 0.75, 0.5)})
+    pipeline = make_pipeline(models=models, budgets=budgets)
+    raw = _event(tenant="thrifty")
+    parked = await pipeline.handle(raw, SOURCE)
+    assert isinstance(parked, Parked), parked
+    assert (parked.tenant, parked.reason, parked.period) == ("thrifty", "budget", "2026-01-02")
+    assert (parked.spent_usd, parked.budget_usd) == (0.75, 0.5)
+    assert base64.b64decode(parked.original_b64) == raw and parked.source_offset == 42
+    assert models.asked == [] and budgets.charged == []
+
+    answered = await pipeline.handle(_event(tenant="generous"), SOURCE)
+    assert isinstance(answered, Output)
+    assert budgets.charged == [("generous", COST)] * 3
+    # Without a tenant the event's key is charged.
+    await pipeline.handle(_event(id="e-2"), SOURCE)
+    assert budgets.charged[-1] == ("C-1001", COST)
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+async def test_image_event_is_prepared_for_every_vision_call(
+    make_pipeline: PipelineFactory,
+) -> None:
+    models = FakeModels()
+    result = await make_pipeline("product_images", models=models).handle(
+        _image_event(_jpeg_b64((2048, 1024))), SOURCE
+    )
     assert isinstance(result, Output), result
-    assert [(i.width, i.height) for i in result.images] == [(1024, 512)]
-    # JPEG re-encoding may move a channel by a step or two.
-    described = re.search(r"\[image 1024x512 RGB mean #(\w{6})\]", result.call("alt_text").answer)
-    assert described is not None
-    red, green, blue = bytes.fromhex(described.group(1))
-    assert red <= 2 and green <= 2 and blue >= 253
+    assert [(i.width, i.height, i.original_width) for i in result.images] == [(1024, 512, 2048)]
     assert result.org_record is not None and result.org_record.table == "products"
+    (url,) = models.request("alt_text").image_urls
+    assert all(a.image_urls == [url] for a in models.asked) and len(models.asked) == 3
+    header, _, data = url.partition(",")
+    assert header == "data:image/jpeg;base64"
+    with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+        assert image.size == (1024, 512)
+        pixel = image.convert("RGB").getpixel((512, 256))
+    assert isinstance(pixel, tuple)
+    red, green, blue = pixel
+    # JPEG re-encoding may move a channel by a step or two.
+    assert red <= 2 and green <= 2 and blue >= 253
+    assert models.request("alt_text").user == "Alt text for a photo of Walnut desk."
 
 
 async def test_corrupt_image_is_an_image_dead_letter(make_pipeline: PipelineFactory) -> None:
-    pipeline = await make_pipeline("product_images")
-    body = json.loads(_event(key="P-2001"))
-    body.pop("text")
     junk = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 64).decode()
-    raw = json.dumps({**body, "kind": "image", "image": {"data_base64": junk}}).encode()
-    result = await pipeline.handle(raw, SOURCE)
+    result = await make_pipeline("product_images").handle(_image_event(junk), SOURCE)
     assert isinstance(result, DeadLetter)
     assert (result.stage, result.error_kind) == ("image", "unreadable")
+
+
+# --- the real model client ---------------------------------------------------------------
+
+
+@pytest.fixture
+async def simulated_client() -> AsyncIterator[ModelClient]:
+    server = TestServer(make_app(SimulatorConfig()))
+    await server.start_server()
+    openai = AsyncOpenAI(base_url=str(server.make_url("/v1")), api_key="k", max_retries=0)
+    client = ModelClient({"default": openai}, policy=RetryPolicy(max_attempts=1))
+    yield client
+    await client.close()
+    await server.close()
+
+
+async def test_the_real_model_client_answers_chat_structured_and_vision_calls(
+    make_pipeline: PipelineFactory, simulated_client: ModelClient
+) -> None:
+    """What fakes cannot show: the client sends rendered prompts, schemas and prepared images
+    in a form an OpenAI-compatible endpoint accepts, and parses what comes back."""
+    store = OrgDataStore(":memory:")
+    load_samples(store)
+    try:
+        text = make_pipeline(models=simulated_client, orgdata=store)
+        result = await text.handle(_event(), SOURCE)
+        assert isinstance(result, Output), result
+        assert result.call("summarize").answer.startswith(
+            "[sim gpt-4o-mini] re: My invoice was charged twice and I need a refund today #"
+        )
+        assert result.call("draft_reply").answer.startswith(
+            "[sim gpt-4o-mini] re: Dear Harbor Lane Bakery"
+        )
+        assert set(result.call("classify").answer) == {"category", "priority", "sentiment"}
+        assert result.totals.tokens_in > 0 and result.totals.cost_usd == 0  # no price table
+
+        images = make_pipeline("product_images", models=simulated_client, orgdata=store)
+        pictured = await images.handle(_image_event(_jpeg_b64((2048, 1024))), SOURCE)
+        assert isinstance(pictured, Output), pictured
+        alt_text = pictured.call("alt_text").answer
+        described = re.search(r"\[image 1024x512 RGB mean #(\w{6})\]", alt_text)
+        assert described is not None, alt_text
+        assert set(pictured.call("policy_check").answer) == {"compliant", "issues"}
+    finally:
+        store.close()

@@ -1,0 +1,70 @@
+"""`make bench`: every benchmark scenario in one run, on one broker, into one report.
+
+    python -m dev.bench.run [--quick] [--out results/<UTC time>] [--publish docs/bench]
+
+Micro scenarios (image path, contract cost, producer SDK) run first, then the worker
+scenarios (concurrency, overhead, latency, scaling, memory) against the model SIMULATOR.
+Writes results.json, results.md and chart.png into the output folder and prints it; with
+--publish, also copies results.md and chart.png where the README shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dev.bench import micro, worker_scenarios
+from dev.bench.report import machine, markdown_table, write_report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dev.bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs (about 3 minutes)")
+    parser.add_argument("--out", type=Path, help="report folder (default results/<UTC time>)")
+    parser.add_argument("--publish", type=Path, help="copy results.md and chart.png here")
+    args = parser.parse_args(argv)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out: Path = args.out or Path("results") / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    plan = worker_scenarios.QUICK if args.quick else worker_scenarios.FULL
+    run_dir = Path(tempfile.mkdtemp(prefix="llmflow-bench-"))
+    print(f"benchmark run: report in {out}, logs in {run_dir}", flush=True)
+
+    scenarios: dict[str, Any] = {}
+    scenarios["image_path"] = micro.image_path(15 if args.quick else 40)
+    scenarios["contract_cost"] = micro.contract_cost(5000 if args.quick else 20000)
+    with worker_scenarios.broker(run_dir) as (bootstrap, broker_pid):
+        messages = 5000 if args.quick else 20000
+        scenarios["producer_sdk"] = micro.producer_sdk(messages, bootstrap=bootstrap)
+        bench = worker_scenarios.Bench(bootstrap, run_dir, plan, broker_pid)
+        scenarios |= worker_scenarios.run_all(bench, worker_scenarios.SCENARIOS)
+
+    results = {
+        "machine": machine(),
+        "quick": args.quick,
+        "elapsed_s": round(time.monotonic() - began, 1),
+        "scenarios": scenarios,
+    }
+    written = write_report(results, out)
+    print(markdown_table(results))
+    print(f"\nbenchmark took {results['elapsed_s']:.0f} s; report: {out}")
+    for path in written:
+        print(f"  {path}")
+    if args.publish:
+        args.publish.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "chart.png"):
+            shutil.copy(out / name, args.publish / name)
+        print(f"published to {args.publish}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Copies of the shipped topologies with topics unique to one run, so that runs sharing a
+broker (tests, demo reruns, benchmark scenarios) never see each other's events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dev import PROJECT_ROOT
+from llmflow.errors import LlmflowError
+from llmflow.topologies.loader import load_topology
+from llmflow.topologies.spec import Topology
+
+SHIPPED = PROJECT_ROOT / "topologies"
+
+
+@dataclass(frozen=True)
+class TopologyCopy:
+    """A copy written for one run: its file and what it declares."""
+
+    path: Path
+    topology: Topology
+
+
+def copy_topology(
+    name: str, folder: Path, suffix: str, *, keep: Sequence[str] = ()
+) -> TopologyCopy:
+    """Write `topologies/<name>.yaml` to `folder/<name>.yaml` with `.<suffix>` added to all
+    four of its topics (input, output, dead letter, parked); with `keep`, only the named
+    calls stay. The parked topic is written out explicitly: left to its default
+    (`<input_topic>.parked`) it would be unique too, but only by the accident of naming."""
+    shipped = load_topology(SHIPPED / f"{name}.yaml")
+    spec: dict[str, Any] = yaml.safe_load((SHIPPED / f"{name}.yaml").read_text())
+    spec |= {
+        "input_topic": f"{shipped.input_topic}.{suffix}",
+        "output_topic": f"{shipped.output_topic}.{suffix}",
+        "dead_letter_topic": f"{shipped.dead_letter_topic}.{suffix}",
+        "parked_topic": f"{shipped.parked}.{suffix}",
+    }
+    if keep:
+        spec["calls"] = [call for call in spec["calls"] if call["name"] in keep]
+        if len(spec["calls"]) != len(set(keep)):
+            raise LlmflowError(f"{name} has no call among {sorted(keep)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return TopologyCopy(path, load_topology(path))

@@ -1,0 +1,340 @@
+"""Model calls through the openai SDK, against any OpenAI-compatible endpoint.
+
+One call = its targets in order (the model, then its fallbacks) -> for each target whose
+circuit is closed: attempts under the shared quota, retried by `retry.decide` -> parse and,
+for a declared schema, validate (one repair request if the answer breaks it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import openai
+from openai import AsyncOpenAI, DefaultAioHttpClient
+
+from llmflow.errors import LlmflowError
+from llmflow.schemas.outputs import ModelCallResult
+from llmflow.services.models.breaker import CircuitBreaker
+from llmflow.services.models.costs import Price, call_cost
+from llmflow.services.models.metrics import ModelMetrics
+from llmflow.services.models.quotas import QuotaRegistry
+from llmflow.services.models.retry import RetryPolicy, decide
+from llmflow.services.models.structured import SchemaViolation, parse_answer, repair_messages
+from llmflow.services.models.tokens import count_prompt_tokens, count_text_tokens
+from llmflow.topologies.spec import ModelCall, Target, Topology
+
+# Completion budget assumed for the quota when a call sets no max_tokens.
+_DEFAULT_COMPLETION_ESTIMATE = 256
+
+
+class ModelCallError(LlmflowError):
+    """A model call failed for good; `kind` is stable, `transient` says retries ran out."""
+
+    def __init__(
+        self, call: str, kind: str, message: str, *, transient: bool, attempts: int = 0
+    ) -> None:
+        self.call = call
+        self.kind = kind
+        self.transient = transient
+        self.attempts = attempts  # HTTP requests made (and paid) before giving up
+        super().__init__(f"call {call!r}: {message}")
+
+
+def call_id(event_id: str, topology: Topology, call: ModelCall) -> str:
+    """Same event, topology version, call and prompt version -> same id (the pay-once key)."""
+    parts = (event_id, topology.name, topology.version, call.name, call.prompt.version)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+def make_openai_client(
+    base_url: str,
+    api_key: str,
+    policy: RetryPolicy,
+    transport: Literal["aiohttp", "httpx"] = "aiohttp",
+) -> AsyncOpenAI:
+    """SDK retries off: `retry.decide` is the one retry policy (it logs, counts and waits
+    in line with the quotas). The aiohttp transport holds up better at high concurrency."""
+    return AsyncOpenAI(
+        base_url=base_url,
+        api_key=api_key or "unset",
+        timeout=policy.attempt_timeout_s,
+        max_retries=0,
+        http_client=DefaultAioHttpClient() if transport == "aiohttp" else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One successful HTTP answer."""
+
+    text: str
+    embedding: list[float] | None
+    model: str
+    tokens_in: int
+    tokens_out: int
+
+
+class ModelClient:
+    """Runs declared calls with their rendered prompts; reports answer, tokens, cost, time."""
+
+    def __init__(
+        self,
+        clients: dict[str, AsyncOpenAI],
+        *,
+        policy: RetryPolicy,
+        quotas: QuotaRegistry | None = None,
+        breaker: CircuitBreaker | None = None,
+        prices: dict[str, Price] | None = None,
+        metrics: ModelMetrics | None = None,
+    ) -> None:
+        self._clients = clients
+        self._policy = policy
+        self._quotas = quotas or QuotaRegistry({})
+        self._breaker = breaker or CircuitBreaker()
+        self._prices = prices or {}
+        self._metrics = metrics
+
+    @property
+    def quotas(self) -> QuotaRegistry:
+        return self._quotas
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+
+    async def run(
+        self,
+        call: ModelCall,
+        *,
+        call_id: str,
+        system: str | None,
+        user: str,
+        image_urls: list[str],
+    ) -> ModelCallResult:
+        started = time.perf_counter()
+        request = _request_body(call, system, user, image_urls)
+        attempts = 0
+        failure: ModelCallError | None = None
+        for n, target in enumerate(call.targets):
+            if not self._breaker.allow(target.key):
+                failure = failure or ModelCallError(
+                    call.name, "circuit_open", f"{target.key} is cooling down", transient=True
+                )
+                continue
+            try:
+                answer, used, repaired = await self._run_target(call, target, request, call_id)
+            except ModelCallError as error:
+                attempts += error.attempts
+                if not error.transient:
+                    raise  # a bad request stays bad on any endpoint
+                self._breaker.record_failure(target.key)
+                failure = error
+                continue
+            self._breaker.record_success(target.key)
+            attempts += used
+            if n and self._metrics:
+                self._metrics.fallbacks.labels(call.name).inc()
+            return self._result(call, call_id, target, answer, attempts, repaired, started)
+        assert failure is not None  # every call has at least one target
+        raise failure
+
+    def _result(
+        self,
+        call: ModelCall,
+        call_id: str,
+        target: Target,
+        answer: tuple[Any, _Answer],
+        attempts: int,
+        repaired: bool,
+        started: float,
+    ) -> ModelCallResult:
+        value, raw = answer
+        cost = call_cost(self._prices, raw.model, raw.tokens_in, raw.tokens_out)
+        elapsed = time.perf_counter() - started
+        if self._metrics:
+            m = self._metrics
+            m.tokens.labels(raw.model, "in").inc(raw.tokens_in)
+            m.tokens.labels(raw.model, "out").inc(raw.tokens_out)
+            m.call_seconds.labels(raw.model).observe(elapsed)
+        return ModelCallResult(
+            name=call.name,
+            kind=call.kind,
+            call_id=call_id,
+            model=raw.model,
+            endpoint=target.endpoint,
+            prompt_version=call.prompt.version,
+            answer=value,
+            tokens_in=raw.tokens_in,
+            tokens_out=raw.tokens_out,
+            latency_ms=round(elapsed * 1000, 3),
+            attempts=attempts,
+            repaired=repaired,
+            cost_usd=cost,
+        )
+
+    async def _run_target(
+        self, call: ModelCall, target: Target, request: dict[str, Any], call_id: str
+    ) -> tuple[tuple[Any, _Answer], int, bool]:
+        """(parsed answer, HTTP attempts, repaired) from one target."""
+        raw, attempts = await self._with_retries(call, target, request, call_id)
+        if call.kind == "embedding":
+            return (raw.embedding, raw), attempts, False
+        if call.output_schema is None:
+            return (raw.text, raw), attempts, False
+        try:
+            return (parse_answer(raw.text, call.output_schema), raw), attempts, False
+        except SchemaViolation as first:
+            # One repair: show the model its answer and what is wrong with it.
+            messages = repair_messages(request["messages"], raw.text, first.message)
+            fixed, more = await self._with_retries(
+                call, target, {**request, "messages": messages}, call_id
+            )
+            attempts += more
+            tokens = (raw.tokens_in + fixed.tokens_in, raw.tokens_out + fixed.tokens_out)
+            merged = _Answer(fixed.text, None, fixed.model, *tokens)
+            try:
+                value = parse_answer(fixed.text, call.output_schema)
+            except SchemaViolation as second:
+                self._count_repair(target.model, "failed")
+                raise ModelCallError(
+                    call.name,
+                    "schema_violation",
+                    f"answer broke its schema twice: {second.message}",
+                    transient=False,
+                    attempts=attempts,
+                ) from second
+            self._count_repair(target.model, "repaired")
+            return (value, merged), attempts, True
+
+    def _count_repair(self, model: str, result: str) -> None:
+        if self._metrics:
+            self._metrics.repairs.labels(model, result).inc()
+
+    async def _with_retries(
+        self, call: ModelCall, target: Target, request: dict[str, Any], call_id: str
+    ) -> tuple[_Answer, int]:
+        """One answer from `target`, retrying per the policy, inside the call's deadline."""
+        client = self._clients.get(target.endpoint)
+        if client is None:
+            raise ModelCallError(
+                call.name, "unknown_endpoint", f"no endpoint {target.endpoint!r}", transient=False
+            )
+        quota = self._quotas.get(target.key) or self._quotas.get(target.model)
+        # Counting tokens costs CPU on every call; only a quota needs the estimate.
+        estimate = _estimate_tokens(call, request) if quota is not None else 0
+        deadline = time.monotonic() + self._policy.deadline_s
+        attempt = 0
+        while True:
+            attempt += 1
+            if quota is None:
+                permit = None
+            else:
+                permit = await quota.acquire(estimate)
+            try:
+                answer, headers = await self._request(client, call, target, request, call_id)
+            except openai.APIError as exc:
+                if permit:
+                    permit.settle(0)
+                    permit.release()
+                decision = decide(
+                    exc, attempt, deadline - time.monotonic(), self._policy, call=call.name
+                )
+                self._count(target, decision.reason)
+                if decision.delay_s is None:
+                    raise ModelCallError(
+                        call.name,
+                        decision.reason,
+                        str(exc),
+                        transient=_is_transient(exc),
+                        attempts=attempt,
+                    ) from exc
+                if quota is not None and decision.retry_after_s:
+                    quota.hold_for(decision.retry_after_s)  # every caller backs off together
+                if self._metrics:
+                    self._metrics.retries.labels(target.model, decision.reason).inc()
+                await asyncio.sleep(decision.delay_s)
+                continue
+            if permit:
+                permit.settle(answer.tokens_in + answer.tokens_out)
+                permit.release()
+            if quota is not None:
+                quota.observe_headers(headers)
+            self._count(target, "ok")
+            return answer, attempt
+
+    def _count(self, target: Target, status: str) -> None:
+        if self._metrics:
+            self._metrics.calls.labels(target.model, target.endpoint, status).inc()
+
+    async def _request(
+        self,
+        client: AsyncOpenAI,
+        call: ModelCall,
+        target: Target,
+        request: dict[str, Any],
+        call_id: str,
+    ) -> tuple[_Answer, Any]:
+        headers = {"x-llmflow-call-id": call_id}
+        if call.kind == "embedding":
+            raw = await client.embeddings.with_raw_response.create(
+                model=target.model, input=request["input"], extra_headers=headers
+            )
+            response = raw.parse()
+            answer = _Answer(
+                "", response.data[0].embedding, response.model, response.usage.prompt_tokens, 0
+            )
+            return answer, raw.headers
+        raw_chat = await client.chat.completions.with_raw_response.create(
+            model=target.model, extra_headers=headers, **request
+        )
+        chat = raw_chat.parse()
+        usage = chat.usage
+        tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
+        text = chat.choices[0].message.content or ""
+        return _Answer(text, None, chat.model, *tokens), raw_chat.headers
+
+
+def _is_transient(error: openai.APIError) -> bool:
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in {408, 409, 429} or error.status_code >= 500
+    return isinstance(error, openai.APIConnectionError)  # timeouts included
+
+
+def _request_body(
+    call: ModelCall, system: str | None, user: str, image_urls: list[str]
+) -> dict[str, Any]:
+    """The SDK keyword arguments of the call, model excepted (it differs per target)."""
+    if call.kind == "embedding":
+        return {"input": user}
+    messages: list[dict[str, Any]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    if call.kind == "vision":
+        parts: list[dict[str, Any]] = [{"type": "text", "text": user}]
+        parts += [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
+        messages.append({"role": "user", "content": parts})
+    else:
+        messages.append({"role": "user", "content": user})
+    body: dict[str, Any] = {"messages": messages}
+    if call.temperature is not None:
+        body["temperature"] = call.temperature
+    if call.max_tokens is not None:
+        body["max_tokens"] = call.max_tokens
+    if call.output_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": call.name, "schema": call.output_schema, "strict": True},
+        }
+    return body
+
+
+def _estimate_tokens(call: ModelCall, request: dict[str, Any]) -> int:
+    """Prompt tokens plus the completion budget: what a TPM limit charges up front."""
+    if call.kind == "embedding":
+        return count_text_tokens(str(request["input"]))
+    prompt = count_prompt_tokens(request["messages"])
+    return prompt + (call.max_tokens or _DEFAULT_COMPLETION_ESTIMATE)

@@ -1,0 +1,127 @@
+"""The composition root: the one place that turns settings and topologies into a worker.
+
+Everything a worker uses is built here, once, and handed to what needs it: topics, metrics,
+the model client, the org-data store, image limits, the pipelines and the faust app. The
+components never build each other, so each can be tested with small fakes of the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import faust
+
+from llmflow.services.broker.topics import ensure_topics
+from llmflow.services.models.breaker import CircuitBreaker
+from llmflow.services.models.client import ModelClient, make_openai_client
+from llmflow.services.models.config import ModelsConfig
+from llmflow.services.models.metrics import ModelMetrics
+from llmflow.services.models.quotas import QuotaRegistry
+from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.worker.app import (
+    add_agent,
+    close_on_shutdown,
+    create_app,
+    declare_tables,
+    divide_quotas_on_rebalance,
+    follow_spend,
+)
+from llmflow.services.worker.budgets import SpendView
+from llmflow.services.worker.metrics import Metrics
+from llmflow.services.worker.pipeline import Pipeline
+from llmflow.services.worker.settings import Settings
+from llmflow.services.worker.state import TableBudgets, TablePaidCalls
+from llmflow.topologies.loader import load_topology
+from llmflow.topologies.spec import Topology
+
+log = logging.getLogger(__name__)
+
+# bootstrap servers, topic names, partitions, replication factor -> partitions per topic
+EnsureTopics = Callable[[str, Iterable[str], int, int], dict[str, int]]
+
+
+def model_client(config: ModelsConfig, metrics: ModelMetrics | None = None) -> ModelClient:
+    """A client for every configured endpoint, sharing one retry policy, quotas and breaker.
+
+    The SDK clients open their HTTP sessions on first use, inside the running event loop.
+    """
+    clients = {
+        name: make_openai_client(c.base_url, c.api_key.get_secret_value(), config.retry)
+        for name, c in config.connections.items()
+    }
+    return ModelClient(
+        clients,
+        policy=config.retry,
+        quotas=QuotaRegistry(config.quotas, max_workers=config.quota_max_workers),
+        breaker=CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s),
+        prices=config.prices,
+        metrics=metrics,
+    )
+
+
+def bootstrap(
+    settings: Settings,
+    topologies: Sequence[Topology | str | Path],
+    *,
+    ensure: EnsureTopics = ensure_topics,
+) -> faust.App:
+    """The worker's faust app for `topologies` (specs or YAML files), ready to run.
+
+    Creates every topic the topologies read or write first, so partition counts are chosen
+    here rather than left to auto-creation, and the tables can be co-partitioned.
+    """
+    specs = [t if isinstance(t, Topology) else load_topology(t) for t in topologies]
+    partitions = ensure(
+        settings.kafka_bootstrap_servers,
+        [topic for spec in specs for topic in spec.topics],
+        settings.topic_partitions,
+        settings.topic_replication_factor,
+    )
+    metrics = Metrics()
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+    models = model_client(settings.models_config(), metrics.models)
+    orgdata = OrgDataStore(settings.orgdata_file)
+    executor = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="images")
+    spend = SpendView()
+
+    app = create_app(settings)
+    changelogs: dict[str, int] = {}
+    for spec in specs:
+        count = partitions[spec.input_topic]
+        tables = declare_tables(app, spec, count)
+        pipeline = Pipeline(
+            spec,
+            models=models,
+            orgdata=orgdata,
+            image_limits=settings.image_limits(spec),
+            executor=executor,
+            worker_id=settings.worker_id,
+            paid=TablePaidCalls(tables.paid),
+            budgets=TableBudgets(settings.budgets, tables.spend, spend),
+        )
+        add_agent(app, pipeline, tables.answered, metrics, settings.concurrency)
+        changelogs[tables.spend_changelog] = count
+    inputs = {spec.input_topic: partitions[spec.input_topic] for spec in specs}
+    divide_quotas_on_rebalance(app, models.quotas, metrics, inputs)
+    if settings.budgets:
+        follow_spend(app, settings.kafka_bootstrap_servers, spend, changelogs)
+
+    async def close() -> None:
+        await models.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+        orgdata.close()
+
+    close_on_shutdown(app, close)
+    log.warning(
+        "worker %s: %s on %s, model endpoint %s, %d events in flight per topology",
+        settings.worker_id,
+        ", ".join(f"{spec.name} v{spec.version}" for spec in specs),
+        settings.kafka_bootstrap_servers,
+        settings.openai_base_url,
+        settings.concurrency,
+    )
+    return app

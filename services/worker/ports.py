@@ -1,0 +1,56 @@
+"""What the pipeline needs from outside, as protocols: model calls, org data, answers paid
+for, budgets. The worker plugs in the real ones (`bootstrap`); tests plug in small fakes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from llmflow.schemas.outputs import ModelCallResult
+from llmflow.services.orgdata.store import OrgRecord
+from llmflow.topologies.spec import ModelCall
+
+
+class ModelRunner(Protocol):
+    """Runs one declared call (`models.ModelClient`); raises `models.ModelCallError`."""
+
+    async def run(
+        self,
+        call: ModelCall,
+        *,
+        call_id: str,
+        system: str | None,
+        user: str,
+        image_urls: list[str],
+    ) -> ModelCallResult: ...
+
+
+class OrgData(Protocol):
+    """Reference records by table and key (`orgdata.OrgDataStore`)."""
+
+    def get(self, table: str, key: str) -> OrgRecord | None: ...
+
+
+class PaidCalls(Protocol):
+    """Answers already paid for, by call id (durable across crashes and rebalances)."""
+
+    def get(self, call_id: str) -> ModelCallResult | None: ...
+
+    def put(self, result: ModelCallResult) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OverBudget:
+    """A tenant's spend has reached its budget for the period."""
+
+    period: str
+    spent_usd: float
+    budget_usd: float
+
+
+class Budgets(Protocol):
+    """Per-tenant spend against budgets, for the whole group."""
+
+    def over_budget(self, tenant: str) -> OverBudget | None: ...
+
+    def charge(self, tenant: str, cost_usd: float) -> None: ...

@@ -1,0 +1,119 @@
+"""The worker's settings, from documented environment variables. Frozen; secrets are masked
+when printed. The environment is read here only: components get config objects of their own
+(`models_config`, `image_limits`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llmflow.services.images.prepare import ImageLimits
+from llmflow.services.models.config import Connection, Endpoint, ModelsConfig
+from llmflow.services.models.costs import DEFAULT_PRICES, Price
+from llmflow.services.models.quotas import QuotaLimits
+from llmflow.services.models.retry import RetryPolicy
+from llmflow.services.worker.budgets import Budget
+from llmflow.topologies.spec import Topology
+
+
+class Settings(BaseSettings):
+    """Every field reads `LLMFLOW_<FIELD>`; Kafka and OpenAI use their customary names too."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LLMFLOW_", frozen=True, extra="ignore", use_attribute_docstrings=True
+    )
+
+    kafka_bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "LLMFLOW_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    """Comma-separated `host:port` list (`KAFKA_BOOTSTRAP_SERVERS`)."""
+    openai_base_url: str = Field(
+        default="http://127.0.0.1:8400/v1",
+        validation_alias=AliasChoices("OPENAI_BASE_URL", "LLMFLOW_OPENAI_BASE_URL"),
+    )
+    """OpenAI-compatible endpoint (`OPENAI_BASE_URL`); the default is the local model simulator."""
+    openai_api_key: SecretStr = Field(
+        default=SecretStr("simulator"),
+        validation_alias=AliasChoices("OPENAI_API_KEY", "LLMFLOW_OPENAI_API_KEY"),
+    )
+    """API key for that endpoint (`OPENAI_API_KEY`)."""
+
+    app_id: str = "llmflow"
+    """Faust app id = Kafka consumer group; workers with the same id share partitions."""
+    concurrency: int = Field(default=100, ge=1, le=5000)
+    """Events in flight per topology per worker (each may run several model calls)."""
+    topic_partitions: int = Field(default=4, ge=1)
+    """Partitions for topics the worker creates; bounds how many workers can share a topology."""
+    topic_replication_factor: int = Field(default=1, ge=1)
+    """Replication factor for topics the worker creates (3 in production)."""
+    data_dir: Path = Path(".llmflow")
+    """Worker state (faust data folder) and the default org-data database live here."""
+    orgdata_path: Path | None = None
+    """SQLite org-data file; defaults to `<data_dir>/orgdata.sqlite3`."""
+    image_root: Path | None = None
+    """`file://` image URLs must lie inside this folder; unset, file URLs are refused."""
+    image_allow_private_hosts: bool = False
+    """Let http(s) image URLs reach loopback/private addresses (tests and local demos only)."""
+    image_threads: int = Field(default=2, ge=1)
+    """Threads preparing images; Pillow releases the GIL while decoding and resizing."""
+    retry: RetryPolicy = RetryPolicy()
+    """Retries of model calls, as JSON, e.g. `{"deadline_s": 60, "attempt_timeout_s": 20}`."""
+    endpoints: dict[str, Endpoint] = Field(default_factory=dict)
+    """Named endpoints besides `default` (OPENAI_BASE_URL), as JSON, for fallbacks."""
+    quotas: dict[str, QuotaLimits] = Field(default_factory=dict)
+    """Group-wide limits per model (or `endpoint/model`), as JSON, e.g.
+    `{"gpt-4o-mini": {"rpm": 500, "tpm": 200000, "max_concurrent": 100}}`."""
+    quota_max_workers: int = Field(default=4, ge=1)
+    """The most workers that will share the quotas: each leaves one request per minute of
+    headroom, so the group stays under `rpm` in every sliding minute."""
+    prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    """USD per million tokens per model, as JSON; replaces the defaults when set."""
+    budgets: dict[str, Budget] = Field(default_factory=dict)
+    """Per-tenant budgets, as JSON, e.g. `{"acme": {"usd": 5, "period": "day"}}`."""
+    breaker_failures: int = Field(default=5, ge=1)
+    """Consecutive failures that open an endpoint's circuit (calls go to fallbacks)."""
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    """How long an open circuit skips its endpoint before one trial call."""
+    metrics_port: int | None = None
+    """Serve Prometheus metrics on this port (unset: no metrics server)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server binds to (0.0.0.0 inside containers)."""
+    worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    """Recorded in every output."""
+
+    @property
+    def orgdata_file(self) -> Path:
+        return self.orgdata_path or self.data_dir / "orgdata.sqlite3"
+
+    def models_config(self) -> ModelsConfig:
+        """The model-call layer's config; named endpoints' API keys are read now."""
+        connections = {
+            "default": Connection(base_url=self.openai_base_url, api_key=self.openai_api_key)
+        }
+        for name, endpoint in self.endpoints.items():
+            env = endpoint.api_key_env
+            key = os.environ.get(env, "") if env else ""
+            connections[name] = Connection(base_url=endpoint.base_url, api_key=SecretStr(key))
+        return ModelsConfig(
+            connections=connections,
+            retry=self.retry,
+            quotas=self.quotas,
+            quota_max_workers=self.quota_max_workers,
+            prices=self.prices,
+            breaker_failures=self.breaker_failures,
+            breaker_cooldown_s=self.breaker_cooldown_s,
+        )
+
+    def image_limits(self, topology: Topology) -> ImageLimits:
+        """How images are prepared for `topology`: its own limits, this worker's file access."""
+        return ImageLimits(
+            max_pixels=topology.images.max_pixels,
+            max_side=topology.images.max_side,
+            file_root=self.image_root,
+            allow_private_hosts=self.image_allow_private_hosts,
+        )

@@ -1,0 +1,194 @@
+"""What the worker writes validates against the exported result schemas, and the SDK's
+`parse_result` and `result.schema.json` reject the same broken records."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from pydantic import ValidationError
+
+from llmflow.schemas.dead_letter import DeadLetter
+from llmflow.schemas.export import JSON_DIR
+from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+from llmflow.schemas.parked import Parked
+from llmflow.schemas.results import AnyResult
+from llmflow.services.sdk.consumer import parse_result
+
+AT = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+SOURCE: dict[str, Any] = {"source_topic": "tickets", "source_partition": 3, "source_offset": 42}
+
+
+def _validator(name: str) -> Draft202012Validator:
+    schema = json.loads((JSON_DIR / name).read_text())
+    return Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+
+RESULT = _validator("result.schema.json")
+OWN = {
+    "output": _validator("output.schema.json"),
+    "dead_letter": _validator("dead_letter.schema.json"),
+    "parked": _validator("parked.schema.json"),
+}
+
+CALL = ModelCallResult(
+    name="classify",
+    kind="chat",
+    call_id="c" * 32,
+    model="gpt-4o-mini",
+    prompt_version="classify-3",
+    answer={"category": "billing"},
+    tokens_in=187,
+    tokens_out=21,
+    latency_ms=412.5,
+)
+OUTPUT = Output(
+    event_id="e-1",
+    event_key="C-1001",
+    tenant="acme",
+    topology="support_triage",
+    topology_version="1.0.0",
+    org_record=OrgRecordRef(table="customers", key="C-1001", version="ab" * 32),
+    images=[
+        ImageInfo(
+            sha256="0" * 64, width=1024, height=768, original_width=4000, original_height=3000
+        )
+    ],
+    calls=[CALL, CALL.model_copy(update={"name": "embed", "kind": "embedding", "answer": [0.5]})],
+    totals=Totals.of([CALL], 430.0),
+    worker="host:1",
+    received_at=AT,
+    produced_at=AT.astimezone(timezone(timedelta(hours=5, minutes=30))),
+    **SOURCE,
+)
+BARE_OUTPUT = OUTPUT.model_copy(
+    update={"tenant": None, "org_record": None, "images": [], "calls": [], "received_at": AT}
+)
+DEAD_LETTER = DeadLetter(
+    event_id=None,
+    topology="support_triage",
+    topology_version="1.0.0",
+    stage="decode",
+    error_kind="not_json",
+    message="Invalid JSON",
+    original_b64="e25vcGU=",
+    failed_at=AT,
+    **SOURCE,
+)
+PARKED = Parked(
+    event_id="e-2",
+    tenant="acme",
+    topology="support_triage",
+    topology_version="1.0.0",
+    reason="budget",
+    message="over budget",
+    period="2026-01-02",
+    spent_usd=10.5,
+    budget_usd=10.0,
+    original_b64="e30=",
+    parked_at=AT,
+    **SOURCE,
+)
+WRITTEN: dict[str, AnyResult] = {
+    "output": OUTPUT,
+    "output-bare": BARE_OUTPUT,
+    "dead-letter": DEAD_LETTER,
+    "parked": PARKED,
+}
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is no JSON number")
+
+
+def _accepts(validator: Draft202012Validator, raw: bytes) -> bool:
+    try:  # RFC 8259 JSON: Python's json module would also read NaN and Infinity
+        document = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except ValueError:
+        return False
+    return validator.is_valid(document)
+
+
+def _parses(raw: bytes) -> bool:
+    try:
+        parse_result(raw)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("result", WRITTEN.values(), ids=WRITTEN.keys())
+def test_written_results_match_their_schemas_and_read_back(result: AnyResult) -> None:
+    raw = result.model_dump_json().encode()
+    own = OWN[result.record_type]
+    assert _accepts(RESULT, raw) and _accepts(own, raw)
+    assert parse_result(raw) == result
+    for record_type, other in OWN.items():
+        assert _accepts(other, raw) == (record_type == result.record_type)
+
+
+def _edit(result: AnyResult, **changes: Any) -> bytes:
+    document = json.loads(result.model_dump_json())
+    for field, value in changes.items():
+        if value is _DROP:
+            del document[field]
+        else:
+            document[field] = value
+    return json.dumps(document).encode()
+
+
+_DROP = object()
+
+BROKEN: dict[str, bytes] = {
+    "no-record-type": _edit(OUTPUT, record_type=_DROP),
+    "unknown-record-type": _edit(OUTPUT, record_type="answer"),
+    "record-type-null": _edit(DEAD_LETTER, record_type=None),
+    "output-labelled-parked": _edit(OUTPUT, record_type="parked"),
+    "dead-letter-labelled-output": _edit(DEAD_LETTER, record_type="output"),
+    "schema-version-1": _edit(PARKED, schema_version=1),
+    "schema-version-true": _edit(PARKED, schema_version=True),
+    "version-1-output-without-record-type": _edit(OUTPUT, record_type=_DROP, schema_version=1),
+    "unix-time": _edit(DEAD_LETTER, failed_at=1767323045),
+    "naive-time": _edit(PARKED, parked_at="2026-01-02T03:04:05"),
+    "space-for-t": _edit(OUTPUT, produced_at="2026-01-02 03:04:05Z"),
+    "unknown-stage": _edit(DEAD_LETTER, stage="somewhere"),
+    "dead-letter-without-event-id": _edit(DEAD_LETTER, event_id=_DROP),
+    "extra-field": _edit(OUTPUT, surprise=1),
+    "negative-tokens": _edit(OUTPUT, calls=[{**CALL.model_dump(mode="json"), "tokens_in": -1}]),
+    "offset-as-string": _edit(PARKED, source_offset="42"),
+    "offset-as-true": _edit(DEAD_LETTER, source_partition=True),
+    "offset-fractional": _edit(DEAD_LETTER, source_offset=42.5),
+    "spent-as-string": _edit(PARKED, spent_usd="10.5"),
+    "spent-nan": _edit(PARKED, spent_usd=float("nan")),
+    "latency-infinite": _edit(OUTPUT, totals={**OUTPUT.totals.model_dump(), "latency_ms": 1e400}),
+    "reused-as-string": _edit(OUTPUT, calls=[{**CALL.model_dump(mode="json"), "reused": "yes"}]),
+    "repaired-as-number": _edit(OUTPUT, calls=[{**CALL.model_dump(mode="json"), "repaired": 1}]),
+    "not-an-object": b"[]",
+    "not-json": b"{nope",
+}
+
+
+# Edited by hand and still valid: JSON numbers are numbers whatever their spelling.
+EDITED: dict[str, bytes] = {
+    "offset-as-whole-float": _edit(DEAD_LETTER, source_offset=42.0),
+    "spent-as-integer": _edit(PARKED, spent_usd=10),
+    "event-id-null": _edit(DEAD_LETTER, event_id=None),
+}
+
+
+@pytest.mark.parametrize("raw", EDITED.values(), ids=EDITED.keys())
+def test_edited_results_are_accepted_by_both(raw: bytes) -> None:
+    assert (_accepts(RESULT, raw), _parses(raw)) == (True, True)
+
+
+@pytest.mark.parametrize("raw", BROKEN.values(), ids=BROKEN.keys())
+def test_broken_results_are_rejected_by_both(raw: bytes) -> None:
+    assert (_accepts(RESULT, raw), _parses(raw)) == (False, False)
+
+
+def test_the_record_type_picks_the_model() -> None:
+    for result in WRITTEN.values():
+        assert type(parse_result(result.model_dump_json().encode())) is type(result)

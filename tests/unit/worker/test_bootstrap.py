@@ -1,0 +1,57 @@
+"""The composition root builds a worker without a broker: topics, tables, agents, clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from llmflow.services.worker.bootstrap import bootstrap
+from llmflow.services.worker.settings import Settings
+
+
+class FakeEnsure:
+    """Records the topics asked for; every topic has `partitions` partitions."""
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+
+    def __call__(
+        self, servers: str, names: Iterable[str], partitions: int, replication: int
+    ) -> dict[str, int]:
+        self.topics = list(names)
+        return {name: partitions for name in self.topics}
+
+
+async def test_bootstrap_wires_every_topology(project_root: Path, tmp_path: Path) -> None:
+    settings = Settings(
+        kafka_bootstrap_servers="127.0.0.1:1",
+        app_id="bootstrap-test",
+        data_dir=tmp_path,
+        topic_partitions=3,
+        budgets={"acme": {"usd": 1}},
+    )
+    ensure = FakeEnsure()
+    shipped = project_root / "topologies"
+    app = bootstrap(
+        settings, [shipped / "support_triage.yaml", shipped / "product_images.yaml"], ensure=ensure
+    )
+    # Every topic a topology reads or writes is created up front, the parked ones included.
+    assert ensure.topics == [
+        "support.tickets",
+        "support.triaged",
+        "support.tickets.dlq",
+        "support.tickets.parked",
+        "catalog.images",
+        "catalog.images.enriched",
+        "catalog.images.dlq",
+        "catalog.images.parked",
+    ]
+    assert app.conf.id == "bootstrap-test"
+    assert set(app.agents) == {"llmflow.support_triage", "llmflow.product_images"}
+    tables = {name: table.partitions for name, table in app.tables.items()}
+    assert tables == {
+        f"{topology}-{kind}": 3
+        for topology in ("support_triage", "product_images")
+        for kind in ("answered", "paid", "spend")
+    }
+    await app.on_before_shutdown.send()  # closes the model client, executor and org data
