@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -46,3 +47,23 @@ def keep_calls(path: Path, *names: str) -> dict[str, Any]:
     spec["calls"] = [call for call in spec["calls"] if call["name"] in names]
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec
+
+
+def wait_until_all_assigned(ports: list[int], timeout_s: float = 120.0) -> None:
+    """Until every worker (by metrics port) holds input partitions, i.e. the group is settled.
+
+    A worker's quota share is its fraction of the input partitions: 0 until it is assigned
+    and again while a rebalance has revoked them, so all shares above 0 means every worker
+    took part in the same, finished rebalance.
+    """
+    deadline = time.monotonic() + timeout_s
+    shares: list[float] = []
+    while time.monotonic() < deadline:
+        try:
+            shares = [total(scrape(port), "llmflow_quota_share") for port in ports]
+        except OSError:
+            shares = []  # a worker not serving metrics yet
+        if shares and all(share > 0 for share in shares):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"workers not all assigned after {timeout_s:.0f} s: shares {shares}")

@@ -19,7 +19,13 @@ from llmflow.services.broker.local import free_port
 from llmflow.services.models.structured import parse_answer
 from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
 from llmflow.services.sdk.consumer import Result
-from tests.integration.helpers import keep_calls, scrape, simulator_log, total
+from tests.integration.helpers import (
+    keep_calls,
+    scrape,
+    simulator_log,
+    total,
+    wait_until_all_assigned,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +163,11 @@ def test_tenant_over_budget_is_parked_and_others_are_not(
     sim = modelsim()
     budget = 0.0006  # about eight events' worth at gpt-4o-mini list prices
     env = {**worker_env(sim), "LLMFLOW_BUDGETS": json.dumps({"thrifty": {"usd": budget}})}
-    first, second = workers([path], env), workers([path], env)
+    ports = [free_port(), free_port()]
+    first, second = (workers([path], {**env, "LLMFLOW_METRICS_PORT": str(p)}) for p in ports)
+    # Both workers in one settled group before any event: this test is about budgets, and
+    # a late joiner's rebalance in the middle of a batch is not what it measures.
+    wait_until_all_assigned(ports)
 
     with ResultConsumer(kafka_bootstrap, topics) as consumer:
         spent = _produce(kafka_bootstrap, spec["input_topic"], "t1", 12, tenant="thrifty")
@@ -215,7 +225,8 @@ def test_killed_worker_loses_nothing_and_pays_no_answer_twice(
         killed_at = time.time()
         victim.kill()  # SIGKILL: no shutdown, no commit, in-flight calls lost
         survivor = workers([path], {**env, "LLMFLOW_METRICS_PORT": str(port)})
-        after = list(consumer.results(idle_timeout_s=60, limit=len(sent) - len(before)))
+        # The survivor waits out the victim's session (about a minute) before it resumes.
+        after = list(consumer.results(idle_timeout_s=120, limit=len(sent) - len(before)))
         after += consumer.results(idle_timeout_s=3)
         duplicates = consumer.duplicates
 

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from dev.topologies import copy_topology
 from llmflow.services.broker.local import free_port
+from llmflow.topologies.loader import load_topology
 
 pytestmark = pytest.mark.integration
 
@@ -148,16 +150,10 @@ def test_readme_sdk_example_runs_against_the_installed_worker(
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
-    spec = (project_root / "topologies" / "support_triage.yaml").read_text()
-    topics = {
-        "support.tickets": f"wheel.tickets.{suffix}",
-        "support.triaged": f"wheel.out.{suffix}",
-    }
-    topics["support.tickets.dlq"] = f"{topics['support.tickets']}.dlq"
-    for shipped, unique in sorted(topics.items(), key=lambda item: -len(item[0])):
-        spec = spec.replace(f": {shipped}\n", f": {unique}\n")
-    topology = app_dir / "triage.yaml"
-    topology.write_text(spec)
+    copy = copy_topology("support_triage", app_dir, suffix)
+    shipped = load_topology(project_root / "topologies" / "support_triage.yaml")
+    topics = dict(zip(shipped.topics, copy.topology.topics, strict=True))
+    topology = copy.path
 
     port = free_port()
     env = {
@@ -186,8 +182,8 @@ def test_readme_sdk_example_runs_against_the_installed_worker(
         )
 
     example = _readme_example(project_root).replace("127.0.0.1:9092", kafka_bootstrap)
-    for shipped, unique in sorted(topics.items(), key=lambda item: -len(item[0])):
-        example = example.replace(f'"{shipped}"', f'"{unique}"')
+    for name, unique in topics.items():  # quoted: "support.tickets" is in ".dlq" too
+        example = example.replace(f'"{name}"', f'"{unique}"')
     script = app_dir / "example.py"
     script.write_text(example)
     # The worker needs a few seconds to join its group: run the example until its event
