@@ -36,10 +36,13 @@ def cmd_kafka_fetch(args: argparse.Namespace) -> int:
 def cmd_kafka_start(args: argparse.Namespace) -> int:
     from llmflow.services.broker.local import LocalKafka
 
+    # A folder started before keeps its cluster, records and port (see LocalKafka.start).
     broker = LocalKafka(Path(args.data_dir), port=args.port).start()
-    print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
-    _wait_for_signal()
-    broker.stop()
+    try:
+        print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+        _wait_for_signal()
+    finally:
+        broker.stop()
     return 0
 
 
@@ -94,9 +97,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_orgdata_load(args: argparse.Namespace) -> int:
-    from llmflow.services.orgdata.loader import load_file, load_samples
-    from llmflow.services.orgdata.store import OrgDataStore
+    from llmflow.services.orgdata.loader import load_samples, read_records
+    from llmflow.services.orgdata.store import OrgDataStore, validate_table
 
+    rows: list[dict[str, Any]] = []
+    if not args.samples:
+        if not args.table or not args.file:
+            raise LlmflowError("give TABLE and FILE, or --samples")
+        # The whole file is read and checked before the store is even opened: a bad file
+        # is one line `<file>:<line>: <reason>` (exit 2) and leaves the store untouched.
+        validate_table(args.table)
+        rows = read_records(Path(args.file), args.key_field, last_wins=args.last_wins)
     settings = _settings()
     path = Path(args.db) if args.db else settings.orgdata_file
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,9 +116,7 @@ def cmd_orgdata_load(args: argparse.Namespace) -> int:
         if args.samples:
             counts = load_samples(store)
         else:
-            if not args.table or not args.file:
-                raise LlmflowError("give TABLE and FILE, or --samples")
-            counts = {args.table: load_file(store, args.table, Path(args.file), args.key_field)}
+            counts = {args.table: store.upsert(args.table, rows, args.key_field)}
         for table, count in counts.items():
             print(f"{table}: {count} records loaded into {path}")
     finally:
@@ -207,8 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_kafka_fetch
     )
     start = kafka_sub.add_parser("start", help="run a single-node broker until Ctrl-C")
-    start.add_argument("--data-dir", default=".llmflow/kafka")
-    start.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    start.add_argument(
+        "--data-dir",
+        default=".llmflow/kafka",
+        help="kept between starts: a later start reuses its records, cluster and port",
+    )
+    start.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="0 picks a free port on a new folder and reuses the kept one after; "
+        "a port other than the kept one is an error",
+    )
     start.set_defaults(func=cmd_kafka_start)
 
     topology = sub.add_parser("topology", help="work with topology files")
@@ -230,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("table", nargs="?")
     load.add_argument("file", nargs="?")
     load.add_argument("--key-field", default="id")
+    load.add_argument(
+        "--last-wins",
+        action="store_true",
+        help="let a key repeat in the file and keep its last record (default: an error)",
+    )
     load.add_argument("--samples", action="store_true", help="load the bundled sample data")
     load.add_argument("--db", help="SQLite file (default: LLMFLOW_ORGDATA_PATH)")
     load.set_defaults(func=cmd_orgdata_load)

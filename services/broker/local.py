@@ -7,10 +7,15 @@ keep tests fast. Used alike by the test fixtures, `make demo` and `llmflow kafka
 Where the jars go (`lib_dir()`): `LLMFLOW_KAFKA_LIB` when set; in a checkout
 `deploy/kafka/lib`; from an installed wheel `${XDG_CACHE_HOME:-~/.cache}/llmflow/kafka-<Kafka
 version>/lib`, so that site-packages is never written to.
+
+A data folder keeps its broker: the first start formats it and writes `llmflow-broker.json`
+(cluster id, broker port, controller port); later starts on the same folder reuse all three
+and skip formatting, so the topics and records are still there (see `LocalKafka.start`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -51,8 +56,52 @@ _FAST_SETTINGS = {
 }
 
 
+# In the data folder: what a restart needs to find the same cluster on the same address.
+STATE_FILE = "llmflow-broker.json"
+
+
 class BrokerError(LlmflowError):
     """The local broker could not be fetched or started."""
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    """What a data folder was formatted with; stored as `STATE_FILE` in the folder."""
+
+    cluster_id: str
+    port: int
+    controller_port: int
+
+    @classmethod
+    def read(cls, path: Path) -> BrokerState | None:
+        """The state in `path`, None when there is none; BrokerError when it is unreadable."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BrokerError(f"cannot read {path}: {exc}") from exc
+        try:
+            data = json.loads(text)
+            state = cls(str(data["cluster_id"]), int(data["port"]), int(data["controller_port"]))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BrokerError(
+                f"{path} is damaged ({exc!r}); remove the folder {path.parent} to start afresh"
+            ) from exc
+        if not (0 < state.port < 65536 and 0 < state.controller_port < 65536):
+            raise BrokerError(f"{path} names a port outside 1-65535")
+        return state
+
+    def write(self, path: Path) -> None:
+        """Replace `path` atomically: a crash leaves the old state or the new, never half."""
+        data = {
+            "cluster_id": self.cluster_id,
+            "port": self.port,
+            "controller_port": self.controller_port,
+        }
+        scratch = path.with_name(f".{path.name}.tmp")
+        scratch.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(scratch, path)
 
 
 def free_port() -> int:
@@ -137,7 +186,10 @@ def _java() -> str:
 
 @dataclass
 class LocalKafka:
-    """One broker+controller process. Use as a context manager or call start/stop."""
+    """One broker+controller process. Use as a context manager or call start/stop.
+
+    `port` 0 picks a free port at the first start of a folder and reuses it afterwards.
+    """
 
     data_dir: Path
     port: int = 0
@@ -180,16 +232,76 @@ class LocalKafka:
         ]
 
     def start(self, timeout_s: float = 90.0) -> LocalKafka:
+        """Start the broker on `data_dir`; formats the folder at its first start only.
+
+        The first start picks the ports (`port`, or a free one when 0, and a free controller
+        port) and a random cluster id, formats the storage and keeps the three in
+        `data_dir/llmflow-broker.json`. A later start on the same folder skips formatting
+        and reuses them, so the bootstrap address stays the same and the records are kept.
+        An explicit `port` that differs from the kept one is an error, not a silent move:
+        producers and consumers configured with the old address would lose the broker.
+        A folder formatted before the state file existed keeps its cluster id (read from
+        `logs/meta.properties`) and gets new ports.
+        """
         fetch_kafka()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        config = self._write_config(free_port())
+        state = self._state()
+        self.port = state.port
+        for port in {state.port, state.controller_port}:
+            if not _port_is_free(port):
+                raise BrokerError(
+                    f"port {port} of the broker in {self.data_dir} is in use: is that broker "
+                    "already running? (stop it, or remove the folder to start afresh)"
+                )
+        config = self._write_config(state.controller_port)
+        if not self._meta_properties.exists():
+            self._format(config, state.cluster_id)
+        state.write(self.data_dir / STATE_FILE)
+        with (self.data_dir / "broker.log").open("ab") as log_file:  # the child keeps its copy
+            self.process = subprocess.Popen(
+                self._run_java("kafka.Kafka", str(config)),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # a Ctrl-C in the terminal is ours to forward
+            )
+        self._wait_ready(timeout_s)
+        log.info("Kafka is up on %s (data in %s)", self.bootstrap_servers, self.data_dir)
+        return self
+
+    @property
+    def _meta_properties(self) -> Path:
+        """Written by the storage format; its presence means the folder is formatted."""
+        return self.data_dir / "logs" / "meta.properties"
+
+    def _state(self) -> BrokerState:
+        """The kept state of the folder, or a new one for a folder never started."""
+        path = self.data_dir / STATE_FILE
+        kept = BrokerState.read(path)
+        formatted_id = _meta_cluster_id(self._meta_properties)
+        if kept is None:
+            port = self.port or free_port()
+            controller_port = free_port()
+            while controller_port == port:
+                controller_port = free_port()
+            return BrokerState(formatted_id or _cluster_id(), port, controller_port)
+        if self.port and self.port != kept.port:
+            raise BrokerError(
+                f"{self.data_dir} holds a broker on port {kept.port} (kept in {path}); "
+                f"start it without a port or with port {kept.port}, or use another data "
+                f"folder for port {self.port}"
+            )
+        if formatted_id and formatted_id != kept.cluster_id:
+            # The formatted storage is what the broker checks: believe it over the state file.
+            return BrokerState(formatted_id, kept.port, kept.controller_port)
+        return kept
+
+    def _format(self, config: Path, cluster_id: str) -> None:
         fmt = subprocess.run(
             self._run_java(
                 # "--cluster-id=ID": a random id may start with "-", which a bare argument cannot.
                 "kafka.tools.StorageTool",
                 "format",
-                f"--cluster-id={_cluster_id()}",
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(config),
             ),
@@ -199,16 +311,6 @@ class LocalKafka:
         )
         if fmt.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
-        log_file = (self.data_dir / "broker.log").open("ab")
-        self.process = subprocess.Popen(
-            self._run_java("kafka.Kafka", str(config)),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C in the terminal is ours to forward, not the JVM's
-        )
-        self._wait_ready(timeout_s)
-        log.info("Kafka is up on %s (data in %s)", self.bootstrap_servers, self.data_dir)
-        return self
 
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -251,6 +353,33 @@ def _cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+def _meta_cluster_id(meta: Path) -> str | None:
+    """`cluster.id` of a formatted log folder's meta.properties, None when not formatted."""
+    try:
+        lines = meta.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BrokerError(f"cannot read {meta}: {exc}") from exc
+    for line in lines:
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "cluster.id" and value.strip():
+            return value.strip()
+    raise BrokerError(f"{meta} names no cluster.id; remove {meta.parent.parent} to start afresh")
+
+
+def _port_is_free(port: int) -> bool:
+    """True when a listener could bind 127.0.0.1:`port` now (as the JVM does, reusing
+    addresses, so a port left in TIME_WAIT by a stopped broker counts as free)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def broker_answers(bootstrap_servers: str) -> bool:

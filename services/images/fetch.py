@@ -3,11 +3,31 @@
 Synchronous on purpose: it runs in the worker's thread pool next to `prepare_image`.
 HTTP goes through `http.client` to the one address that passed the SSRF check, so a
 second DNS answer (rebinding) cannot redirect the request to an internal host.
+
+file:// URLs are confined to `ImageLimits.file_root` without a check-then-open race:
+
+- The URL path is percent-decoded to bytes first; a NUL byte or a ".." component is
+  refused, "." and empty components are skipped, and the rest must start with the root
+  (as configured or as its real path). Symlinks in the root's own path are configuration.
+- Below the root, every directory is opened relative to its parent's descriptor with
+  O_NOFOLLOW | O_DIRECTORY, and the file with O_NOFOLLOW | O_NONBLOCK. **Symlinks
+  anywhere inside the root are refused**, even ones pointing back inside it: a component
+  swapped for a link while the path is walked is never followed.
+- The opened file must be a regular file (fstat), so a directory, FIFO, socket or device
+  is refused without blocking.
+- **Hard links**: a hard link to an outside file cannot be told apart from the file by its
+  path, so every file with st_nlink > 1 is refused. Deduplicated trees (`cp -l`, rsync
+  --link-dest) must be copied into the root instead. Mount points inside the root are
+  followed: mounting is the operator's business.
+- Every failure is an ImageError: "forbidden_source" when the URL tries to leave the root
+  (outside path, "..", NUL, symlink, hard link), "fetch_failed" when the file cannot be
+  served (missing, not a regular file, permission denied, name too long, other errors).
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import http.client
 import ipaddress
@@ -17,8 +37,7 @@ import ssl
 import stat
 import time
 from pathlib import Path
-from urllib.parse import SplitResult, urlsplit
-from urllib.request import url2pathname
+from urllib.parse import SplitResult, unquote_to_bytes, urlsplit
 
 from llmflow.services.images.prepare import ImageError, ImageLimits, check_byte_size
 
@@ -26,6 +45,29 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _READ_CHUNK = 64 * 1024
+
+_O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY: int = getattr(os, "O_DIRECTORY", 0)
+_O_CLOEXEC: int = getattr(os, "O_CLOEXEC", 0)
+# Without these the component-by-component open below cannot keep links out.
+_CONFINED_OPEN = bool(_O_NOFOLLOW and _O_DIRECTORY) and os.open in os.supports_dir_fd
+_DIR_FLAGS = os.O_RDONLY | _O_NOFOLLOW | _O_DIRECTORY | _O_CLOEXEC
+# O_NONBLOCK: opening a FIFO must not hang the worker thread; O_NOCTTY: a terminal
+# device must not become the worker's controlling terminal. fstat then refuses both.
+_FILE_FLAGS = (
+    os.O_RDONLY
+    | _O_NOFOLLOW
+    | _O_CLOEXEC
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+)
+_FILE_TYPES = {
+    stat.S_IFDIR: "directory",
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFSOCK: "socket",
+}
 
 
 def load_image_bytes(source: str, limits: ImageLimits) -> bytes:
@@ -58,37 +100,138 @@ def decode_inline(b64: str, limits: ImageLimits) -> bytes:
 
 
 def _load_file(parts: SplitResult, limits: ImageLimits) -> bytes:
+    """Read a file:// URL confined to `limits.file_root`; see the module docstring."""
     if limits.file_root is None:
         raise ImageError("forbidden_source", "file URLs are disabled (no file_root configured)")
     if parts.netloc not in ("", "localhost"):
         raise ImageError("forbidden_source", f"file URL host {parts.netloc!r} is not local")
-    path = Path(url2pathname(parts.path))
-    if not path.is_absolute():
-        raise ImageError("forbidden_source", f"file URL path {str(path)!r} is not absolute")
-    root = limits.file_root.resolve()
-    target = path.resolve()  # follows symlinks and "..", so a link cannot lead outside
-    if not target.is_relative_to(root):
-        raise ImageError("forbidden_source", f"{path} is outside the image root {root}")
-    # O_NOFOLLOW: the last component cannot be swapped for a symlink after the check;
-    # O_NONBLOCK: opening a FIFO must not hang the worker thread.
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    if not _CONFINED_OPEN:
+        raise ImageError(
+            "forbidden_source", "file URLs need O_NOFOLLOW, O_DIRECTORY and dir_fd support"
+        )
+    raw = unquote_to_bytes(parts.path)
+    shown = _show(raw)
+    names = _names_below_root(raw, limits.file_root, shown)
+    fd = _open_beneath(limits.file_root, names, shown)
     try:
-        fd = os.open(target, flags)
-    except FileNotFoundError as exc:
-        raise ImageError("fetch_failed", f"image file {path} does not exist") from exc
-    except OSError as exc:
-        raise ImageError("fetch_failed", f"cannot open image file {path}: {exc.strerror}") from exc
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageError("fetch_failed", f"{path} is not a regular file")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _FILE_TYPES.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise ImageError("fetch_failed", f"image file {shown} is a {kind}, not a regular file")
+        if info.st_nlink > 1:
+            raise ImageError(
+                "forbidden_source",
+                f"image file {shown} has {info.st_nlink} hard links; files with more than one"
+                " link are refused because a link may lead to a file outside the image root",
+            )
         with open(fd, "rb", closefd=False) as fh:
             data = fh.read(limits.max_bytes + 1)
     except OSError as exc:
-        raise ImageError("fetch_failed", f"cannot read image file {path}: {exc.strerror}") from exc
+        raise ImageError("fetch_failed", f"cannot read image file {shown}: {_why(exc)}") from exc
     finally:
         os.close(fd)
     check_byte_size(len(data), limits, partial=True)
     return data
+
+
+def _names_below_root(raw: bytes, root: Path, shown: str) -> list[bytes]:
+    """The decoded URL path's components below the root, checked before anything is opened."""
+    if b"\0" in raw:
+        raise ImageError("forbidden_source", f"file URL path {shown} contains a NUL byte")
+    if not raw.startswith(b"/"):
+        raise ImageError("forbidden_source", f"file URL path {shown} is not absolute")
+    names = _components(raw)
+    if b".." in names:
+        raise ImageError(
+            "forbidden_source", f"file URL path {shown} has a '..' component; it is refused"
+        )
+    # The root may be named as configured or by its real path (e.g. /tmp -> /private/tmp);
+    # the root's own path is configuration and trusted, only what lies below it is not.
+    try:
+        bases = {os.path.abspath(root), os.path.realpath(root)}
+    except ValueError as exc:  # a NUL byte in the configured root
+        raise ImageError("fetch_failed", f"image root {str(root)!r} is invalid: {exc}") from exc
+    for base in bases:
+        prefix = _components(os.fsencode(base))
+        if names[: len(prefix)] == prefix:
+            return names[len(prefix) :]
+    raise ImageError("forbidden_source", f"{shown} is outside the image root {str(root)!r}")
+
+
+def _components(path: bytes) -> list[bytes]:
+    # Empty components ("//") and "." name the same directory: skipped.
+    return [name for name in path.split(b"/") if name not in (b"", b".")]
+
+
+def _open_beneath(root: Path, names: list[bytes], shown: str) -> int:
+    """Open root/names[0]/.../names[-1] one component at a time; return the file's fd.
+
+    Each directory is opened relative to its parent's descriptor with O_NOFOLLOW, so a
+    component swapped for a symlink between checks and opens is refused, never followed.
+    """
+    if not names:
+        raise ImageError("fetch_failed", f"{shown} is the image root, not a file")
+    try:
+        fd = os.open(root, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    except (OSError, ValueError) as exc:
+        why = _why(exc) if isinstance(exc, OSError) else str(exc)
+        raise ImageError(
+            "fetch_failed", f"cannot open the image root {str(root)!r}: {why}"
+        ) from exc
+    try:
+        for name in names[:-1]:
+            child = _open_at(name, _DIR_FLAGS, fd, shown)
+            os.close(fd)
+            fd = child
+        return _open_at(names[-1], _FILE_FLAGS, fd, shown)
+    finally:
+        os.close(fd)
+
+
+def _open_at(name: bytes, flags: int, dir_fd: int, shown: str) -> int:
+    try:
+        return os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        raise _open_error(exc, name, dir_fd, shown) from exc
+
+
+def _open_error(exc: OSError, name: bytes, dir_fd: int, shown: str) -> ImageError:
+    # O_NOFOLLOW on a symlink fails with ELOOP (EMLINK on FreeBSD); with O_DIRECTORY as
+    # well, Linux says ENOTDIR, which also means "a regular file used as a directory".
+    if exc.errno in (errno.ELOOP, errno.EMLINK) or (
+        exc.errno == errno.ENOTDIR and _is_symlink(name, dir_fd)
+    ):
+        return ImageError(
+            "forbidden_source",
+            f"image file {shown}: {_show(name)} is a symbolic link;"
+            " links inside the image root are refused",
+        )
+    if exc.errno == errno.ENOENT:
+        return ImageError("fetch_failed", f"image file {shown} does not exist")
+    return ImageError(
+        "fetch_failed", f"cannot open image file {shown} at {_show(name)}: {_why(exc)}"
+    )
+
+
+def _is_symlink(name: bytes, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _why(exc: OSError) -> str:
+    if exc.strerror:
+        return exc.strerror
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _show(path: bytes, limit: int = 160) -> str:
+    """A path for an error message: decoded like the OS would, quoted, cut if very long."""
+    text = os.fsdecode(path)
+    if len(text) > limit:
+        text = f"{text[: limit // 2]}...{text[-limit // 4 :]}"
+    return repr(text)
 
 
 def _load_http(parts: SplitResult, scheme: str, limits: ImageLimits) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,7 +22,7 @@ from llmflow.schemas.outputs import ModelCallResult
 from llmflow.services.models.breaker import CircuitBreaker
 from llmflow.services.models.costs import Price, call_cost
 from llmflow.services.models.metrics import ModelMetrics
-from llmflow.services.models.quotas import QuotaRegistry
+from llmflow.services.models.quotas import ModelQuota, Permit, QuotaRegistry
 from llmflow.services.models.retry import RetryPolicy, decide
 from llmflow.services.models.structured import SchemaViolation, parse_answer, repair_messages
 from llmflow.services.models.tokens import count_prompt_tokens, count_text_tokens
@@ -230,41 +231,44 @@ class ModelClient:
         attempt = 0
         while True:
             attempt += 1
-            if quota is None:
-                permit = None
-            else:
-                permit = await quota.acquire(estimate)
-            try:
-                answer, headers = await self._request(client, call, target, request, call_id)
-            except openai.APIError as exc:
-                if permit:
-                    permit.settle(0)
-                    permit.release()
-                decision = decide(
-                    exc, attempt, deadline - time.monotonic(), self._policy, call=call.name
-                )
-                self._count(target, decision.reason)
-                if decision.delay_s is None:
-                    raise ModelCallError(
-                        call.name,
-                        decision.reason,
-                        str(exc),
-                        transient=_is_transient(exc),
-                        attempts=attempt,
-                    ) from exc
-                if quota is not None and decision.retry_after_s:
-                    quota.hold_for(decision.retry_after_s)  # every caller backs off together
-                if self._metrics:
-                    self._metrics.retries.labels(target.model, decision.reason).inc()
-                await asyncio.sleep(decision.delay_s)
-                continue
-            if permit:
-                permit.settle(answer.tokens_in + answer.tokens_out)
-                permit.release()
-            if quota is not None:
-                quota.observe_headers(headers)
-            self._count(target, "ok")
-            return answer, attempt
+            # The permit is released on every way out of the block: an answer, an API error,
+            # a cancellation (a sibling call of the event failed) or any other exception.
+            # An answer settles it to the real tokens, an API error to 0; otherwise the
+            # estimate stays charged, since the endpoint may have counted the request.
+            failure: openai.APIError | None = None
+            async with _slot(quota, estimate) as permit:
+                try:
+                    answer, headers = await self._request(client, call, target, request, call_id)
+                except openai.APIError as exc:
+                    if permit is not None:
+                        permit.settle(0)
+                    failure = exc
+                else:
+                    if permit is not None:
+                        permit.settle(answer.tokens_in + answer.tokens_out)
+            if failure is None:
+                if quota is not None:
+                    quota.observe_headers(headers)
+                self._count(target, "ok")
+                return answer, attempt
+            # Out of the permit: the backoff below must not hold a concurrency slot.
+            decision = decide(
+                failure, attempt, deadline - time.monotonic(), self._policy, call=call.name
+            )
+            self._count(target, decision.reason)
+            if decision.delay_s is None:
+                raise ModelCallError(
+                    call.name,
+                    decision.reason,
+                    str(failure),
+                    transient=_is_transient(failure),
+                    attempts=attempt,
+                ) from failure
+            if quota is not None and decision.retry_after_s:
+                quota.hold_for(decision.retry_after_s)  # every caller backs off together
+            if self._metrics:
+                self._metrics.retries.labels(target.model, decision.reason).inc()
+            await asyncio.sleep(decision.delay_s)
 
     def _count(self, target: Target, status: str) -> None:
         if self._metrics:
@@ -296,6 +300,11 @@ class ModelClient:
         tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         text = chat.choices[0].message.content or ""
         return _Answer(text, None, chat.model, *tokens), raw_chat.headers
+
+
+def _slot(quota: ModelQuota | None, estimate: int) -> AbstractAsyncContextManager[Permit | None]:
+    """`quota.slot(estimate)`, or no permit at all for a model without a quota."""
+    return quota.slot(estimate) if quota is not None else nullcontext()
 
 
 def _is_transient(error: openai.APIError) -> bool:

@@ -295,7 +295,8 @@ class ModelQuota:
 
     @asynccontextmanager
     async def slot(self, estimated_tokens: int) -> AsyncIterator[Permit]:
-        """`acquire` as a context manager that releases the permit on exit."""
+        """`acquire` as a context manager that releases the permit on every exit: normal,
+        exception or cancellation (a task cancelled while still waiting holds nothing)."""
         permit = await self.acquire(estimated_tokens)
         try:
             yield permit

@@ -13,18 +13,26 @@ Each topology therefore keeps two tables, changelogged and co-partitioned with i
 is skipped) and `paid` (answers by call id: a redelivered event reuses every answer it
 already paid for and calls only what is missing).
 
+The pipeline turns every failure of an event into a dead letter. Should anything still
+escape the agent (a bug here, or publishing failing for good), the worker logs it and exits
+at once with status 70, before faust can ack the event: the event is redelivered to the
+worker that takes over its partition instead of being lost.
+
 This module declares things the way faust wants them; `bootstrap` decides what they are.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 STATE_WINDOW = timedelta(hours=1)
 STATE_EXPIRES = timedelta(hours=2)
 
+EXIT_EVENT_UNHANDLED = 70  # EX_SOFTWARE: an event escaped its error boundary
+
 
 def create_app(settings: Settings) -> faust.App:
     """The faust app of one worker, with nothing declared on it yet."""
@@ -58,6 +68,8 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Results must fit what the broker takes; the pipeline sizes them to this limit.
+        producer_max_request_size=settings.max_record_bytes,
         stream_buffer_maxsize=settings.concurrency,
         # Never kill an agent for a slow model: calls carry their own deadlines.
         stream_processing_timeout=max(300.0, settings.retry.deadline_s * 2),
@@ -108,29 +120,83 @@ def add_agent(
         app.topic(topology.dead_letter_topic, **raw),
         app.topic(topology.parked, **raw),
     )
-    name = topology.name
+    app.agent(source, name=f"llmflow.{topology.name}", concurrency=concurrency)(
+        agent_body(pipeline, answered, metrics, sinks)
+    )
+
+
+def agent_body(
+    pipeline: Pipeline, answered: Any, metrics: Metrics, sinks: _Sinks
+) -> Callable[[faust.StreamT[bytes]], AsyncIterator[None]]:
+    """The agent function of a topology: each event answered, published and recorded."""
+    name = pipeline.topology.name
+
+    async def answer(value: bytes | None, message: Any) -> bool:
+        """Handle one record; False when it was answered before and is skipped."""
+        metrics.events_in.labels(name).inc()
+        mark = f"{message.partition}:{message.offset}"
+        if mark in answered:  # windowed by the record's own timestamp
+            metrics.redeliveries_skipped.labels(name).inc()
+            log.info("skipping redelivered record %s of %s", mark, message.topic)
+            return False
+        key = message.key
+        meta = SourceMeta(message.topic, message.partition, message.offset, len(key or b""))
+        metrics.in_flight.labels(name).inc()
+        try:
+            result = await pipeline.handle(value, meta)
+            await _publish(result, key, sinks)
+        finally:
+            metrics.in_flight.labels(name).dec()
+        answered[mark] = 1
+        _count(metrics, name, result, message.timestamp)
+        return True
 
     async def process(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
-            message = event.message
-            metrics.events_in.labels(name).inc()
-            mark = f"{message.partition}:{message.offset}"
-            if mark in answered:  # windowed by the record's own timestamp
-                metrics.redeliveries_skipped.labels(name).inc()
-                log.info("skipping redelivered record %s of %s", mark, message.topic)
-                continue
-            meta = SourceMeta(message.topic, message.partition, message.offset)
-            metrics.in_flight.labels(name).inc()
             try:
-                result = await pipeline.handle(event.value, meta)
-                await _publish(result, message.key, sinks)
-            finally:
-                metrics.in_flight.labels(name).dec()
-            answered[mark] = 1
-            _count(metrics, name, result, message.timestamp)
-            yield None
+                answered_now = await answer(event.value, event.message)
+            except Exception as exc:
+                # Not `raise`: faust acks an event even when the agent raises on it
+                # (faust-streaming issue #315), so the offset would be committed and the
+                # event lost. Exiting now, before control goes back to the stream, leaves
+                # it unacked: uncommitted, it is redelivered. CancelledError (shutdown,
+                # rebalance) is a BaseException and goes through.
+                exit_unacked(name, event.message, exc)
+            if answered_now:
+                yield None
 
-    app.agent(source, name=f"llmflow.{name}", concurrency=concurrency)(process)
+    return process
+
+
+def exit_unacked(topology: str, message: Any, exc: BaseException) -> NoReturn:
+    """Log what escaped with where its event is, flush the logs, and end the process at once
+    (status 70): no `await` in between, so nothing can ack or commit the event's offset."""
+    try:
+        log.critical(
+            "%s: the event at %s[%s]@%s could not be answered; exiting with status %d so "
+            "that it is redelivered instead of lost",
+            topology,
+            getattr(message, "topic", "?"),
+            getattr(message, "partition", "?"),
+            getattr(message, "offset", "?"),
+            EXIT_EVENT_UNHANDLED,
+            exc_info=exc,
+        )
+        _flush_logs()
+    finally:
+        os._exit(EXIT_EVENT_UNHANDLED)
+
+
+def _flush_logs() -> None:
+    logger: logging.Logger | None = log
+    while logger is not None:
+        for handler in logger.handlers:
+            with contextlib.suppress(Exception):  # exiting anyway
+                handler.flush()
+        logger = logger.parent if logger.propagate else None
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def divide_quotas_on_rebalance(

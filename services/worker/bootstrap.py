@@ -102,6 +102,7 @@ def bootstrap(
             worker_id=settings.worker_id,
             paid=TablePaidCalls(tables.paid),
             budgets=TableBudgets(settings.budgets, tables.spend, spend),
+            max_record_bytes=settings.max_record_bytes,
         )
         add_agent(app, pipeline, tables.answered, metrics, settings.concurrency)
         changelogs[tables.spend_changelog] = count

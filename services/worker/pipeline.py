@@ -3,7 +3,11 @@
 Stages: decode/validate the contract -> route by kind -> check the tenant's budget
 -> prepare images (thread pool) -> look up org data -> render prompts -> run every model
 call concurrently (answers paid for before are reused) -> merge.
-Every failure becomes a dead letter naming its stage; nothing escapes as an exception.
+Every failure becomes a dead letter naming its stage; nothing escapes as an exception
+(but `asyncio.CancelledError`): the worker would lose the event otherwise. An unexpected
+exception becomes an `internal_error` dead letter, so a bug costs one event, not the worker.
+Every result fits in one Kafka record (`max_record_bytes`): a dead letter carries the event's
+original bytes only while it stays under that size.
 Model calls, org data, paid answers and budgets come in through the protocols of `ports`.
 """
 
@@ -11,13 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import hashlib
+import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
+import pydantic_core
 from jinja2 import TemplateError
 from pydantic import ValidationError
 
@@ -33,6 +39,18 @@ from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBud
 from llmflow.topologies.prompts import render
 from llmflow.topologies.spec import ModelCall, Topology
 
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_RECORD_BYTES: Final = 1_000_000
+"""The producer's default max request size (and a little under the broker's default)."""
+RECORD_RESERVE_BYTES: Final = 4096
+"""Room a record needs besides its key and value: batch framing and headers (aiokafka
+counts under 100 bytes of framing; the worker's headers take a few dozen)."""
+MESSAGE_MAX_CHARS: Final = 2000
+"""Longest message a dead letter carries: validation errors can quote hostile input."""
+KIND_MAX_CHARS: Final = 200
+EVENT_ID_MAX_CHARS: Final = 128  # the event contract's limit
+
 
 @dataclass(frozen=True, slots=True)
 class SourceMeta:
@@ -41,6 +59,8 @@ class SourceMeta:
     topic: str
     partition: int
     offset: int
+    key_size: int = 0
+    """Bytes of the record's key: results are published under the same key."""
 
 
 Result = Output | DeadLetter | Parked
@@ -60,18 +80,66 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Progress:
+    """The stage an event has reached, to name it when something unexpected goes wrong."""
+
+    __slots__ = ("stage",)
+
+    def __init__(self) -> None:
+        self.stage: Stage = "decode"
+
+
 def _event_id_of(raw: bytes) -> str | None:
-    """Best-effort id of an event that failed validation (only on the failure path)."""
+    """Best-effort id of valid JSON that broke the contract (only on the failure path).
+
+    Safe for hostile bytes: pydantic's parser stops at a fixed nesting depth with a
+    ValueError (`json.loads` recurses until RecursionError), and an id the contract would
+    not take (not a string, empty, too long) is not taken either."""
     try:
-        data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        data = pydantic_core.from_json(raw, cache_strings=False)
+    except Exception:  # the failure path must not fail: no id then
         return None
     value = data.get("id") if isinstance(data, dict) else None
-    return value if isinstance(value, str) else None
+    if isinstance(value, str) and 0 < len(value) <= EVENT_ID_MAX_CHARS:
+        return _clip(value, EVENT_ID_MAX_CHARS)
+    return None
+
+
+def _clip(text: str, limit: int = MESSAGE_MAX_CHARS) -> str:
+    """At most `limit` characters, each encodable as UTF-8 (a lone surrogate becomes '?')."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "\u2026"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _exception_text(exc: BaseException) -> str:
+    """`ExceptionClass: text` (the class alone when the text is empty or unprintable)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ""
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def _reported(exc: BaseException) -> BaseException:
+    """The exception to report from a task group's: a StageFailure first, else the first."""
+    while isinstance(exc, BaseExceptionGroup):
+        failures, _ = exc.split(StageFailure)
+        exc = (failures or exc).exceptions[0]
+    return exc
+
+
+def _serialized_size(result: Result) -> int:
+    return len(result.model_dump_json().encode())
+
+
+def _b64_size(size: int) -> int:
+    return 4 * ((size + 2) // 3)
 
 
 def _provenance(raw: bytes, source: SourceMeta) -> dict[str, Any]:
-    """Where an unanswered event came from, and its bytes, so it can be replayed."""
+    """Where a parked event came from, and its bytes, so it can be replayed."""
     return {
         "source_topic": source.topic,
         "source_partition": source.partition,
@@ -82,9 +150,10 @@ def _provenance(raw: bytes, source: SourceMeta) -> dict[str, Any]:
 
 def _describe(exc: ValidationError) -> str:
     parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "(event)"
-        parts.append(f"{where}: {error['msg']}")
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        # A location can be a key of the hostile input: clip each before joining.
+        where = ".".join(_clip(str(p), 100) for p in error["loc"]) or "(event)"
+        parts.append(f"{where}: {_clip(error['msg'], 300)}")
     more = exc.error_count() - len(parts)
     return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
@@ -102,8 +171,12 @@ class Pipeline:
         worker_id: str,
         paid: PaidCalls | None = None,
         budgets: Budgets | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.topology = topology
+        # Largest record a result may become (key, value and framing): the producer's max
+        # request size, which the app sets when it adds the topology's agent.
+        self.max_record_bytes = max_record_bytes
         self._paid = paid
         self._budgets = budgets
         self._models = models
@@ -112,28 +185,116 @@ class Pipeline:
         self._executor = executor
         self._worker_id = worker_id
 
-    async def handle(self, raw: bytes, source: SourceMeta) -> Result:
+    async def handle(self, raw: bytes | None, source: SourceMeta) -> Result:
+        """The one result for the record value `raw` (None for a tombstone).
+
+        The error boundary of an event: whatever goes wrong becomes a dead letter naming
+        the stage, and nothing but `asyncio.CancelledError` (and other BaseExceptions)
+        escapes. The result always fits in `max_record_bytes`."""
         received = _now()
         started = time.perf_counter()
-        event_id: str | None = None
+        progress = _Progress()
+        event: AnyEvent | None = None
         try:
+            if raw is None:
+                raise StageFailure("decode", "tombstone", "the record has no value (a tombstone)")
             event = self._decode(raw)
-            event_id = event.id
+            progress.stage = "route"  # the budget check too: it chooses answer or parking
+            self._route(event)
             tenant = event.tenant or event.key
             verdict = self._budgets.over_budget(tenant) if self._budgets else None
+            result: Output | Parked
             if verdict is not None:
-                return self._park(event, tenant, verdict, raw, source)
-            return await self._answer(event, tenant, source, received, started)
-        except StageFailure as failure:
+                result = self._park(event, tenant, verdict, raw, source)
+            else:
+                result = await self._answer(event, tenant, source, received, started, progress)
+            progress.stage = "output"
+            self._check_fits(result, source)
+            return result
+        except Exception as exc:  # CancelledError is a BaseException: it goes through
+            reported = _reported(exc)
+            if isinstance(reported, StageFailure):
+                return self._dead_letter(
+                    raw, source, event, reported.stage, reported.kind, reported.message
+                )
+            log.error(
+                "%s: unexpected error at stage %s for %s[%d]@%d",
+                self.topology.name,
+                progress.stage,
+                source.topic,
+                source.partition,
+                source.offset,
+                exc_info=exc,
+            )
+            return self._dead_letter(
+                raw, source, event, progress.stage, "internal_error", _exception_text(reported)
+            )
+
+    def _record_budget(self, source: SourceMeta) -> int:
+        """Bytes a result's serialized value may take."""
+        return self.max_record_bytes - RECORD_RESERVE_BYTES - source.key_size
+
+    def _check_fits(self, result: Output | Parked, source: SourceMeta) -> None:
+        size, budget = _serialized_size(result), self._record_budget(source)
+        if size > budget:
+            raise StageFailure(
+                "output",
+                "record_too_large",
+                f"the {result.record_type} record would take {size} bytes, over the "
+                f"{budget} bytes a record may take (LLMFLOW_MAX_RECORD_BYTES)",
+            )
+
+    def _dead_letter(
+        self,
+        raw: bytes | None,
+        source: SourceMeta,
+        event: AnyEvent | None,
+        stage: Stage,
+        kind: str,
+        message: str,
+    ) -> DeadLetter:
+        """The failure path: it must not fail, whatever `raw` holds."""
+        original = raw or b""
+        fields: dict[str, Any] = {
+            "topology": self.topology.name,
+            "topology_version": self.topology.version,
+            "stage": stage,
+            "source_topic": source.topic,
+            "source_partition": source.partition,
+            "source_offset": source.offset,
+            "original_b64": None,
+            "original_sha256": hashlib.sha256(original).hexdigest(),
+            "original_size": len(original),
+            "failed_at": _now(),
+        }
+        try:
+            event_id: str | None
+            if event is not None:
+                event_id = event.id
+            elif stage == "validate" and raw is not None:
+                event_id = _event_id_of(raw)  # JSON, or it would have failed to decode
+            else:
+                event_id = None
+            letter = DeadLetter(
+                event_id=event_id,
+                error_kind=_clip(kind, KIND_MAX_CHARS),
+                message=_clip(message),
+                **fields,
+            )
+            # Carry the original only while the dead letter stays a record Kafka takes:
+            # base64 makes it 4/3 as large, and `null` (4 bytes) gives way to `"..."`.
+            with_original = _serialized_size(letter) - 4 + 2 + _b64_size(len(original))
+            if raw and with_original <= self._record_budget(source):
+                b64 = base64.b64encode(raw).decode("ascii")
+                letter = letter.model_copy(update={"original_b64": b64})
+            return letter
+        except Exception:  # a bug describing the failure: still a dead letter, a bare one
+            log.exception("%s: could not describe a failure at stage %s", self.topology.name, stage)
             return DeadLetter(
-                event_id=event_id or _event_id_of(raw),
-                topology=self.topology.name,
-                topology_version=self.topology.version,
-                stage=failure.stage,
-                error_kind=failure.kind,
-                message=failure.message,
-                failed_at=_now(),
-                **_provenance(raw, source),
+                event_id=None,
+                error_kind="internal_error",
+                message="the failure could not be described (see the worker's log)",
+                **fields,
             )
 
     def _park(
@@ -158,18 +319,20 @@ class Pipeline:
 
     def _decode(self, raw: bytes) -> AnyEvent:
         try:
-            event = parse_event(raw)
+            return parse_event(raw)
         except ValidationError as exc:
-            if any(error["type"] == "json_invalid" for error in exc.errors()):
+            errors = exc.errors(include_url=False, include_input=False)
+            if any(error["type"] == "json_invalid" for error in errors):
                 raise StageFailure("decode", "not_json", _describe(exc)) from exc
             raise StageFailure("validate", "contract_violation", _describe(exc)) from exc
+
+    def _route(self, event: AnyEvent) -> None:
         if event.kind not in self.topology.accepts:
             raise StageFailure(
                 "route",
                 "kind_not_accepted",
                 f"{self.topology.name} accepts {self.topology.accepts}, got {event.kind!r}",
             )
-        return event
 
     async def _answer(
         self,
@@ -178,16 +341,23 @@ class Pipeline:
         source: SourceMeta,
         received: datetime,
         started: float,
+        progress: _Progress,
     ) -> Output:
+        progress.stage = "image"
         images = await self._prepare_images(event_images(event))
+        image_urls = [image.data_url() for image in images]
+        progress.stage = "enrich"
         record, org_ref = self._enrich(event)
+        progress.stage = "prompt"
         context = {
             "event": event.model_dump(mode="json"),
             "org": record.data if record else {},
             "record": org_ref.model_dump() if org_ref else {},
         }
-        image_urls = [image.data_url() for image in images]
-        results = await self._run_calls(event.id, tenant, context, image_urls)
+        prompts = [self._render(call, context) for call in self.topology.calls]
+        progress.stage = "model"
+        results = await self._run_calls(event.id, tenant, prompts, image_urls)
+        progress.stage = "output"
         return Output(
             event_id=event.id,
             event_key=event.key,
@@ -222,6 +392,8 @@ class Pipeline:
         jobs = [loop.run_in_executor(self._executor, self._prepare_one, ref) for ref in refs]
         try:
             return list(await asyncio.gather(*jobs))
+        # Anything else (a null byte in a file path, a symlink loop) is unexpected: the
+        # error boundary of `handle` makes it an `internal_error` of stage `image`.
         except ImageError as exc:
             raise StageFailure("image", exc.kind, str(exc)) from exc
 
@@ -246,9 +418,12 @@ class Pipeline:
         return record, OrgRecordRef(table=spec.table, key=key, version=version)
 
     async def _run_calls(
-        self, event_id: str, tenant: str, context: dict[str, Any], image_urls: list[str]
+        self,
+        event_id: str,
+        tenant: str,
+        prompts: list[tuple[str | None, str]],
+        image_urls: list[str],
     ) -> list[ModelCallResult]:
-        prompts = [self._render(call, context) for call in self.topology.calls]
         try:
             async with asyncio.TaskGroup() as group:
                 tasks = [

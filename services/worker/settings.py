@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     """`file://` image URLs must lie inside this folder; unset, file URLs are refused."""
     image_allow_private_hosts: bool = False
     """Let http(s) image URLs reach loopback/private addresses (tests and local demos only)."""
+    max_record_bytes: int = Field(default=1_000_000, ge=64 * 1024)
+    """Largest Kafka record the worker writes, in bytes: match the broker's
+    `message.max.bytes` (and the topics' `max.message.bytes`); the worker's producer takes it
+    as its max request size. A dead letter carries its event's original bytes only while it
+    stays under this size."""
     image_threads: int = Field(default=2, ge=1)
     """Threads preparing images; Pillow releases the GIL while decoding and resizing."""
     retry: RetryPolicy = RetryPolicy()

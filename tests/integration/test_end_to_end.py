@@ -139,6 +139,7 @@ def test_mixed_events_all_answered_once(
         key = letter.event_id if letter.event_id in expected else None
         if key is None:  # not JSON: no id to read
             assert (letter.stage, letter.error_kind) == ("decode", "not_json")
+            assert letter.original_b64 is not None
             assert base64.b64decode(letter.original_b64) == b"{not json at all"
             continue
         assert (letter.stage, letter.error_kind) == expected[key]["dead"], letter

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import aiohttp
+import httpx2
+import openai
 import pytest
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
@@ -15,6 +19,7 @@ from llmflow.services.models.breaker import CircuitBreaker
 from llmflow.services.models.client import ModelCallError, ModelClient
 from llmflow.services.models.costs import Price
 from llmflow.services.models.metrics import ModelMetrics
+from llmflow.services.models.quotas import ModelQuota, QuotaLimits, QuotaRegistry
 from llmflow.services.models.retry import RetryPolicy
 from llmflow.services.modelsim.config import SimulatorConfig
 from llmflow.services.modelsim.server import make_app
@@ -145,3 +150,117 @@ async def test_cost_comes_from_the_price_table(endpoints: Factory) -> None:
     result = await run(client, _call())
     expected = (result.tokens_in * 1.0 + result.tokens_out * 2.0) / 1_000_000
     assert result.cost_usd == pytest.approx(expected) and result.cost_usd > 0
+
+
+class _StuckEndpoint:
+    """An AsyncOpenAI stand-in whose chat request blocks until `go` is set, then does `then`.
+
+    `failures` 503s with Retry-After 30 s come first, answered at once: the retry path.
+    """
+
+    def __init__(self, then: BaseException, failures: int = 0) -> None:
+        self.started = asyncio.Event()
+        self.go = asyncio.Event()
+        self.failed = asyncio.Event()
+        self.then = then
+        self.failures = failures
+        self.requests = 0
+        create = SimpleNamespace(create=self.create)
+        self.client = cast(
+            AsyncOpenAI,
+            SimpleNamespace(
+                chat=SimpleNamespace(completions=SimpleNamespace(with_raw_response=create))
+            ),
+        )
+
+    async def create(self, **kwargs: Any) -> Any:
+        self.requests += 1
+        if self.requests <= self.failures:
+            self.failed.set()
+            request = httpx2.Request("POST", "http://endpoint/v1/chat/completions")
+            response = httpx2.Response(503, headers={"retry-after": "30"}, request=request)
+            raise openai.InternalServerError("busy", response=response, body=None)
+        self.started.set()
+        await self.go.wait()
+        raise self.then
+
+
+def _one_slot() -> tuple[QuotaRegistry, ModelQuota]:
+    registry = QuotaRegistry({"m1": QuotaLimits(max_concurrent=1)})
+    quota = registry.get("m1")
+    assert quota is not None and quota.concurrency_limit == 1
+    return registry, quota
+
+
+async def _later_call_gets_the_slot(
+    endpoints: Factory, registry: QuotaRegistry, quota: ModelQuota
+) -> None:
+    sim, _ = await endpoints()
+    client = ModelClient({"default": sim}, policy=RetryPolicy(), quotas=registry)
+    result = await asyncio.wait_for(run(client, _call()), timeout=10)
+    assert result.answer and quota.in_flight == 0
+
+
+async def test_cancelled_call_releases_its_quota_slot(endpoints: Factory) -> None:
+    registry, quota = _one_slot()
+    stuck = _StuckEndpoint(then=AssertionError("never let through"))
+    client = ModelClient({"default": stuck.client}, policy=RetryPolicy(), quotas=registry)
+    task = asyncio.create_task(run(client, _call()))
+    await asyncio.wait_for(stuck.started.wait(), timeout=5)
+    assert quota.in_flight == 1
+    task.cancel()  # what a TaskGroup does to the siblings of a failed call
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert quota.in_flight == 0
+    await _later_call_gets_the_slot(endpoints, registry, quota)
+
+
+async def test_sibling_failure_in_a_task_group_releases_the_slot(endpoints: Factory) -> None:
+    registry, quota = _one_slot()
+    stuck = _StuckEndpoint(then=AssertionError("never let through"))
+    client = ModelClient({"default": stuck.client}, policy=RetryPolicy(), quotas=registry)
+
+    async def failing_sibling() -> None:
+        await stuck.started.wait()
+        raise ValueError("another call of the event failed")
+
+    async def event() -> None:  # how the pipeline runs the calls of one event
+        async with asyncio.TaskGroup() as group:
+            group.create_task(run(client, _call()))
+            group.create_task(failing_sibling())
+
+    with pytest.raises(ExceptionGroup) as info:
+        await event()
+    assert info.group_contains(ValueError)
+    assert quota.in_flight == 0
+    await _later_call_gets_the_slot(endpoints, registry, quota)
+
+
+async def test_unexpected_exception_releases_its_quota_slot(endpoints: Factory) -> None:
+    registry, quota = _one_slot()
+    stuck = _StuckEndpoint(then=KeyError("a bug, not an API error"))
+    client = ModelClient({"default": stuck.client}, policy=RetryPolicy(), quotas=registry)
+    task = asyncio.create_task(run(client, _call()))
+    await asyncio.wait_for(stuck.started.wait(), timeout=5)
+    assert quota.in_flight == 1
+    stuck.go.set()
+    with pytest.raises(KeyError, match="a bug"):
+        await task
+    assert quota.in_flight == 0
+    await _later_call_gets_the_slot(endpoints, registry, quota)
+
+
+async def test_retry_backoff_does_not_hold_the_slot(endpoints: Factory) -> None:
+    registry, quota = _one_slot()
+    stuck = _StuckEndpoint(then=AssertionError("never let through"), failures=1)
+    client = ModelClient({"default": stuck.client}, policy=RetryPolicy(), quotas=registry)
+    task = asyncio.create_task(run(client, _call()))
+    await asyncio.wait_for(stuck.failed.wait(), timeout=5)
+    for _ in range(10):  # let it reach the backoff sleep (>= the 30 s Retry-After)
+        await asyncio.sleep(0)
+    assert not task.done() and stuck.requests == 1
+    assert quota.in_flight == 0 and quota.holds_total == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert quota.in_flight == 0

@@ -284,6 +284,27 @@ async def test_slot_releases_on_error(ft: FakeTime) -> None:
     assert quota.in_flight == 0
 
 
+async def test_slot_releases_when_cancelled_inside(ft: FakeTime) -> None:
+    quota = ft.quota(QuotaLimits(max_concurrent=1))
+    inside = asyncio.Event()
+
+    async def call() -> None:
+        async with quota.slot(5):
+            inside.set()
+            await asyncio.Event().wait()  # an HTTP request that never answers
+
+    holder = asyncio.create_task(call())
+    await inside.wait()
+    waiter = asyncio.create_task(quota.acquire(5))
+    await ft.idle()
+    assert quota.in_flight == 1 and quota.waiting == 1
+    holder.cancel()
+    await ft.idle()
+    assert holder.cancelled() and waiter.done()  # the freed slot went to the next in line
+    waiter.result().release()
+    assert quota.in_flight == 0
+
+
 # -- tokens per minute ------------------------------------------------------------------
 
 

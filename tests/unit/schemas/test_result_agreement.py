@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -75,8 +76,14 @@ DEAD_LETTER = DeadLetter(
     error_kind="not_json",
     message="Invalid JSON",
     original_b64="e25vcGU=",
+    original_sha256=hashlib.sha256(b"{nope").hexdigest(),
+    original_size=5,
     failed_at=AT,
     **SOURCE,
+)
+# Too large to carry its original: the source offset names it.
+BARE_DEAD_LETTER = DEAD_LETTER.model_copy(
+    update={"original_b64": None, "stage": "image", "error_kind": "internal_error"}
 )
 PARKED = Parked(
     event_id="e-2",
@@ -96,6 +103,7 @@ WRITTEN: dict[str, AnyResult] = {
     "output": OUTPUT,
     "output-bare": BARE_OUTPUT,
     "dead-letter": DEAD_LETTER,
+    "dead-letter-bare": BARE_DEAD_LETTER,
     "parked": PARKED,
 }
 
@@ -166,6 +174,14 @@ BROKEN: dict[str, bytes] = {
     "latency-infinite": _edit(OUTPUT, totals={**OUTPUT.totals.model_dump(), "latency_ms": 1e400}),
     "reused-as-string": _edit(OUTPUT, calls=[{**CALL.model_dump(mode="json"), "reused": "yes"}]),
     "repaired-as-number": _edit(OUTPUT, calls=[{**CALL.model_dump(mode="json"), "repaired": 1}]),
+    "dead-letter-without-sha256": _edit(DEAD_LETTER, original_sha256=_DROP),
+    "dead-letter-sha256-uppercase": _edit(DEAD_LETTER, original_sha256="FC" * 32),
+    "dead-letter-sha256-short": _edit(DEAD_LETTER, original_sha256="fc" * 31),
+    "dead-letter-without-size": _edit(DEAD_LETTER, original_size=_DROP),
+    "dead-letter-negative-size": _edit(DEAD_LETTER, original_size=-1),
+    "dead-letter-size-as-string": _edit(DEAD_LETTER, original_size="6"),
+    "dead-letter-without-original": _edit(DEAD_LETTER, original_b64=_DROP),
+    "dead-letter-schema-version-2": _edit(DEAD_LETTER, schema_version=2),
     "not-an-object": b"[]",
     "not-json": b"{nope",
 }
@@ -176,6 +192,7 @@ EDITED: dict[str, bytes] = {
     "offset-as-whole-float": _edit(DEAD_LETTER, source_offset=42.0),
     "spent-as-integer": _edit(PARKED, spent_usd=10),
     "event-id-null": _edit(DEAD_LETTER, event_id=None),
+    "original-null": _edit(DEAD_LETTER, original_b64=None),
 }
 
 

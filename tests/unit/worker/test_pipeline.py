@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import re
@@ -286,7 +287,9 @@ async def test_bad_input_becomes_a_dead_letter(
     result = await make_pipeline(models=models).handle(raw, SOURCE)
     assert isinstance(result, DeadLetter)
     assert (result.stage, result.error_kind) == (stage, kind)
-    assert base64.b64decode(result.original_b64) == raw
+    assert result.original_b64 is not None and base64.b64decode(result.original_b64) == raw
+    assert result.original_sha256 == hashlib.sha256(raw).hexdigest()
+    assert result.original_size == len(raw)
     assert (result.source_topic, result.source_offset) == ("in", 42)
     assert models.asked == []
 
