@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template
+from jinja2 import StrictUndefined, Template, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # Sandboxed: templates come from topology files, which are configuration, not code.
@@ -20,3 +20,39 @@ def compile_template(source: str) -> Template:
 def render(source: str, context: dict[str, Any]) -> str:
     """Render a template; raises jinja2.UndefinedError when it names a missing variable."""
     return compile_template(source).render(context).strip()
+
+
+VariablePath = tuple[str | int, ...]
+
+
+def variable_paths(source: str) -> list[VariablePath]:
+    """Each use of a variable the context must provide, in order: its name, then the constant
+    attributes and items taken from it (`event.images[0].url` -> `("event", "images", 0,
+    "url")`). Names the template binds itself (`for`, `set`, macros) and the environment's
+    globals (`range`, ...) are left out. Raises jinja2.TemplateSyntaxError."""
+    ast = _ENV.parse(source)
+    free = meta.find_undeclared_variables(ast) - set(_ENV.globals)
+    # A name both bound and free (shadowed in a loop): only the name itself is certain.
+    bound = {name.name for name in ast.find_all(nodes.Name) if name.ctx != "load"}
+    found: list[VariablePath] = []
+    _collect(ast, found)
+    return [path[:1] if path[0] in bound else path for path in found if path[0] in free]
+
+
+def _collect(node: nodes.Node, found: list[VariablePath]) -> None:
+    parts: list[str | int] = []  # innermost last
+    while isinstance(node, nodes.Getattr | nodes.Getitem):
+        if isinstance(node, nodes.Getattr):
+            parts.append(node.attr)
+        elif isinstance(node.arg, nodes.Const) and type(node.arg.value) in (str, int):
+            parts.append(node.arg.value)
+        else:  # `x[y].z`: what follows a computed item is not known here
+            parts.clear()
+            _collect(node.arg, found)
+        node = node.node
+    if isinstance(node, nodes.Name):
+        if node.ctx == "load":
+            found.append((node.name, *reversed(parts)))
+        return
+    for child in node.iter_child_nodes():
+        _collect(child, found)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import types
+from contextvars import ContextVar
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from jinja2 import TemplateSyntaxError
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from llmflow.schemas.events import ImageEvent, TextEvent, TextImageEvent
+from llmflow.schemas.outputs import OrgRecordRef
 from llmflow.topologies.output_schemas import InvalidSchema, check_schema, schema_of_output_model
-from llmflow.topologies.prompts import compile_template
+from llmflow.topologies.prompts import VariablePath, compile_template, variable_paths
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
@@ -20,12 +31,94 @@ EventKind = Literal["text", "image", "text_image"]
 WITHIN = "within"
 
 
+# What a template may name, as `services/worker/pipeline.py` renders it: the event as JSON,
+# the org record's data (free-form) and which record it was (or nothing).
+_EVENTS: dict[str, type[BaseModel]] = {
+    "text": TextEvent,
+    "image": ImageEvent,
+    "text_image": TextImageEvent,
+}
+_CONTEXT = ("event", "org", "record")
+_DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
+# The kinds the topology being validated accepts; none known (a prompt alone): all kinds.
+_ACCEPTED: ContextVar[tuple[str, ...]] = ContextVar("accepted_kinds", default=())
+
+
+def _options(annotation: Any) -> list[Any]:
+    """The types a value of `annotation` may have, None aside."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _options(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [t for arg in get_args(annotation) if arg is not type(None) for t in _options(arg)]
+    return [annotation]
+
+
+def _first_unknown(path: VariablePath, options: list[Any]) -> tuple[int, list[Any]] | None:
+    """Where `path` (below a variable of one of the types `options`) names what no option
+    has: the index of that part and the models that lack it. None when it may exist."""
+    for index, part in enumerate(path):
+        following: list[Any] = []
+        lacking: list[Any] = []
+        for option in options:
+            if isinstance(option, type) and issubclass(option, BaseModel):
+                if isinstance(part, str) and part in option.model_fields:
+                    following += _options(option.model_fields[part].annotation)
+                elif part in _DICT_METHODS:  # rendered as a dict: `event.get("text")`
+                    return None
+                else:
+                    lacking.append(option)
+            elif get_origin(option) is list and isinstance(part, int):
+                following += _options(get_args(option)[0])
+            else:  # free-form: strings, dicts of strings, list methods, org data
+                return None
+        if not following:
+            return index, lacking
+        options = following
+    return None
+
+
+def _shown(path: VariablePath) -> str:
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in path)[1:]
+
+
+def _variable_problem(path: VariablePath, accepted: tuple[str, ...]) -> str | None:
+    """Why `path` names nothing the rendering context has; None when it may."""
+    name, below = path[0], path[1:]
+    if name not in _CONTEXT:
+        return f"unknown variable {name!r} (variables: {', '.join(_CONTEXT)})"
+    if name == "org":
+        return None
+    events = [_EVENTS[kind] for kind in accepted or tuple(_EVENTS)]
+    unknown = _first_unknown(below, list(events) if name == "event" else [OrgRecordRef])
+    if unknown is None:
+        return None
+    index, lacking = unknown
+    shown = _shown(path[: index + 2])
+    others = [kind for kind, model in _EVENTS.items() if below[0] in model.model_fields]
+    if name == "event" and index == 0 and others:
+        kinds, accepts = ", ".join(others), ", ".join(accepted)
+        return f"unknown variable {shown!r} (only {kinds} events have it; accepted: {accepts})"
+    fields = sorted({field for model in lacking for field in model.model_fields})
+    return f"unknown variable {shown!r} ({_shown(path[: index + 1])} fields: {', '.join(fields)})"
+
+
+def _check_variables(template: str) -> None:
+    accepted = _ACCEPTED.get()
+    problems = [_variable_problem(path, accepted) for path in variable_paths(template)]
+    unique = list(dict.fromkeys(problem for problem in problems if problem))
+    if unique:
+        raise PydanticCustomError("template_variable", "{problem}", {"problem": "; ".join(unique)})
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Prompt(_Spec):
-    """A versioned prompt. Templates are Jinja2 with `event`, `org` and `record` in scope."""
+    """A versioned prompt. Templates are Jinja2 with `event` (the event as JSON), `org` (the
+    org record's data) and `record` (`table`, `key`, `version` of that record) in scope;
+    naming anything else, or a field no accepted kind of event has, is an error."""
 
     version: str = Field(min_length=1)
     """Bumped whenever the wording changes; recorded in every output."""
@@ -42,6 +135,7 @@ class Prompt(_Spec):
                 compile_template(template)
             except TemplateSyntaxError as exc:
                 raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from exc
+            _check_variables(template)
         return template
 
 
@@ -166,6 +260,21 @@ class Topology(_Spec):
     """How images are prepared before vision calls."""
     calls: list[ModelCall] = Field(min_length=1)
     """The model calls, run concurrently for each event; the output lists them in this order."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _templates_see_accepted_kinds(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Topology]
+    ) -> Topology:
+        """Prompts check `event.<field>` against the kinds this topology accepts."""
+        accepts = data.get("accepts") if isinstance(data, dict) else None
+        listed = accepts if isinstance(accepts, list) else []
+        kinds = tuple(kind for kind in listed if isinstance(kind, str) and kind in _EVENTS)
+        token = _ACCEPTED.set(kinds)
+        try:
+            return handler(data)
+        finally:
+            _ACCEPTED.reset(token)
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:

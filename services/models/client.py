@@ -2,15 +2,19 @@
 
 One call = its targets in order (the model, then its fallbacks) -> for each target whose
 circuit is closed: attempts under the shared quota, retried by `retry.decide` -> parse and,
-for a declared schema, validate (one repair request if the answer breaks it).
+for a declared schema, validate (one repair request if the answer breaks it). An attempt
+that runs past the usual latency of its endpoint/model is hedged: the same request goes out
+again, and the first answer wins (`hedging.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import time
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,12 +25,15 @@ from llmflow.errors import LlmflowError
 from llmflow.schemas.outputs import ModelCallResult
 from llmflow.services.models.breaker import CircuitBreaker
 from llmflow.services.models.costs import Price, call_cost
+from llmflow.services.models.hedging import HedgeDelays, HedgePolicy
 from llmflow.services.models.metrics import ModelMetrics
 from llmflow.services.models.quotas import ModelQuota, Permit, QuotaRegistry
 from llmflow.services.models.retry import RetryPolicy, decide
 from llmflow.services.models.structured import SchemaViolation, parse_answer, repair_messages
 from llmflow.services.models.tokens import count_prompt_tokens, count_text_tokens
 from llmflow.topologies.spec import ModelCall, Target, Topology
+
+log = logging.getLogger(__name__)
 
 # Completion budget assumed for the quota when a call sets no max_tokens.
 _DEFAULT_COMPLETION_ESTIMATE = 256
@@ -79,6 +86,9 @@ class _Answer:
     tokens_out: int
 
 
+_Reply = tuple[_Answer, Any]  # an answer and its response headers
+
+
 class ModelClient:
     """Runs declared calls with their rendered prompts; reports answer, tokens, cost, time."""
 
@@ -91,6 +101,7 @@ class ModelClient:
         breaker: CircuitBreaker | None = None,
         prices: dict[str, Price] | None = None,
         metrics: ModelMetrics | None = None,
+        hedge: HedgePolicy | None = None,
     ) -> None:
         self._clients = clients
         self._policy = policy
@@ -98,6 +109,7 @@ class ModelClient:
         self._breaker = breaker or CircuitBreaker()
         self._prices = prices or {}
         self._metrics = metrics
+        self._hedging = HedgeDelays(hedge or HedgePolicy())
 
     @property
     def quotas(self) -> QuotaRegistry:
@@ -229,28 +241,20 @@ class ModelClient:
         estimate = _estimate_tokens(call, request) if quota is not None else 0
         deadline = time.monotonic() + self._policy.deadline_s
         attempt = 0
+        requests = 0  # HTTP requests sent, hedges included: each may be billed
         while True:
             attempt += 1
-            # The permit is released on every way out of the block: an answer, an API error,
-            # a cancellation (a sibling call of the event failed) or any other exception.
-            # An answer settles it to the real tokens, an API error to 0; otherwise the
-            # estimate stays charged, since the endpoint may have counted the request.
-            failure: openai.APIError | None = None
-            async with _slot(quota, estimate) as permit:
-                try:
-                    answer, headers = await self._request(client, call, target, request, call_id)
-                except openai.APIError as exc:
-                    if permit is not None:
-                        permit.settle(0)
-                    failure = exc
-                else:
-                    if permit is not None:
-                        permit.settle(answer.tokens_in + answer.tokens_out)
-            if failure is None:
+            outcome, sent = await self._attempt(
+                client, call, target, request, call_id, quota, estimate
+            )
+            requests += sent
+            if not isinstance(outcome, openai.APIError):
+                answer, headers = outcome
                 if quota is not None:
                     quota.observe_headers(headers)
                 self._count(target, "ok")
-                return answer, attempt
+                return answer, requests
+            failure = outcome
             # Out of the permit: the backoff below must not hold a concurrency slot.
             decision = decide(
                 failure, attempt, deadline - time.monotonic(), self._policy, call=call.name
@@ -262,13 +266,104 @@ class ModelClient:
                     decision.reason,
                     str(failure),
                     transient=_is_transient(failure),
-                    attempts=attempt,
+                    attempts=requests,
                 ) from failure
             if quota is not None and decision.retry_after_s:
                 quota.hold_for(decision.retry_after_s)  # every caller backs off together
             if self._metrics:
                 self._metrics.retries.labels(target.model, decision.reason).inc()
             await asyncio.sleep(decision.delay_s)
+
+    async def _attempt(
+        self,
+        client: AsyncOpenAI,
+        call: ModelCall,
+        target: Target,
+        request: dict[str, Any],
+        call_id: str,
+        quota: ModelQuota | None,
+        estimate: int,
+    ) -> tuple[_Reply | openai.APIError, int]:
+        """One attempt: (the answer or the API error for the retry policy, requests sent).
+
+        The request runs under a quota permit; when it runs past the hedge delay of its
+        endpoint/model, hedges go out with permits of their own and the first answer wins.
+        """
+
+        def send(
+            permit: Permit | None, request_timeout_s: float | None = None
+        ) -> Coroutine[Any, Any, _Reply]:
+            return self._send(permit, client, call, target, request, call_id, request_timeout_s)
+
+        # The permit is released on every way out of the block: an answer, an API error,
+        # a cancellation (a sibling call of the event failed) or any other exception.
+        # An answer settles it to the real tokens, an API error to 0; otherwise the
+        # estimate stays charged, since the endpoint may have counted the request.
+        async with _slot(quota, estimate) as permit:
+            started = time.monotonic()
+            delay = self._hedging.delay(target.key)
+            if delay is None:
+                try:
+                    reply = await send(permit)
+                except openai.APIError as exc:
+                    return exc, 1
+                self._hedging.observe(target.key, time.monotonic() - started)
+                return reply, 1
+
+            hedges: list[asyncio.Task[Any] | None] = []  # hedges sent, by their tasks
+
+            async def hedge() -> _Reply | None:
+                """The same request under a permit of its own; None if none is free now."""
+                async with AsyncExitStack() as stack:
+                    try:
+                        # A permit now or no hedge: a due call already runs, so the hedge
+                        # must neither queue behind nor ahead of other calls (timeout(0)
+                        # cancels the acquisition only if it would have to wait).
+                        async with asyncio.timeout(0):
+                            hedge_permit = await stack.enter_async_context(_slot(quota, estimate))
+                    except TimeoutError:
+                        log.debug("call %s: no quota permit free, not hedged", call.name)
+                        return None
+                    hedges.append(asyncio.current_task())
+                    # The hedge shares the attempt's timeout: it ends when the first would.
+                    left = self._policy.attempt_timeout_s - (time.monotonic() - started)
+                    return await send(hedge_permit, max(left, 0.001))
+
+            policy = self._hedging.policy
+            outcome = await _race(send(permit), hedge, started, delay, policy.max_hedges)
+            if not isinstance(outcome.result, openai.APIError):
+                self._hedging.observe(target.key, time.monotonic() - started)
+            for task in hedges:
+                won = task is not None and task is outcome.winner
+                self._count_hedge(target.model, "won" if won else "lost")
+            return outcome.result, 1 + len(hedges)
+
+    async def _send(
+        self,
+        permit: Permit | None,
+        client: AsyncOpenAI,
+        call: ModelCall,
+        target: Target,
+        request: dict[str, Any],
+        call_id: str,
+        request_timeout_s: float | None,
+    ) -> _Reply:
+        """One HTTP request under `permit`, settling the permit to what the answer used."""
+        try:
+            answer, headers = await self._request(
+                client, call, target, request, call_id, request_timeout_s
+            )
+        except openai.APIError:
+            if permit is not None:
+                permit.settle(0)
+            raise
+        if permit is not None:
+            permit.settle(answer.tokens_in + answer.tokens_out)
+        return answer, headers
+
+    def _count_hedge(self, model: str, outcome: str) -> None:
+        if self._metrics:
+            self._metrics.hedges.labels(model, outcome).inc()
 
     def _count(self, target: Target, status: str) -> None:
         if self._metrics:
@@ -281,11 +376,16 @@ class ModelClient:
         target: Target,
         request: dict[str, Any],
         call_id: str,
-    ) -> tuple[_Answer, Any]:
+        request_timeout_s: float | None = None,
+    ) -> _Reply:
+        """One HTTP request; a hedge passes the time left of its attempt."""
         headers = {"x-llmflow-call-id": call_id}
+        options: dict[str, Any] = {"extra_headers": headers}
+        if request_timeout_s is not None:
+            options["timeout"] = request_timeout_s
         if call.kind == "embedding":
             raw = await client.embeddings.with_raw_response.create(
-                model=target.model, input=request["input"], extra_headers=headers
+                model=target.model, input=request["input"], **options
             )
             response = raw.parse()
             answer = _Answer(
@@ -293,13 +393,69 @@ class ModelClient:
             )
             return answer, raw.headers
         raw_chat = await client.chat.completions.with_raw_response.create(
-            model=target.model, extra_headers=headers, **request
+            model=target.model, **options, **request
         )
         chat = raw_chat.parse()
         usage = chat.usage
         tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
         text = chat.choices[0].message.content or ""
         return _Answer(text, None, chat.model, *tokens), raw_chat.headers
+
+
+@dataclass(frozen=True, slots=True)
+class _Raced:
+    """What a hedged attempt ended with, and the task whose answer was kept (if any)."""
+
+    result: _Reply | openai.APIError
+    winner: asyncio.Task[Any] | None
+
+
+async def _race(
+    first: Coroutine[Any, Any, _Reply],
+    hedge: Callable[[], Coroutine[Any, Any, _Reply | None]],
+    started: float,
+    delay: float,
+    max_hedges: int,
+) -> _Raced:
+    """The first answer of `first` and of up to `max_hedges` hedges, the n-th started
+    `n * delay` s after `started` while no answer has come (a hedge returns None when it
+    could not be sent). An API error is a result only once every request has failed: the
+    first one is returned. Requests still running are cancelled and awaited on every way
+    out, so no task outlives the attempt; any other exception propagates."""
+    tasks: list[asyncio.Task[_Reply | None]] = [asyncio.create_task(first)]
+    running: set[asyncio.Task[_Reply | None]] = set(tasks)
+    errors: list[openai.APIError] = []
+    try:
+        while running:
+            timeout = None
+            if len(tasks) <= max_hedges:
+                timeout = max(0.0, started + delay * len(tasks) - time.monotonic())
+            done, running = await asyncio.wait(
+                running, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                task = asyncio.create_task(hedge())
+                tasks.append(task)
+                running.add(task)
+                continue
+            winner: tuple[asyncio.Task[Any], _Reply] | None = None
+            for task in (t for t in tasks if t in done):  # in the order they were sent
+                error = task.exception()
+                if isinstance(error, openai.APIError):
+                    errors.append(error)
+                elif error is not None:
+                    raise error
+                elif (reply := task.result()) is not None and winner is None:
+                    winner = (task, reply)
+            if winner is not None:
+                return _Raced(winner[1], winner[0])
+        assert errors  # the first request either answered or failed
+        return _Raced(errors[0], None)
+    finally:
+        for task in running:
+            task.cancel()
+        if running:  # wait for the losers to let go of their connections and permits
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 def _slot(quota: ModelQuota | None, estimate: int) -> AbstractAsyncContextManager[Permit | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from llmflow.services.models.costs import DEFAULT_PRICES, Price
+from llmflow.services.models.hedging import HedgePolicy
 from llmflow.services.models.quotas import QuotaLimits
 from llmflow.services.models.retry import RetryPolicy
 
@@ -38,6 +39,8 @@ class ModelsConfig(_Config):
     """Every endpoint calls may name, `default` included."""
     retry: RetryPolicy = RetryPolicy()
     """Retries of one call at one endpoint."""
+    hedge: HedgePolicy = HedgePolicy()
+    """A second request for an attempt that runs past the usual latency of its model."""
     quotas: dict[str, QuotaLimits] = Field(default_factory=dict)
     """Group-wide limits per model or `endpoint/model`."""
     quota_max_workers: int = Field(default=4, ge=1)

@@ -9,7 +9,7 @@ SECONDS_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 2
 
 
 class ModelMetrics:
-    """Calls, retries, repairs, fallbacks, tokens and latency of model calls."""
+    """Calls, retries, hedges, repairs, fallbacks, tokens and latency of model calls."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
@@ -21,6 +21,12 @@ class ModelMetrics:
         )
         self.retries = Counter(
             "llmflow_model_retries", "Retried model call attempts.", ["model", "reason"], registry=r
+        )
+        self.hedges = Counter(
+            "llmflow_model_hedges",
+            "Hedge requests sent for slow attempts, by outcome (won: its answer was kept).",
+            ["model", "outcome"],
+            registry=r,
         )
         self.repairs = Counter(
             "llmflow_structured_repairs",

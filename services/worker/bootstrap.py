@@ -58,6 +58,7 @@ def model_client(config: ModelsConfig, metrics: ModelMetrics | None = None) -> M
         quotas=QuotaRegistry(config.quotas, max_workers=config.quota_max_workers),
         breaker=CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s),
         prices=config.prices,
+        hedge=config.hedge,
         metrics=metrics,
     )
 

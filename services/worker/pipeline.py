@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import pydantic_core
 from jinja2 import TemplateError
@@ -64,6 +64,8 @@ class SourceMeta:
 
 
 Result = Output | DeadLetter | Parked
+# The results that may carry the event's original bytes.
+_Carrier = TypeVar("_Carrier", DeadLetter, Parked)
 
 
 class StageFailure(Exception):
@@ -138,13 +140,17 @@ def _b64_size(size: int) -> int:
     return 4 * ((size + 2) // 3)
 
 
-def _provenance(raw: bytes, source: SourceMeta) -> dict[str, Any]:
-    """Where a parked event came from, and its bytes, so it can be replayed."""
+def _provenance(raw: bytes | None, source: SourceMeta) -> dict[str, Any]:
+    """Where a dead-lettered or parked event came from, and which bytes it was; the bytes
+    themselves (`original_b64`) are added by `Pipeline._with_original` while they fit."""
+    original = raw or b""
     return {
         "source_topic": source.topic,
         "source_partition": source.partition,
         "source_offset": source.offset,
-        "original_b64": base64.b64encode(raw).decode("ascii"),
+        "original_b64": None,
+        "original_sha256": hashlib.sha256(original).hexdigest(),
+        "original_size": len(original),
     }
 
 
@@ -234,6 +240,17 @@ class Pipeline:
         """Bytes a result's serialized value may take."""
         return self.max_record_bytes - RECORD_RESERVE_BYTES - source.key_size
 
+    def _with_original(self, result: _Carrier, raw: bytes | None, source: SourceMeta) -> _Carrier:
+        """`result` with the original bytes, while it stays a record Kafka takes; else as is
+        (`original_sha256`, `original_size` and the source offset still name the event)."""
+        if not raw:
+            return result
+        # Base64 makes the bytes 4/3 as large, and `null` (4 bytes) gives way to `"..."`.
+        with_original = _serialized_size(result) - 4 + 2 + _b64_size(len(raw))
+        if with_original > self._record_budget(source):
+            return result
+        return result.model_copy(update={"original_b64": base64.b64encode(raw).decode("ascii")})
+
     def _check_fits(self, result: Output | Parked, source: SourceMeta) -> None:
         size, budget = _serialized_size(result), self._record_budget(source)
         if size > budget:
@@ -254,18 +271,12 @@ class Pipeline:
         message: str,
     ) -> DeadLetter:
         """The failure path: it must not fail, whatever `raw` holds."""
-        original = raw or b""
         fields: dict[str, Any] = {
             "topology": self.topology.name,
             "topology_version": self.topology.version,
             "stage": stage,
-            "source_topic": source.topic,
-            "source_partition": source.partition,
-            "source_offset": source.offset,
-            "original_b64": None,
-            "original_sha256": hashlib.sha256(original).hexdigest(),
-            "original_size": len(original),
             "failed_at": _now(),
+            **_provenance(raw, source),
         }
         try:
             event_id: str | None
@@ -281,13 +292,7 @@ class Pipeline:
                 message=_clip(message),
                 **fields,
             )
-            # Carry the original only while the dead letter stays a record Kafka takes:
-            # base64 makes it 4/3 as large, and `null` (4 bytes) gives way to `"..."`.
-            with_original = _serialized_size(letter) - 4 + 2 + _b64_size(len(original))
-            if raw and with_original <= self._record_budget(source):
-                b64 = base64.b64encode(raw).decode("ascii")
-                letter = letter.model_copy(update={"original_b64": b64})
-            return letter
+            return self._with_original(letter, raw, source)
         except Exception:  # a bug describing the failure: still a dead letter, a bare one
             log.exception("%s: could not describe a failure at stage %s", self.topology.name, stage)
             return DeadLetter(
@@ -300,7 +305,7 @@ class Pipeline:
     def _park(
         self, event: AnyEvent, tenant: str, verdict: OverBudget, raw: bytes, source: SourceMeta
     ) -> Parked:
-        return Parked(
+        parked = Parked(
             event_id=event.id,
             tenant=tenant,
             topology=self.topology.name,
@@ -316,6 +321,7 @@ class Pipeline:
             parked_at=_now(),
             **_provenance(raw, source),
         )
+        return self._with_original(parked, raw, source)
 
     def _decode(self, raw: bytes) -> AnyEvent:
         try:

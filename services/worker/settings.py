@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from llmflow.services.images.prepare import ImageLimits
 from llmflow.services.models.config import Connection, Endpoint, ModelsConfig
 from llmflow.services.models.costs import DEFAULT_PRICES, Price
+from llmflow.services.models.hedging import HedgePolicy
 from llmflow.services.models.quotas import QuotaLimits
 from llmflow.services.models.retry import RetryPolicy
 from llmflow.services.worker.budgets import Budget
@@ -68,6 +69,9 @@ class Settings(BaseSettings):
     """Threads preparing images; Pillow releases the GIL while decoding and resizing."""
     retry: RetryPolicy = RetryPolicy()
     """Retries of model calls, as JSON, e.g. `{"deadline_s": 60, "attempt_timeout_s": 20}`."""
+    hedge: HedgePolicy = HedgePolicy()
+    """Hedging of slow model requests, as JSON, e.g. `{"enabled": true, "percentile": 95,
+    "min_delay_s": 1, "max_hedges": 1}`; off by default (a hedge may be billed twice)."""
     endpoints: dict[str, Endpoint] = Field(default_factory=dict)
     """Named endpoints besides `default` (OPENAI_BASE_URL), as JSON, for fallbacks."""
     quotas: dict[str, QuotaLimits] = Field(default_factory=dict)
@@ -107,6 +111,7 @@ class Settings(BaseSettings):
         return ModelsConfig(
             connections=connections,
             retry=self.retry,
+            hedge=self.hedge,
             quotas=self.quotas,
             quota_max_workers=self.quota_max_workers,
             prices=self.prices,

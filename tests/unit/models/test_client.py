@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from llmflow.services.models.breaker import CircuitBreaker
 from llmflow.services.models.client import ModelCallError, ModelClient
 from llmflow.services.models.costs import Price
+from llmflow.services.models.hedging import HedgePolicy
 from llmflow.services.models.metrics import ModelMetrics
 from llmflow.services.models.quotas import ModelQuota, QuotaLimits, QuotaRegistry
 from llmflow.services.models.retry import RetryPolicy
@@ -264,3 +265,25 @@ async def test_retry_backoff_does_not_hold_the_slot(endpoints: Factory) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert quota.in_flight == 0
+
+
+async def test_slow_request_is_hedged_through_the_sdk(endpoints: Factory) -> None:
+    # Seed 81 draws: five quick answers, then one slow (the first request of the sixth
+    # call), then quick again (its hedge).
+    sim, server = await endpoints(rate_slow=0.3, slow_ms=600, seed=81)
+    metrics = ModelMetrics(CollectorRegistry())
+    hedge = HedgePolicy(enabled=True, min_samples=5, min_delay_s=0.05)
+    client = ModelClient({"default": sim}, policy=RetryPolicy(), hedge=hedge, metrics=metrics)
+    for _ in range(5):
+        assert (await run(client, _call())).attempts == 1
+    started = asyncio.get_running_loop().time()
+    result = await client.run(_call(), call_id="slow-1", system=None, user="hi", image_urls=[])
+    assert asyncio.get_running_loop().time() - started < 0.5
+    assert result.attempts == 2 and result.answer
+    assert metrics.hedges.labels("m1", "won")._value.get() == 1
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(server.make_url("/sim/requests"), params={"call_id": "slow-1"}) as response,
+    ):
+        answered = await response.json()
+    assert [e["status"] for e in answered] == [200]  # the hedge; the first one was dropped

@@ -96,15 +96,20 @@ PARKED = Parked(
     spent_usd=10.5,
     budget_usd=10.0,
     original_b64="e30=",
+    original_sha256=hashlib.sha256(b"{}").hexdigest(),
+    original_size=2,
     parked_at=AT,
     **SOURCE,
 )
+# Too large to carry its original: the source offset names it.
+BARE_PARKED = PARKED.model_copy(update={"original_b64": None})
 WRITTEN: dict[str, AnyResult] = {
     "output": OUTPUT,
     "output-bare": BARE_OUTPUT,
     "dead-letter": DEAD_LETTER,
     "dead-letter-bare": BARE_DEAD_LETTER,
     "parked": PARKED,
+    "parked-bare": BARE_PARKED,
 }
 
 
@@ -182,6 +187,12 @@ BROKEN: dict[str, bytes] = {
     "dead-letter-size-as-string": _edit(DEAD_LETTER, original_size="6"),
     "dead-letter-without-original": _edit(DEAD_LETTER, original_b64=_DROP),
     "dead-letter-schema-version-2": _edit(DEAD_LETTER, schema_version=2),
+    "parked-without-sha256": _edit(PARKED, original_sha256=_DROP),
+    "parked-sha256-uppercase": _edit(PARKED, original_sha256="FC" * 32),
+    "parked-without-size": _edit(PARKED, original_size=_DROP),
+    "parked-negative-size": _edit(PARKED, original_size=-1),
+    "parked-without-original": _edit(PARKED, original_b64=_DROP),
+    "parked-schema-version-2": _edit(PARKED, schema_version=2),
     "not-an-object": b"[]",
     "not-json": b"{nope",
 }
@@ -193,6 +204,7 @@ EDITED: dict[str, bytes] = {
     "spent-as-integer": _edit(PARKED, spent_usd=10),
     "event-id-null": _edit(DEAD_LETTER, event_id=None),
     "original-null": _edit(DEAD_LETTER, original_b64=None),
+    "parked-original-null": _edit(PARKED, original_b64=None),
 }
 
 

@@ -363,7 +363,7 @@ async def test_the_size_check_is_exact_and_counts_the_key(make: PipelineFactory)
     assert _size(letter) <= _budget(keyed, limit)
 
 
-async def test_an_output_or_parked_event_too_large_for_a_record_is_a_dead_letter(
+async def test_an_output_too_large_for_a_record_is_a_dead_letter(
     make: PipelineFactory,
 ) -> None:
     limit = 30_000
@@ -378,14 +378,42 @@ async def test_an_output_or_parked_event_too_large_for_a_record_is_a_dead_letter
     assert "output record would take" in letter.message
     assert _size(letter) <= _budget(limit=limit)
 
+
+async def test_a_parked_event_too_large_for_a_record_is_parked_without_its_original(
+    make: PipelineFactory,
+) -> None:
+    limit = 30_000
     budgets = FakeBudgets({"thrifty": OverBudget("2026-01-02", 2.0, 1.0)})
     pipeline = make(budgets=budgets, max_record_bytes=limit)
-    small = await pipeline.handle(_raw(tenant="thrifty"), SOURCE)
-    assert isinstance(small, Parked)
-    letter = await pipeline.handle(_raw(tenant="thrifty", text=long_text), SOURCE)
-    assert isinstance(letter, DeadLetter)
-    assert (letter.stage, letter.error_kind) == ("output", "record_too_large")
-    assert "parked record would take" in letter.message
+    raw = _raw(tenant="thrifty")
+    small = await pipeline.handle(raw, SOURCE)
+    assert isinstance(small, Parked) and small.original_b64 is not None
+    assert base64.b64decode(small.original_b64) == raw
+    assert (small.original_sha256, small.original_size) == (
+        hashlib.sha256(raw).hexdigest(),
+        len(raw),
+    )
+
+    raw = _raw(tenant="thrifty", text="refund " * 3_000)  # 21,000 characters, 28,000 in base64
+    parked = await pipeline.handle(raw, SOURCE)
+    assert isinstance(parked, Parked)
+    assert (parked.event_id, parked.reason, parked.original_b64) == ("e-1", "budget", None)
+    assert (parked.original_sha256, parked.original_size) == (
+        hashlib.sha256(raw).hexdigest(),
+        len(raw),
+    )
+    assert (parked.source_topic, parked.source_partition, parked.source_offset) == (
+        SOURCE.topic,
+        SOURCE.partition,
+        SOURCE.offset,
+    )
+    assert _size(parked) <= _budget(limit=limit)
+
+    # Far over the default limit, as in the dead letters above: parked all the same.
+    raw = _raw(tenant="thrifty", text="x" * 30_000, attributes={"pad": "y" * 1_000_000})
+    parked = await make(budgets=budgets).handle(raw, SOURCE)
+    assert isinstance(parked, Parked) and parked.original_b64 is None
+    assert parked.original_size == len(raw) and _size(parked) <= _budget()
 
 
 # --- property: anything in, exactly one writable result out ------------------------------

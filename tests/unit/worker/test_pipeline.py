@@ -395,6 +395,7 @@ async def test_tenant_over_budget_is_parked_and_others_are_charged(
     assert isinstance(parked, Parked), parked
     assert (parked.tenant, parked.reason, parked.period) == ("thrifty", "budget", "2026-01-02")
     assert (parked.spent_usd, parked.budget_usd) == (0.75, 0.5)
+    assert parked.original_b64 is not None  # a small event rides along
     assert base64.b64decode(parked.original_b64) == raw and parked.source_offset == 42
     assert models.asked == [] and budgets.charged == []
 
