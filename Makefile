@@ -58,5 +58,5 @@ bench-quick: install kafka ## the same scenarios, short runs (a smoke check, not
 bench-http: $(STAMP) ## httpx vs aiohttp transport at 50 and 200 calls in flight
 	$(BIN)/python -m dev.bench.http_transport
 
-clean: ## remove the virtualenv, local state and fetched jars
-	rm -rf $(VENV) .llmflow deploy/kafka/lib
+clean: ## remove the virtualenv, local state, fetched jars and build leftovers
+	rm -rf $(VENV) .llmflow deploy/kafka/lib build *.egg-info

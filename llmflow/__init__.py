@@ -7,6 +7,8 @@ upstream and downstream code: build and publish events, read results, and the co
 both follow.
 """
 
+from importlib import metadata
+
 from llmflow.errors import LlmflowError
 from llmflow.schemas import (
     DeadLetter,
@@ -29,7 +31,7 @@ from llmflow.services.sdk import (
     text_image_event,
 )
 
-__version__ = "0.1.0"
+__version__ = metadata.version("llmflow")
 
 __all__ = [
     "DeadLetter",

@@ -198,7 +198,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     from llmflow.schemas.export import write_schemas
 
-    for path in write_schemas(Path(args.out)) if args.out else write_schemas():
+    for path in write_schemas(Path(args.out)):
         print(path)
     return 0
 
@@ -280,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="contracts")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
     export = schemas_sub.add_parser("export", help="write JSON Schema files")
-    export.add_argument("--out")
+    # Relative to where it runs, never into an installed package: `make schemas` runs it
+    # from the checkout's root.
+    export.add_argument("--out", default="schemas/json", help="folder (default: schemas/json)")
     export.set_defaults(func=cmd_schemas_export)
     return parser
 

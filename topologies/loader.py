@@ -11,8 +11,6 @@ from pydantic import ValidationError
 from llmflow.errors import ConfigError
 from llmflow.topologies.spec import WITHIN, Topology
 
-PACKAGED = Path(__file__).parent
-
 
 class TopologyError(ConfigError):
     """A topology file is invalid; `problems` lists `file:line:col: message` strings."""
