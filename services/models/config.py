@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from llmflow.services.models.costs import DEFAULT_PRICES, Price
+from llmflow.services.models.costs import Price
 from llmflow.services.models.hedging import HedgePolicy
 from llmflow.services.models.quotas import QuotaLimits
 from llmflow.services.models.retry import RetryPolicy
@@ -33,21 +33,22 @@ class Connection(_Config):
 
 
 class ModelsConfig(_Config):
-    """Everything a `ModelClient` is built from."""
+    """Everything a `ModelClient` is built from. No defaults here: the worker's settings are
+    the one place they live (`worker.settings.Settings.models_config`)."""
 
     connections: dict[str, Connection]
     """Every endpoint calls may name, `default` included."""
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy
     """Retries of one call at one endpoint."""
-    hedge: HedgePolicy = HedgePolicy()
+    hedge: HedgePolicy
     """A second request for an attempt that runs past the usual latency of its model."""
-    quotas: dict[str, QuotaLimits] = Field(default_factory=dict)
+    quotas: dict[str, QuotaLimits]
     """Group-wide limits per model or `endpoint/model`."""
-    quota_max_workers: int = Field(default=4, ge=1)
+    quota_max_workers: int = Field(ge=1)
     """The most workers that will share the quotas."""
-    prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    prices: dict[str, Price]
     """USD per million tokens per model."""
-    breaker_failures: int = Field(default=5, ge=1)
+    breaker_failures: int = Field(ge=1)
     """Consecutive failures that open an endpoint's circuit."""
-    breaker_cooldown_s: float = Field(default=30.0, gt=0)
+    breaker_cooldown_s: float = Field(gt=0)
     """How long an open circuit skips its endpoint before one trial call."""
