@@ -85,11 +85,23 @@ def cmd_topology_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from llmflow.services.worker.preflight import preflight
+    from llmflow.topologies.loader import load_topology
+
+    settings = _settings(app_id=args.app_id, concurrency=args.concurrency)
+    topologies = [load_topology(path) for path in args.topology]
+    if settings.preflight:
+        # A wrong broker, endpoint or key stops the worker now, one line per problem.
+        problems = preflight(settings, topologies)
+        for problem in problems:
+            print(f"llmflow worker: {problem}", file=sys.stderr)
+        if problems:
+            return 2
+
     from llmflow.services.worker.app import run
     from llmflow.services.worker.bootstrap import bootstrap
 
-    settings = _settings(app_id=args.app_id, concurrency=args.concurrency)
-    run(bootstrap(settings, args.topology), loglevel=args.loglevel)
+    run(bootstrap(settings, topologies), args.loglevel, settings.drain_timeout_s)
     return 0  # pragma: no cover - run exits the process
 
 

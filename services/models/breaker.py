@@ -108,6 +108,12 @@ class CircuitBreaker:
                 "circuit %s reopened for %gs: trial call failed%s", key, self.cooldown_s, suffix
             )
 
+    def reset(self, which: Callable[[str], bool]) -> None:
+        """Close every key `which` selects, e.g. those of an endpoint seen answering again."""
+        for key in [k for k in self._keys if which(k)]:
+            del self._keys[key]
+            log.info("circuit %s closed: its endpoint answers again", key)
+
     def _open(self, entry: _Key) -> None:
         entry.state = "open"
         entry.opened_at = self._clock()

@@ -27,6 +27,7 @@ from llmflow.services.models.breaker import CircuitBreaker
 from llmflow.services.models.costs import Price, call_cost
 from llmflow.services.models.hedging import HedgeDelays, HedgePolicy
 from llmflow.services.models.metrics import ModelMetrics
+from llmflow.services.models.probe import ProbeResult, probe
 from llmflow.services.models.quotas import ModelQuota, Permit, QuotaRegistry
 from llmflow.services.models.retry import RetryPolicy, decide
 from llmflow.services.models.structured import SchemaViolation, parse_answer, repair_messages
@@ -39,16 +40,37 @@ log = logging.getLogger(__name__)
 _DEFAULT_COMPLETION_ESTIMATE = 256
 
 
+# The SDK words these as "Connection error." or even "Request timed out."; say what it was.
+_CONNECTION_FAILURES = {"connection_refused": "connection refused", "dns": "DNS lookup failed"}
+
+# Statuses that are about the endpoint, not the request: a wrong key, no such model or path.
+ENDPOINT_STATUSES = frozenset({401, 403, 404})
+
+
 class ModelCallError(LlmflowError):
-    """A model call failed for good; `kind` is stable, `transient` says retries ran out."""
+    """A model call failed for good; `kind` is stable, `transient` says retries ran out.
+
+    `endpoint_down` says the failure is the endpoint's (unreachable, 5xx, 429, timeouts,
+    401/403/404), not the event's: the worker then waits for the endpoint instead of
+    dead-lettering the event. `endpoints` are the ones the call tried.
+    """
 
     def __init__(
-        self, call: str, kind: str, message: str, *, transient: bool, attempts: int = 0
+        self,
+        call: str,
+        kind: str,
+        message: str,
+        *,
+        transient: bool,
+        attempts: int = 0,
+        endpoint_down: bool | None = None,
     ) -> None:
         self.call = call
         self.kind = kind
         self.transient = transient
         self.attempts = attempts  # HTTP requests made (and paid) before giving up
+        self.endpoint_down = transient if endpoint_down is None else endpoint_down
+        self.endpoints: tuple[str, ...] = ()
         super().__init__(f"call {call!r}: {message}")
 
 
@@ -142,9 +164,9 @@ class ModelClient:
                 answer, used, repaired = await self._run_target(call, target, request, call_id)
             except ModelCallError as error:
                 attempts += error.attempts
-                if not error.transient:
+                if not error.endpoint_down:
                     raise  # a bad request stays bad on any endpoint
-                self._breaker.record_failure(target.key)
+                self._breaker.record_failure(target.key, error.kind)
                 failure = error
                 continue
             self._breaker.record_success(target.key)
@@ -153,7 +175,19 @@ class ModelClient:
                 self._metrics.fallbacks.labels(call.name).inc()
             return self._result(call, call_id, target, answer, attempts, repaired, started)
         assert failure is not None  # every call has at least one target
+        failure.endpoints = tuple(dict.fromkeys(t.endpoint for t in call.targets))
         raise failure
+
+    def reset_circuits(self, endpoints: tuple[str, ...]) -> None:
+        """Close the circuits of `endpoints` (they answered a probe): calls go out again."""
+        self._breaker.reset(lambda key: key.split("/", 1)[0] in endpoints)
+
+    async def probe(self, endpoint: str) -> ProbeResult:
+        """Does `endpoint` answer (`GET /models`)?"""
+        client = self._clients.get(endpoint)
+        if client is None:
+            return ProbeResult(False, f"no endpoint {endpoint!r}", False)
+        return await probe(client)
 
     def _result(
         self,
@@ -264,9 +298,10 @@ class ModelClient:
                 raise ModelCallError(
                     call.name,
                     decision.reason,
-                    str(failure),
+                    _CONNECTION_FAILURES.get(decision.reason, str(failure)),
                     transient=_is_transient(failure),
                     attempts=requests,
+                    endpoint_down=_is_transient(failure) or _status(failure) in ENDPOINT_STATUSES,
                 ) from failure
             if quota is not None and decision.retry_after_s:
                 quota.hold_for(decision.retry_after_s)  # every caller backs off together
@@ -461,6 +496,10 @@ async def _race(
 def _slot(quota: ModelQuota | None, estimate: int) -> AbstractAsyncContextManager[Permit | None]:
     """`quota.slot(estimate)`, or no permit at all for a model without a quota."""
     return quota.slot(estimate) if quota is not None else nullcontext()
+
+
+def _status(error: openai.APIError) -> int | None:
+    return error.status_code if isinstance(error, openai.APIStatusError) else None
 
 
 def _is_transient(error: openai.APIError) -> bool:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import openai
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmflow.services.models.probe import connection_failure
+
 log = logging.getLogger(__name__)
 
 # 408 timeout, 409 conflict (lock), 429 rate limit; every 5xx is retried too.
@@ -48,12 +50,18 @@ class RetryDecision:
 
 
 def classify(error: BaseException) -> str:
-    """A short, stable label for a failed attempt."""
+    """A short, stable label for a failed attempt (a metric label and dead-letter kind):
+    `http_<status>`, `connection_refused`, `dns`, `timeout`, `connection`, or the exception's
+    class name for anything that is not an API error."""
     if isinstance(error, openai.APIStatusError):
         return f"http_{error.status_code}"
-    if isinstance(error, openai.APITimeoutError):
-        return "timeout"
     if isinstance(error, openai.APIConnectionError):
+        # Before the timeout test: the aiohttp transport reports a refused connection as one.
+        failure = connection_failure(error)
+        if failure is not None:
+            return failure
+        if isinstance(error, openai.APITimeoutError):
+            return "timeout"
         return "connection"
     return type(error).__name__
 

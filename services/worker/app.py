@@ -27,30 +27,30 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, NoReturn
 
 import faust
+from faust.types import TP
 
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
 from llmflow.services.models.quotas import QuotaRegistry, share_of
 from llmflow.services.worker.budgets import SpendView, follow_changelog
 from llmflow.services.worker.metrics import Metrics
-from llmflow.services.worker.pipeline import Pipeline, Result, SourceMeta
+from llmflow.services.worker.outage import OutageGate
+from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
+from llmflow.services.worker.ports import AnsweredMarks
 from llmflow.services.worker.settings import Settings
+from llmflow.services.worker.state import CHANGELOG_CONFIG, Committed, TableAnsweredMarks
 from llmflow.topologies.spec import Topology
 
 log = logging.getLogger(__name__)
-
-# Redeliveries come seconds to minutes after the first delivery; windows of an hour, kept
-# for two, bound the tables' size while covering them with a wide margin.
-STATE_WINDOW = timedelta(hours=1)
-STATE_EXPIRES = timedelta(hours=2)
 
 EXIT_EVENT_UNHANDLED = 70  # EX_SOFTWARE: an event escaped its error boundary
 
@@ -73,6 +73,12 @@ def create_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=settings.concurrency,
         # Never kill an agent for a slow model: calls carry their own deadlines.
         stream_processing_timeout=max(300.0, settings.retry.deadline_s * 2),
+        # A crashed worker's partitions move on after the session timeout (faust waits
+        # 60 s by default); a static member restarted within it takes them back at once.
+        consumer_group_instance_id=settings.instance_id,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 5,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
     )
 
 
@@ -81,9 +87,9 @@ class Tables:
     """A topology's state tables, co-partitioned with its input topic."""
 
     answered: Any
-    """partition:offset of records whose result is published."""
+    """partition:offset of records whose result is published, until committed."""
     paid: Any
-    """Answers by call id."""
+    """Answers by call id, until their event is answered."""
     spend: Any
     """Spend per (tenant, period, partition)."""
 
@@ -93,22 +99,38 @@ class Tables:
 
 
 def declare_tables(app: faust.App, topology: Topology, partitions: int) -> Tables:
-    """`partitions` is the input topic's partition count."""
-    answered = app.Table(f"{topology.name}-answered", default=int, partitions=partitions)
-    paid = app.Table(f"{topology.name}-paid", default=dict, partitions=partitions)
+    """`partitions` is the input topic's partition count. No defaults on `answered` and
+    `paid`: a missing key must read as missing (`state` keeps both bounded)."""
     return Tables(
-        answered=answered.tumbling(STATE_WINDOW, expires=STATE_EXPIRES),
-        paid=paid.tumbling(STATE_WINDOW, expires=STATE_EXPIRES),
+        answered=app.Table(
+            f"{topology.name}-answered", partitions=partitions, extra_topic_configs=CHANGELOG_CONFIG
+        ),
+        paid=app.Table(
+            f"{topology.name}-paid", partitions=partitions, extra_topic_configs=CHANGELOG_CONFIG
+        ),
         spend=app.Table(f"{topology.name}-spend", default=float, partitions=partitions),
     )
+
+
+def committed_offsets(app: faust.App, topic: str) -> Committed:
+    """The consumer's last committed offset of a partition of `topic` (None before the
+    first commit). faust keeps it in `Consumer._committed_offset`; no public accessor."""
+
+    def committed(partition: int) -> int | None:
+        offsets = getattr(app.consumer, "_committed_offset", None)
+        return None if offsets is None else offsets.get(TP(topic, partition))
+
+    return committed
 
 
 def add_agent(
     app: faust.App,
     pipeline: Pipeline,
-    answered: Any,
+    answered: AnsweredMarks,
     metrics: Metrics,
     concurrency: int,
+    gate: OutageGate | None = None,
+    max_holds: int = 5,
 ) -> None:
     """The topology's agent: `concurrency` instances share its input topic."""
     topology = pipeline.topology
@@ -121,33 +143,58 @@ def add_agent(
         app.topic(topology.parked, **raw),
     )
     app.agent(source, name=f"llmflow.{topology.name}", concurrency=concurrency)(
-        agent_body(pipeline, answered, metrics, sinks)
+        agent_body(pipeline, answered, metrics, sinks, gate, max_holds)
     )
 
 
 def agent_body(
-    pipeline: Pipeline, answered: Any, metrics: Metrics, sinks: _Sinks
+    pipeline: Pipeline,
+    answered: AnsweredMarks,
+    metrics: Metrics,
+    sinks: _Sinks,
+    gate: OutageGate | None = None,
+    max_holds: int = 5,
 ) -> Callable[[faust.StreamT[bytes]], AsyncIterator[None]]:
-    """The agent function of a topology: each event answered, published and recorded."""
+    """The agent function of a topology: each event answered, published and recorded.
+
+    An event that finds a model endpoint down waits at the `gate` and is tried again
+    once the endpoint answers; after `max_holds` such waits it is dead-lettered (an event
+    that fails on an endpoint that answers everyone else is, after all, the event's fault).
+    """
     name = pipeline.topology.name
+
+    async def handle(value: bytes | None, meta: SourceMeta) -> Result:
+        holds = 0
+        while True:
+            try:
+                return await pipeline.handle(value, meta)
+            except EndpointDown as down:
+                if gate is None or holds >= max_holds:
+                    return down.dead_letter
+                holds += 1
+                await gate.hold(down.reason, down.endpoints)
 
     async def answer(value: bytes | None, message: Any) -> bool:
         """Handle one record; False when it was answered before and is skipped."""
         metrics.events_in.labels(name).inc()
-        mark = f"{message.partition}:{message.offset}"
-        if mark in answered:  # windowed by the record's own timestamp
+        if answered.seen(message.partition, message.offset):
             metrics.redeliveries_skipped.labels(name).inc()
-            log.info("skipping redelivered record %s of %s", mark, message.topic)
+            log.info(
+                "skipping redelivered record %s:%s of %s",
+                message.partition,
+                message.offset,
+                message.topic,
+            )
             return False
         key = message.key
         meta = SourceMeta(message.topic, message.partition, message.offset, len(key or b""))
         metrics.in_flight.labels(name).inc()
         try:
-            result = await pipeline.handle(value, meta)
+            result = await handle(value, meta)
             await _publish(result, key, sinks)
         finally:
             metrics.in_flight.labels(name).dec()
-        answered[mark] = 1
+        await answered.mark(message.partition, message.offset)  # durable before the ack
         _count(metrics, name, result, message.timestamp)
         return True
 
@@ -224,6 +271,16 @@ def divide_quotas_on_rebalance(
     app.on_partitions_assigned.connect(assigned)
 
 
+def reread_marks_on_rebalance(app: faust.App, marks: list[TableAnsweredMarks]) -> None:
+    """Partitions may come back with marks written by another owner meanwhile."""
+
+    async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        for topology_marks in marks:
+            topology_marks.forget_partitions()
+
+    app.on_partitions_assigned.connect(assigned)
+
+
 def follow_spend(
     app: faust.App, bootstrap_servers: str, view: SpendView, changelogs: dict[str, int]
 ) -> None:
@@ -249,19 +306,46 @@ def close_on_shutdown(app: faust.App, close: Callable[[], Awaitable[None]]) -> N
     app.on_before_shutdown.connect(on_shutdown)
 
 
-def run(app: faust.App, loglevel: str) -> None:
+def run(app: faust.App, loglevel: str, drain_timeout_s: float = 30.0) -> None:
     """Run the worker until it is stopped; exits the process."""
-    worker = _QuietWorker(app, loglevel=loglevel, quiet=True)
+    worker = _Worker(app, loglevel=loglevel, quiet=True)
+    worker.drain_timeout_s = drain_timeout_s
     worker.execute_from_commandline()
 
 
-class _QuietWorker(faust.Worker):
-    """faust's terminal spinner turns the root logger to DEBUG so that it can spin on
-    every record; in a service that builds and drops every debug record of aiokafka,
-    openai and faust, about a tenth of the worker's CPU. No spinner, no DEBUG."""
+EXIT_DRAIN_TIMEOUT = 75  # EX_TEMPFAIL: stopped before every event in flight was answered
+
+
+class _Worker(faust.Worker):
+    """faust's worker with a bounded stop and without its terminal spinner."""
+
+    drain_timeout_s = 30.0
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-        pass
+        """faust's spinner turns the root logger to DEBUG so that it can spin on every
+        record; in a service that builds and drops every debug record of aiokafka, openai
+        and faust, about a tenth of the worker's CPU. No spinner, no DEBUG."""
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        """On SIGTERM/SIGINT faust waits for every event in flight, however long its model
+        calls or an outage take. Past `drain_timeout_s` the process ends anyway: what is
+        unfinished is not committed, so it is redelivered, not lost."""
+        if not self._signal_stop_time:
+            timer = threading.Timer(self.drain_timeout_s, _drain_expired, [self.drain_timeout_s])
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signal)
+
+
+def _drain_expired(timeout_s: float) -> None:
+    log.critical(
+        "stop: events still in flight after %g s (LLMFLOW_DRAIN_TIMEOUT_S); exiting with "
+        "status %d without committing them, they will be redelivered",
+        timeout_s,
+        EXIT_DRAIN_TIMEOUT,
+    )
+    _flush_logs()
+    os._exit(EXIT_DRAIN_TIMEOUT)
 
 
 def _count(metrics: Metrics, topology: str, result: Result, record_timestamp: float) -> None:

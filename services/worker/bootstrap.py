@@ -24,16 +24,19 @@ from llmflow.services.orgdata.store import OrgDataStore
 from llmflow.services.worker.app import (
     add_agent,
     close_on_shutdown,
+    committed_offsets,
     create_app,
     declare_tables,
     divide_quotas_on_rebalance,
     follow_spend,
+    reread_marks_on_rebalance,
 )
 from llmflow.services.worker.budgets import SpendView
 from llmflow.services.worker.metrics import Metrics
+from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import Pipeline
 from llmflow.services.worker.settings import Settings
-from llmflow.services.worker.state import TableBudgets, TablePaidCalls
+from llmflow.services.worker.state import TableAnsweredMarks, TableBudgets, TablePaidCalls
 from llmflow.topologies.loader import load_topology
 from llmflow.topologies.spec import Topology
 
@@ -91,9 +94,15 @@ def bootstrap(
 
     app = create_app(settings)
     changelogs: dict[str, int] = {}
+    marks: list[TableAnsweredMarks] = []
+    gates: list[OutageGate] = []
     for spec in specs:
         count = partitions[spec.input_topic]
         tables = declare_tables(app, spec, count)
+        paid = TablePaidCalls(tables.paid)
+        answered = TableAnsweredMarks(
+            tables.answered, committed_offsets(app, spec.input_topic), paid
+        )
         pipeline = Pipeline(
             spec,
             models=models,
@@ -101,18 +110,30 @@ def bootstrap(
             image_limits=settings.image_limits(spec),
             executor=executor,
             worker_id=settings.worker_id,
-            paid=TablePaidCalls(tables.paid),
+            paid=paid,
             budgets=TableBudgets(settings.budgets, tables.spend, spend),
             max_record_bytes=settings.max_record_bytes,
         )
-        add_agent(app, pipeline, tables.answered, metrics, settings.concurrency)
+        gate = OutageGate(
+            spec.name,
+            probe=models.probe,
+            reset_circuits=models.reset_circuits,
+            paused_gauge=metrics.paused,
+            interval_s=settings.outage_probe_s,
+        )
+        gates.append(gate)
+        add_agent(app, pipeline, answered, metrics, settings.concurrency, gate)
+        marks.append(answered)
         changelogs[tables.spend_changelog] = count
     inputs = {spec.input_topic: partitions[spec.input_topic] for spec in specs}
     divide_quotas_on_rebalance(app, models.quotas, metrics, inputs)
+    reread_marks_on_rebalance(app, marks)
     if settings.budgets:
         follow_spend(app, settings.kafka_bootstrap_servers, spend, changelogs)
 
     async def close() -> None:
+        for gate in gates:
+            await gate.close()
         await models.close()
         executor.shutdown(wait=False, cancel_futures=True)
         orgdata.close()

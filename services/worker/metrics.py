@@ -45,6 +45,12 @@ class Metrics:
         self.in_flight = Gauge(
             "llmflow_in_flight_events", "Events being processed.", ["topology"], registry=r
         )
+        self.paused = Gauge(
+            "llmflow_topology_paused",
+            "1 while the topology waits for a model endpoint that is down.",
+            ["topology"],
+            registry=r,
+        )
         self.quota_share = Gauge(
             "llmflow_quota_share",
             "Share of the group's model quotas this worker holds.",

@@ -6,6 +6,8 @@ call concurrently (answers paid for before are reused) -> merge.
 Every failure becomes a dead letter naming its stage; nothing escapes as an exception
 (but `asyncio.CancelledError`): the worker would lose the event otherwise. An unexpected
 exception becomes an `internal_error` dead letter, so a bug costs one event, not the worker.
+One failure is not the event's: a model endpoint that is down. That raises `EndpointDown`
+(carrying the dead letter the event would get), and the worker waits for the endpoint.
 Every result fits in one Kafka record (`max_record_bytes`): a dead letter carries the event's
 original bytes only while it stays under that size.
 Model calls, org data, paid answers and budgets come in through the protocols of `ports`.
@@ -27,6 +29,7 @@ import pydantic_core
 from jinja2 import TemplateError
 from pydantic import ValidationError
 
+from llmflow.errors import LlmflowError
 from llmflow.schemas.dead_letter import DeadLetter, Stage
 from llmflow.schemas.events import AnyEvent, ImageRef, event_images, parse_event
 from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
@@ -66,6 +69,18 @@ class SourceMeta:
 Result = Output | DeadLetter | Parked
 # The results that may carry the event's original bytes.
 _Carrier = TypeVar("_Carrier", DeadLetter, Parked)
+
+
+class EndpointDown(LlmflowError):
+    """A model endpoint the event needs is down (`endpoints`: the ones its call tried).
+    Not the event's fault: the caller waits and retries it; `dead_letter` is for a caller
+    that has waited long enough."""
+
+    def __init__(self, reason: str, endpoints: tuple[str, ...], dead_letter: DeadLetter) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.endpoints = endpoints
+        self.dead_letter = dead_letter
 
 
 class StageFailure(Exception):
@@ -220,9 +235,13 @@ class Pipeline:
         except Exception as exc:  # CancelledError is a BaseException: it goes through
             reported = _reported(exc)
             if isinstance(reported, StageFailure):
-                return self._dead_letter(
+                letter = self._dead_letter(
                     raw, source, event, reported.stage, reported.kind, reported.message
                 )
+                cause = reported.__cause__
+                if isinstance(cause, ModelCallError) and cause.endpoint_down:
+                    raise EndpointDown(reported.message, cause.endpoints, letter) from None
+                return letter
             log.error(
                 "%s: unexpected error at stage %s for %s[%d]@%d",
                 self.topology.name,
@@ -446,8 +465,9 @@ class Pipeline:
                     for call, (system, user) in zip(self.topology.calls, prompts, strict=True)
                 ]
         except* ModelCallError as group_error:
-            first = group_error.exceptions[0]
-            assert isinstance(first, ModelCallError)
+            errors = [e for e in group_error.exceptions if isinstance(e, ModelCallError)]
+            # The event's own fault first: an outage must not hide a request that is bad.
+            first = min(errors, key=lambda e: e.endpoint_down)
             kind = f"{first.kind}{'_retries_exhausted' if first.transient else ''}"
             raise StageFailure("model", kind, str(first)) from first
         return [task.result() for task in tasks]
@@ -469,7 +489,7 @@ class Pipeline:
             call, call_id=call_id, system=system, user=user, image_urls=image_urls
         )
         if self._paid is not None:
-            self._paid.put(result)
+            await self._paid.put(result)  # durable before the event can go on
         if self._budgets is not None:
             self._budgets.charge(tenant, result.cost_usd)
         return result

@@ -36,7 +36,17 @@ class PaidCalls(Protocol):
 
     def get(self, call_id: str) -> ModelCallResult | None: ...
 
-    def put(self, result: ModelCallResult) -> None: ...
+    async def put(self, result: ModelCallResult) -> None:
+        """Returns once the answer is durable."""
+
+
+class AnsweredMarks(Protocol):
+    """Records whose result is published, so that a redelivery of one is skipped."""
+
+    def seen(self, partition: int, offset: int) -> bool: ...
+
+    async def mark(self, partition: int, offset: int) -> None:
+        """Returns once the mark is durable."""
 
 
 @dataclass(frozen=True, slots=True)

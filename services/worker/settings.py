@@ -88,12 +88,33 @@ class Settings(BaseSettings):
     """Consecutive failures that open an endpoint's circuit (calls go to fallbacks)."""
     breaker_cooldown_s: float = Field(default=30.0, gt=0)
     """How long an open circuit skips its endpoint before one trial call."""
+    outage_probe_s: float = Field(default=2.0, gt=0)
+    """While a topology is paused for a model endpoint that is down, how often the endpoint
+    is probed (`GET /models`); the topology resumes as soon as it answers."""
+    outage_max_holds: int = Field(default=5, ge=0)
+    """Times one event may wait for its endpoint to come back before it is dead-lettered
+    (an event whose calls fail on an endpoint that answers probes is the event's fault)."""
+    instance_id: str | None = None
+    """Static group membership: a stable id per worker (e.g. the pod name of a StatefulSet),
+    unique in the group. A worker restarted with the same id takes back its partitions at
+    once, without a rebalance that stops the others. Unset: dynamic membership."""
+    session_timeout_s: float = Field(default=10.0, ge=6, le=300)
+    """How long the group waits for a worker that stopped heartbeating before it hands the
+    worker's partitions to the others (a crash without restart, a static member stopped)."""
+    rebalance_timeout_s: float = Field(default=30.0, ge=5)
+    """How long a rebalance waits for every worker to finish its events in flight."""
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+    """On SIGTERM, how long the worker may finish its events in flight; then it exits
+    without committing the unfinished ones (they are redelivered)."""
     metrics_port: int | None = None
     """Serve Prometheus metrics on this port (unset: no metrics server)."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics server binds to (0.0.0.0 inside containers)."""
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     """Recorded in every output."""
+    preflight: bool = True
+    """Check the broker and every model endpoint the topologies use before starting, and exit
+    (code 2) with one line per problem naming the variable to fix; false skips the checks."""
 
     @property
     def orgdata_file(self) -> Path:

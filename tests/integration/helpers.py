@@ -35,10 +35,11 @@ def total(
 
 
 def simulator_log(base_url: str) -> list[dict[str, Any]]:
+    """The simulator's model requests (endpoint probes, `GET /models`, left out)."""
     root = base_url.removesuffix("/v1")
     with urllib.request.urlopen(f"{root}/sim/requests", timeout=10) as response:
         entries: list[dict[str, Any]] = json.loads(response.read())
-    return entries
+    return [e for e in entries if not e["path"].endswith("/models")]
 
 
 def keep_calls(path: Path, *names: str) -> dict[str, Any]:

@@ -225,14 +225,16 @@ def test_killed_worker_loses_nothing_and_pays_no_answer_twice(
         killed_at = time.time()
         victim.kill()  # SIGKILL: no shutdown, no commit, in-flight calls lost
         survivor = workers([path], {**env, "LLMFLOW_METRICS_PORT": str(port)})
-        # The survivor waits out the victim's session (about a minute) before it resumes.
+        # The survivor waits out the victim's session (LLMFLOW_SESSION_TIMEOUT_S) first.
         after = list(consumer.results(idle_timeout_s=120, limit=len(sent) - len(before)))
         after += consumer.results(idle_timeout_s=3)
         duplicates = consumer.duplicates
 
     results = before + after
     assert sorted(r.event_id or "" for r in results) == sorted(sent), survivor.log_tail()
-    assert all(isinstance(r, Output) for r in results)
+    assert all(isinstance(r, Output) for r in results), [
+        r for r in results if not isinstance(r, Output)
+    ]
 
     paid_at: dict[str, list[float]] = defaultdict(list)
     for entry in simulator_log(sim.extra["base_url"]):
@@ -240,8 +242,8 @@ def test_killed_worker_loses_nothing_and_pays_no_answer_twice(
             paid_at[entry["call_id"]].append(entry["t"])
     # A call answered well before the kill was stored; only calls in flight may repeat.
     repaid = {c: ts for c, ts in paid_at.items() if len(ts) > 1}
-    settled_before_kill = {c: ts for c, ts in repaid.items() if min(ts) < killed_at - 1.0}
-    assert settled_before_kill == {}
+    settled_before_kill = {c: ts for c, ts in repaid.items() if min(ts) < killed_at - 0.5}
+    assert settled_before_kill == {}, (killed_at, settled_before_kill)
     reused = total(scrape(port), "llmflow_model_calls_total", status="reused")
     assert reused > 0, "the restarted worker should have reused stored answers"
     _figures(

@@ -98,16 +98,19 @@ async def test_fallback_answers_when_primary_fails(endpoints: Factory) -> None:
     assert metrics.fallbacks.labels("c")._value.get() == 3
 
 
-async def test_permanent_error_does_not_fall_back(endpoints: Factory) -> None:
-    locked, _ = await endpoints(require_api_key="other")
-    backup, backup_server = await endpoints()
+async def test_a_rejected_key_is_the_endpoints_fault_and_falls_back(endpoints: Factory) -> None:
+    locked, locked_server = await endpoints(require_api_key="other")
+    backup, _ = await endpoints()
     client = ModelClient(
         {"default": locked, "backup": backup}, policy=RetryPolicy(base_delay_s=0.01)
     )
+    result = await run(client, _call(fallbacks=[{"model": "m2", "endpoint": "backup"}]))
+    assert result.endpoint == "backup" and await _count(locked_server) == 1
     with pytest.raises(ModelCallError) as info:
-        await run(client, _call(fallbacks=[{"model": "m2", "endpoint": "backup"}]))
-    assert (info.value.kind, info.value.transient, info.value.attempts) == ("http_401", False, 1)
-    assert await _count(backup_server) == 0
+        await run(client, _call())
+    error = info.value
+    assert (error.kind, error.transient, error.endpoint_down) == ("http_401", False, True)
+    assert error.endpoints == ("default",) and error.attempts == 1
 
 
 async def test_retries_429_until_answered(endpoints: Factory) -> None:

@@ -578,6 +578,19 @@ class FakeTopic:
         return delivered
 
 
+class FakeMarks:
+    """Answered marks in a dict, as `partition:offset`."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, int] = {}
+
+    def seen(self, partition: int, offset: int) -> bool:
+        return f"{partition}:{offset}" in self.marks
+
+    async def mark(self, partition: int, offset: int) -> None:
+        self.marks[f"{partition}:{offset}"] = 1
+
+
 class FakeStream:
     """Yields its events; `resumed` counts how often the agent came back for the next one
     (where faust acks the previous event)."""
@@ -600,14 +613,14 @@ class FakeStream:
 
 async def test_the_agent_publishes_one_result_per_event(make: PipelineFactory) -> None:
     outputs, dead = FakeTopic(), FakeTopic()
-    answered: dict[str, int] = {}
+    answered = FakeMarks()
     body = app_module.agent_body(
         make(), answered, Metrics(), app_module._Sinks(outputs, dead, FakeTopic())
     )
     stream = FakeStream([_raw(), None, b"[" * 10_000])
     assert [x async for x in body(stream.as_stream())] == [None, None, None]
     assert len(outputs.sent) == 1 and len(dead.sent) == 2
-    assert answered == {"3:0": 1, "3:1": 1, "3:2": 1}
+    assert answered.marks == {"3:0": 1, "3:1": 1, "3:2": 1}
 
 
 async def test_what_escapes_the_agent_ends_the_worker_before_the_ack(
@@ -620,7 +633,7 @@ async def test_what_escapes_the_agent_ends_the_worker_before_the_ack(
         raise Exited
 
     monkeypatch.setattr(os, "_exit", exit_now)
-    answered: dict[str, int] = {}
+    answered = FakeMarks()
     sinks = app_module._Sinks(FakeTopic(fail=True), FakeTopic(fail=True), FakeTopic())
     body = app_module.agent_body(make(), answered, Metrics(), sinks)
     stream = FakeStream([_raw(), _raw(id="e-2")])
@@ -628,7 +641,7 @@ async def test_what_escapes_the_agent_ends_the_worker_before_the_ack(
         async for _ in body(stream.as_stream()):
             pass
     assert codes == [app_module.EXIT_EVENT_UNHANDLED] == [70]
-    assert stream.resumed == 0 and answered == {}  # never came back for the next event
+    assert stream.resumed == 0 and answered.marks == {}  # never came back for the next event
     assert "in[3]@0" in caplog.text and "MessageSizeTooLargeError" in caplog.text
 
 

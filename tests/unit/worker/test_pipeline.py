@@ -30,7 +30,7 @@ from llmflow.services.modelsim.config import SimulatorConfig
 from llmflow.services.modelsim.server import make_app
 from llmflow.services.orgdata.loader import load_samples
 from llmflow.services.orgdata.store import OrgDataStore, OrgRecord
-from llmflow.services.worker.pipeline import Pipeline, SourceMeta
+from llmflow.services.worker.pipeline import EndpointDown, Pipeline, SourceMeta
 from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBudget, PaidCalls
 from llmflow.topologies import ModelCall, Topology, load_topology
 
@@ -122,7 +122,7 @@ class FakePaid:
     def get(self, call_id: str) -> ModelCallResult | None:
         return self.answers.get(call_id)
 
-    def put(self, result: ModelCallResult) -> None:
+    async def put(self, result: ModelCallResult) -> None:
         self.answers[result.call_id] = result
 
 
@@ -331,21 +331,53 @@ async def test_template_error_is_a_prompt_dead_letter(
     assert "nope" in result.message
 
 
-@pytest.mark.parametrize(
-    ("transient", "kind"),
-    [(False, "http_401"), (True, "http_429_retries_exhausted")],
-)
-async def test_failed_model_call_is_a_model_dead_letter(
-    make_pipeline: PipelineFactory, transient: bool, kind: str
+async def test_a_request_the_model_refuses_is_a_model_dead_letter(
+    make_pipeline: PipelineFactory,
 ) -> None:
-    reason = kind.removesuffix("_retries_exhausted")
-    error = ModelCallError("summarize", reason, "refused", transient=transient, attempts=3)
+    error = ModelCallError("summarize", "http_400", "refused", transient=False, attempts=1)
     result = await make_pipeline(models=FakeModels(fail={"summarize": error})).handle(
         _event(), SOURCE
     )
     assert isinstance(result, DeadLetter)
-    assert (result.stage, result.error_kind) == ("model", kind)
+    assert (result.stage, result.error_kind) == ("model", "http_400")
     assert result.message == "call 'summarize': refused"
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (ModelCallError("summarize", "http_429", "busy", transient=True), "http_429"),
+        (ModelCallError("summarize", "connection_refused", "down", transient=True), "conn"),
+        (
+            ModelCallError("summarize", "http_401", "bad key", transient=False, endpoint_down=True),
+            "http_401",
+        ),
+    ],
+)
+async def test_an_endpoint_that_is_down_is_no_fault_of_the_event(
+    make_pipeline: PipelineFactory, error: ModelCallError, kind: str
+) -> None:
+    error.endpoints = ("default", "backup")
+    with pytest.raises(EndpointDown) as raised:
+        await make_pipeline(models=FakeModels(fail={"summarize": error})).handle(_event(), SOURCE)
+    down = raised.value
+    assert down.endpoints == ("default", "backup") and error.call in down.reason
+    # What the event gets if the worker stops waiting for the endpoint:
+    assert down.dead_letter.stage == "model" and down.dead_letter.event_id == "e-1"
+    assert down.dead_letter.error_kind.startswith(error.kind)
+
+
+async def test_a_bad_request_is_dead_lettered_even_while_the_endpoint_struggles(
+    make_pipeline: PipelineFactory,
+) -> None:
+    models = FakeModels(
+        fail={
+            "classify": ModelCallError("classify", "http_400", "bad", transient=False),
+            "summarize": ModelCallError("summarize", "timeout", "slow", transient=True),
+        }
+    )
+    result = await make_pipeline(models=models).handle(_event(), SOURCE)
+    assert isinstance(result, DeadLetter) and result.error_kind == "http_400"
 
 
 # --- answers paid for once, budgets ------------------------------------------------------
@@ -377,7 +409,7 @@ async def test_only_the_calls_not_paid_for_run(make_pipeline: PipelineFactory) -
         user="earlier",
         image_urls=[],
     )
-    paid.put(earlier)
+    await paid.put(earlier)
     result = await pipeline.handle(_event(), SOURCE)
     assert isinstance(result, Output)
     assert [a.call for a in models.asked] == ["summarize", "draft_reply"]
