@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
@@ -55,6 +55,9 @@ class ResultConsumer:
             *topics, bootstrap_servers=bootstrap_servers, **(defaults | config)
         )
         self._seen: OrderedDict[str, None] = OrderedDict()
+        # Polled but not yet handed out: a call that stops at its `limit` leaves the rest
+        # of the batch here for the next call instead of dropping it.
+        self._polled: deque[Any] = deque()
         self.duplicates = 0
         """Results dropped by `results(distinct=True)` because their event was seen before."""
 
@@ -63,18 +66,17 @@ class ResultConsumer:
         seen = 0
         idle_since = time.monotonic()
         while limit is None or seen < limit:
-            batch = self._consumer.poll(timeout_ms=200)
-            if not batch:
-                if time.monotonic() - idle_since > idle_timeout_s:
-                    return
-                continue
-            idle_since = time.monotonic()
-            for records in batch.values():
-                for record in records:
-                    yield record
-                    seen += 1
-                    if limit is not None and seen >= limit:
+            if not self._polled:
+                batch = self._consumer.poll(timeout_ms=200)
+                if not batch:
+                    if time.monotonic() - idle_since > idle_timeout_s:
                         return
+                    continue
+                idle_since = time.monotonic()
+                for records in batch.values():
+                    self._polled.extend(records)
+            yield self._polled.popleft()
+            seen += 1
 
     def results(
         self, idle_timeout_s: float = 10.0, limit: int | None = None, *, distinct: bool = True
