@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import suppress
 
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -10,9 +10,14 @@ from kafka.errors import TopicAlreadyExistsError
 
 
 def ensure_topics(
-    bootstrap_servers: str, names: Iterable[str], partitions: int, replication_factor: int = 1
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int,
+    replication_factor: int = 1,
+    configs: Mapping[str, str] | None = None,
 ) -> dict[str, int]:
-    """Create the topics that do not exist yet; returns every topic's partition count."""
+    """Create the topics that do not exist yet (with topic `configs`, e.g. compaction);
+    returns every topic's partition count."""
     wanted = sorted(set(names))
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="llmflow-admin")
     try:
@@ -20,7 +25,8 @@ def ensure_topics(
         for name in missing:
             # Another worker may have created it a moment ago.
             with suppress(TopicAlreadyExistsError):
-                admin.create_topics([NewTopic(name, partitions, replication_factor)])
+                topic = NewTopic(name, partitions, replication_factor, topic_configs=configs)
+                admin.create_topics([topic])
         described = admin.describe_topics(wanted)
         return {topic["name"]: len(topic["partitions"]) for topic in described}
     finally:

@@ -32,7 +32,10 @@ class HedgePolicy(BaseModel):
     window: int = Field(default=200, ge=1)
     """Recent successful attempts per endpoint/model the percentile is taken over."""
     min_samples: int = Field(default=20, ge=1)
-    """No hedging for an endpoint/model until this many attempts succeeded."""
+    """Attempts of an endpoint/model that must succeed before the percentile is used."""
+    cold_delay_s: float | None = Field(default=10.0, ge=0)
+    """Until then, hedge an attempt that has run this long (None: do not hedge yet). Without
+    it the calls that start with a worker, before any latency is known, are never hedged."""
 
 
 class HedgeDelays:
@@ -64,7 +67,8 @@ class HedgeDelays:
             return None
         samples = self._samples.get(key)
         if samples is None or len(samples) < self.policy.min_samples:
-            return None
+            cold = self.policy.cold_delay_s
+            return None if cold is None else max(self.policy.min_delay_s, cold)
         return max(self.policy.min_delay_s, percentile(samples, self.policy.percentile))
 
 

@@ -100,6 +100,12 @@ class Tables:
     def spend_changelog(self) -> str:
         return str(self.spend.changelog_topic.get_topic_name())
 
+    @property
+    def changelogs(self) -> list[str]:
+        return [
+            str(t.changelog_topic.get_topic_name()) for t in (self.answered, self.paid, self.spend)
+        ]
+
 
 def declare_tables(app: faust.App, topology: Topology, partitions: int) -> Tables:
     """`partitions` is the input topic's partition count. No defaults on `answered` and

@@ -8,7 +8,7 @@ components never build each other, so each can be tested with small fakes of the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,14 +36,20 @@ from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import Pipeline
 from llmflow.services.worker.settings import Settings
-from llmflow.services.worker.state import TableAnsweredMarks, TableBudgets, TablePaidCalls
+from llmflow.services.worker.state import (
+    CHANGELOG_CONFIG,
+    TableAnsweredMarks,
+    TableBudgets,
+    TablePaidCalls,
+)
 from llmflow.topologies.loader import load_topology
 from llmflow.topologies.spec import Topology
 
 log = logging.getLogger(__name__)
 
-# bootstrap servers, topic names, partitions, replication factor -> partitions per topic
-EnsureTopics = Callable[[str, Iterable[str], int, int], dict[str, int]]
+# bootstrap servers, topic names, partitions, replication factor, topic configs
+#   -> partitions per topic
+EnsureTopics = Callable[[str, Iterable[str], int, int, Mapping[str, str] | None], dict[str, int]]
 
 
 def model_client(config: ModelsConfig, metrics: ModelMetrics | None = None) -> ModelClient:
@@ -83,6 +89,7 @@ def bootstrap(
         [topic for spec in specs for topic in spec.topics],
         settings.topic_partitions,
         settings.topic_replication_factor,
+        None,
     )
     metrics = Metrics()
     if settings.metrics_port is not None:
@@ -99,6 +106,15 @@ def bootstrap(
     for spec in specs:
         count = partitions[spec.input_topic]
         tables = declare_tables(app, spec, count)
+        # faust creates its changelogs as it starts; a worker whose consumer looked them up
+        # a moment before saw 0 partitions, and failed every table write for its lifetime.
+        ensure(
+            settings.kafka_bootstrap_servers,
+            tables.changelogs,
+            count,
+            settings.topic_replication_factor,
+            {"cleanup.policy": "compact", **CHANGELOG_CONFIG},
+        )
         paid = TablePaidCalls(tables.paid)
         answered = TableAnsweredMarks(
             tables.answered, committed_offsets(app, spec.input_topic), paid

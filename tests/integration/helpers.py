@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
+from dev.probes import scrape, simulator_log, total
 
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a worker's /metrics, keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def total(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
-) -> float:
-    """Sum of the samples named `name` whose labels include `labels`."""
-    return sum(
-        value
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and set(labels.items()) <= set(sample_labels)
-    )
-
-
-def simulator_log(base_url: str) -> list[dict[str, Any]]:
-    """The simulator's model requests (endpoint probes, `GET /models`, left out)."""
-    root = base_url.removesuffix("/v1")
-    with urllib.request.urlopen(f"{root}/sim/requests", timeout=10) as response:
-        entries: list[dict[str, Any]] = json.loads(response.read())
-    return [e for e in entries if not e["path"].endswith("/models")]
+__all__ = ["keep_calls", "scrape", "simulator_log", "total", "wait_until_all_assigned"]
 
 
 def keep_calls(path: Path, *names: str) -> dict[str, Any]:

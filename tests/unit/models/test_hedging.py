@@ -40,7 +40,9 @@ def test_percentile_is_nearest_rank() -> None:
 
 
 def test_delay_needs_samples_and_has_a_floor() -> None:
-    delays = HedgeDelays(HedgePolicy(enabled=True, min_samples=20, min_delay_s=1.0))
+    delays = HedgeDelays(
+        HedgePolicy(enabled=True, min_samples=20, min_delay_s=1.0, cold_delay_s=None)
+    )
     for _ in range(19):
         delays.observe("default/m1", 0.2)
     assert delays.delay("default/m1") is None  # too few samples to know what is slow
@@ -50,6 +52,14 @@ def test_delay_needs_samples_and_has_a_floor() -> None:
     for _ in range(19):
         delays.observe("default/m1", 3.0)
     assert delays.delay("default/m1") == 3.0  # 19 of 39 samples are slow: p95 is 3 s
+
+
+def test_before_the_percentile_is_known_a_long_attempt_is_hedged() -> None:
+    delays = HedgeDelays(HedgePolicy(enabled=True, min_samples=20))
+    assert delays.delay("default/m1") == 10.0  # cold_delay_s: calls of a fresh worker too
+    delays.observe("default/m1", 0.2)
+    assert delays.delay("default/m1") == 10.0
+    assert HedgeDelays(HedgePolicy()).delay("default/m1") is None  # hedging is off
 
 
 def test_delay_follows_the_recent_window() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from llmflow.services.worker.bootstrap import bootstrap
@@ -13,13 +13,22 @@ class FakeEnsure:
     """Records the topics asked for; every topic has `partitions` partitions."""
 
     def __init__(self) -> None:
-        self.topics: list[str] = []
+        self.calls: list[tuple[list[str], Mapping[str, str] | None]] = []
+
+    @property
+    def topics(self) -> list[str]:
+        return self.calls[0][0]
 
     def __call__(
-        self, servers: str, names: Iterable[str], partitions: int, replication: int
+        self,
+        servers: str,
+        names: Iterable[str],
+        partitions: int,
+        replication: int,
+        configs: Mapping[str, str] | None,
     ) -> dict[str, int]:
-        self.topics = list(names)
-        return {name: partitions for name in self.topics}
+        self.calls.append((list(names), configs))
+        return {name: partitions for name in self.calls[-1][0]}
 
 
 async def test_bootstrap_wires_every_topology(project_root: Path, tmp_path: Path) -> None:
@@ -46,6 +55,15 @@ async def test_bootstrap_wires_every_topology(project_root: Path, tmp_path: Path
         "catalog.images.dlq",
         "catalog.images.parked",
     ]
+    # So are the tables' changelogs, compacted, before faust looks them up.
+    changelogs = [names for names, configs in ensure.calls[1:]]
+    assert changelogs == [
+        [f"bootstrap-test-{topology}-{kind}-changelog" for kind in ("answered", "paid", "spend")]
+        for topology in ("support_triage", "product_images")
+    ]
+    assert all(
+        configs and configs["cleanup.policy"] == "compact" for _, configs in ensure.calls[1:]
+    )
     assert app.conf.id == "bootstrap-test"
     assert set(app.agents) == {"llmflow.support_triage", "llmflow.product_images"}
     tables = {name: table.partitions for name, table in app.tables.items()}
