@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
@@ -36,14 +36,6 @@ async def client() -> AsyncIterator[Client]:
     yield make
     for sdk in made:
         await sdk.close()
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port held by a socket that never listens: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 @pytest.fixture

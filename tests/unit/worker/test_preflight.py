@@ -6,8 +6,7 @@ serves the simulators."""
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -35,14 +34,6 @@ def _topology(*calls: dict[str, Any]) -> Topology:
             ],
         }
     )
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A loopback port held by a socket that never listens: connections are refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield sock.getsockname()[1]
 
 
 @pytest.fixture
