@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from dev.launch import wait_http
 from dev.topologies import copy_topology
 from llmflow.services.broker.local import free_port
 from llmflow.topologies.loader import load_topology
@@ -180,6 +181,9 @@ def test_readme_sdk_example_runs_against_the_installed_worker(
         processes.append(
             subprocess.Popen(command, cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
         )
+        if command[0] == venv / "llmflow-modelsim":
+            # The worker checks the endpoint as it starts (and exits 2 if it does not answer).
+            wait_http(f"http://127.0.0.1:{port}/healthz")
 
     example = _readme_example(project_root).replace("127.0.0.1:9092", kafka_bootstrap)
     for name, unique in topics.items():  # quoted: "support.tickets" is in ".dlq" too
