@@ -138,7 +138,9 @@ def bootstrap(
             interval_s=settings.outage_probe_s,
         )
         gates.append(gate)
-        add_agent(app, pipeline, answered, metrics, settings.concurrency, gate)
+        add_agent(
+            app, pipeline, answered, metrics, settings.concurrency, gate, settings.outage_max_holds
+        )
         marks.append(answered)
         changelogs[tables.spend_changelog] = count
     inputs = {spec.input_topic: partitions[spec.input_topic] for spec in specs}
