@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka demo test lint typecheck unit integration fmt schemas bench bench-quick bench-http chaos clean
+.PHONY: help install kafka demo test lint typecheck unit integration fmt schemas bench bench-quick bench-http chaos soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ bench-http: $(STAMP) ## httpx vs aiohttp transport at 50 and 200 calls in flight
 
 chaos: install kafka ## reliability suite: kill workers, broker, model while events flow (< 25 min)
 	$(BIN)/python -m dev.chaos --publish
+
+soak: install kafka ## memory over 200,000 events on one worker (about 30 min; not part of chaos)
+	$(BIN)/python -m dev.chaos --only soak --soak-events 200000
 
 clean: ## remove the virtualenv, local state, fetched jars and build leftovers
 	rm -rf $(VENV) .llmflow deploy/kafka/lib build *.egg-info

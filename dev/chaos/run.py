@@ -1,6 +1,7 @@
 """`make chaos`: every reliability scenario on one broker, one table.
 
     python -m dev.chaos [--quick] [--only kill,poison] [--out DIR] [--publish]
+    python -m dev.chaos --only soak --soak-events 200000   # the long soak (`make soak`)
 
 Exits 1 when any scenario lost events (or could not count them).
 """
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from dev import PROJECT_ROOT
@@ -34,6 +35,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="short version of every scenario")
     parser.add_argument(
         "--only", default="", help=f"comma-separated scenarios among {','.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--soak-events",
+        type=int,
+        help="send this many soak events whatever time it takes (outside the run's budget)",
     )
     parser.add_argument("--out", type=Path, help="folder for logs and results (default: temp)")
     parser.add_argument(
@@ -68,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     log_clients(run_dir / "logs" / "clients.log")
     plan = QUICK if args.quick else FULL
+    if args.soak_events:
+        plan = replace(plan, soak_events=args.soak_events, soak_feed_s=1e9, budget_s=None)
     began = time.monotonic()
     progress(f"chaos {'quick' if args.quick else 'full'} run, logs in {run_dir}")
     rows: list[Row] = []

@@ -43,7 +43,6 @@ from llmflow.schemas.outputs import Output
 from llmflow.services.models.quotas import QuotaRegistry, share_of
 from llmflow.services.worker.budgets import SpendView, follow_changelog
 from llmflow.services.worker.commits import commit_only_what_was_acked
-from llmflow.services.worker.continuity import OffsetContinuity
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
@@ -141,8 +140,7 @@ def add_agent(
     gate: OutageGate | None = None,
     max_holds: int = 5,
 ) -> None:
-    """The topology's agent: `concurrency` instances share its input topic, and one watch
-    on the continuity of its offsets (see `continuity`)."""
+    """The topology's agent: `concurrency` instances share its input topic."""
     topology = pipeline.topology
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
     raw |= {"key_serializer": "raw", "value_serializer": "raw"}
@@ -152,13 +150,8 @@ def add_agent(
         app.topic(topology.dead_letter_topic, **raw),
         app.topic(topology.parked, **raw),
     )
-    continuity = OffsetContinuity(committed_offsets(app, topology.input_topic))
-
-    async def seek_back(partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(topology.input_topic, partition), offset)
-
     app.agent(source, name=f"llmflow.{topology.name}", concurrency=concurrency)(
-        agent_body(pipeline, answered, metrics, sinks, gate, max_holds, (continuity, seek_back))
+        agent_body(pipeline, answered, metrics, sinks, gate, max_holds)
     )
 
 
@@ -169,7 +162,6 @@ def agent_body(
     sinks: _Sinks,
     gate: OutageGate | None = None,
     max_holds: int = 5,
-    continuity: tuple[OffsetContinuity, Callable[[int, int], Awaitable[None]]] | None = None,
 ) -> Callable[[faust.StreamT[bytes]], AsyncIterator[None]]:
     """The agent function of a topology: each event answered, published and recorded.
 
@@ -216,8 +208,6 @@ def agent_body(
 
     async def process(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
-            if continuity is not None:
-                _read_again_what_was_skipped(name, event.message, *continuity)
             try:
                 answered_now = await answer(event.value, event.message)
             except Exception as exc:
@@ -231,30 +221,6 @@ def agent_body(
                 yield None
 
     return process
-
-
-def _read_again_what_was_skipped(
-    topology: str,
-    message: Any,
-    continuity: OffsetContinuity,
-    seek: Callable[[int, int], Awaitable[None]],
-) -> None:
-    start = continuity.missing_from(message.partition, message.offset)
-    if start is None:
-        return
-    log.warning(
-        "%s: offsets %d..%d of %s[%d] were skipped by the consumer; reading them again",
-        topology,
-        start,
-        message.offset - 1,
-        message.topic,
-        message.partition,
-    )
-    _background.add(task := asyncio.ensure_future(seek(message.partition, start)))
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Future[None]] = set()  # tasks kept alive until done
 
 
 def exit_unacked(topology: str, message: Any, exc: BaseException) -> NoReturn:
