@@ -67,8 +67,6 @@ def _new_offset(self: Any, tp: TP) -> int | None:
         floor = floors(self).get(tp)
         if floor is None:
             return None  # not known yet: read back with the commits after the assignment
-    else:
-        floors(self)[tp] = floor
     done = set(acked)
     read = reads(self).setdefault(tp, set())
     unanswered = [offset for offset in read if offset >= floor and offset not in done]
