@@ -2,9 +2,10 @@
 summary.
 
 Starts what is not given (Kafka unless KAFKA_BOOTSTRAP_SERVERS is set, the model
-simulator unless OPENAI_BASE_URL is set), loads sample org data, runs a worker with both
-shipped topologies, publishes a mixed batch with a few bad events, prints every result
-as it arrives, and stops everything it started.
+simulator unless OPENAI_BASE_URL is set), publishes the sample org data to its topics
+(the policies embedded through the model endpoint), runs a worker with both shipped
+topologies, publishes a mixed batch with a few bad events, prints every result as it
+arrives, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ from llmflow.schemas.outputs import Output
 from llmflow.schemas.parked import Parked
 from llmflow.services.broker.local import LocalKafka, free_port
 from llmflow.services.broker.topics import ensure_topics
-from llmflow.services.orgdata.loader import load_samples
-from llmflow.services.orgdata.store import OrgDataStore
 from llmflow.services.sdk import EventProducer, ResultConsumer, image_event, text_event
 from llmflow.services.sdk.consumer import Result
 from llmflow.services.sdk.events import text_image_event
+from llmflow.services.worker.orgdata import publish_samples
+from llmflow.services.worker.settings import Settings
 from llmflow.topologies.spec import Topology
 
 DEMO_DIR = Path(".llmflow/demo")
@@ -136,7 +137,12 @@ def _show(result: Result) -> str:
         f"tokens={result.totals.tokens_in}+{result.totals.tokens_out} "
         f"{result.totals.latency_ms:.0f} ms"
     )
-    return "\n".join([head, *answers])
+    lines = [head]
+    if result.retrieval is not None:
+        found = result.retrieval.passages
+        docs = ", ".join(f"{p.id} ({p.score:.3f})" for p in found) if found else "(none found)"
+        lines.append(f"      docs: {docs}")
+    return "\n".join([*lines, *answers])
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -171,10 +177,13 @@ def run_demo(events: int = 24, bad: int = 4) -> int:
             base_url, api_key = sim.extra["base_url"], "simulator"
             print(f"Models: {base_url} (llmflow model SIMULATOR: deterministic answers, 150±50 ms)")
 
-        orgdata = run_dir / "orgdata.sqlite3"
-        with OrgDataStore(orgdata) as store:
-            counts = load_samples(store)
-        print("Org data: " + ", ".join(f"{n} {t}" for t, n in counts.items()) + f" in {orgdata}")
+        # Workers read org data from its compacted topics, each into its own copy.
+        print("Org data: publishing the samples ...", flush=True)
+        settings = Settings(
+            kafka_bootstrap_servers=bootstrap, openai_base_url=base_url, openai_api_key=api_key
+        )
+        for report in publish_samples(settings):
+            print(f"Org data: {report}")
 
         photos = _prepare_images((run_dir / "images").resolve())
         # The shipped topologies with topics unique to this run, so reruns never mix.
@@ -191,7 +200,6 @@ def run_demo(events: int = 24, bad: int = 4) -> int:
             f"llmflow-demo-{suffix}",
             api_key,
             data_dir=run_dir / "worker",
-            orgdata_path=orgdata,
             image_root=(run_dir / "images").resolve(),
         )
         worker = start_worker("worker", paths, run_dir / "logs", env)

@@ -31,8 +31,9 @@ def copy_topology(
 ) -> TopologyCopy:
     """Write `topologies/<name>.yaml` to `folder/<name>.yaml` with `.<suffix>` added to all
     four of its topics (input, output, dead letter, parked); with `keep`, only the named
-    calls stay. The parked topic is written out explicitly: left to its default
-    (`<input_topic>.parked`) it would be unique too, but only by the accident of naming."""
+    calls stay, and no retrieval step (its query embedding is a call of its own). The
+    parked topic is written out explicitly: left to its default (`<input_topic>.parked`)
+    it would be unique too, but only by the accident of naming."""
     shipped = load_topology(SHIPPED / f"{name}.yaml")
     spec: dict[str, Any] = yaml.safe_load((SHIPPED / f"{name}.yaml").read_text())
     spec |= {
@@ -42,6 +43,7 @@ def copy_topology(
         "parked_topic": f"{shipped.parked}.{suffix}",
     }
     if keep:
+        spec.pop("retrieval", None)
         spec["calls"] = [call for call in spec["calls"] if call["name"] in keep]
         if len(spec["calls"]) != len(set(keep)):
             raise LlmflowError(f"{name} has no call among {sorted(keep)}")

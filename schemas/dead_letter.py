@@ -8,11 +8,14 @@ from pydantic import Field
 
 from llmflow.schemas._base import END, NUMBER, Contract, JsonInt, Timestamp
 
-Stage = Literal["decode", "validate", "route", "image", "enrich", "prompt", "model", "output"]
+Stage = Literal[
+    "decode", "validate", "route", "image", "enrich", "retrieve", "prompt", "model", "output"
+]
 # 2: results carry `record_type`, so readers tell them apart without guessing from keys.
 # 3: `original_b64` is null when the original does not fit in the dead letter (or was a
 #    tombstone); `original_sha256` and `original_size` are always there.
-DEAD_LETTER_SCHEMA_VERSION: Final = 3
+# 4: stage `retrieve` (a retrieval step failed).
+DEAD_LETTER_SCHEMA_VERSION: Final = 4
 SHA256_PATTERN = r"^[0-9a-f]{64}" + END
 
 
@@ -22,7 +25,7 @@ class DeadLetter(Contract):
 
     record_type: Literal["dead_letter"] = "dead_letter"
     """Tells a dead letter from an output or a parked event when one reader takes all three."""
-    schema_version: Annotated[Literal[3], NUMBER] = DEAD_LETTER_SCHEMA_VERSION
+    schema_version: Annotated[Literal[4], NUMBER] = DEAD_LETTER_SCHEMA_VERSION
     """Contract version of this record."""
     event_id: str | None
     """Id of the event, when it could be read."""
@@ -33,7 +36,8 @@ class DeadLetter(Contract):
     stage: Stage
     """Where it failed: decode (no record value, or not JSON), validate (breaks the contract),
     route (kind not accepted by the topology, or the tenant's budget could not be checked),
-    image, enrich, prompt (template failed), model, output (the result could not be written,
+    image, enrich, retrieve (the retrieval step's query or filters failed to render, or the
+    search failed), prompt (template failed), model, output (the result could not be written,
     e.g. it would exceed the record size limit)."""
     error_kind: str
     """A stable machine-readable reason, e.g. `too_many_pixels`, `tombstone`, or

@@ -9,7 +9,8 @@ from pydantic import Field
 from llmflow.schemas._base import NUMBER, Contract, JsonBool, JsonFloat, JsonInt, Timestamp
 
 # 2: results carry `record_type`, so readers tell them apart without guessing from keys.
-OUTPUT_SCHEMA_VERSION: Final = 2
+# 3: the org record's offset, and the passages a retrieval step used (`retrieval`).
+OUTPUT_SCHEMA_VERSION: Final = 3
 
 
 class ModelCallResult(Contract):
@@ -55,6 +56,40 @@ class OrgRecordRef(Contract):
     """The record's key."""
     version: str | None
     """Content hash of the record used; null when no record was found."""
+    offset: JsonInt | None = None
+    """Offset of that version in the table's topic; null when no record was found."""
+
+
+class RetrievedPassage(Contract):
+    """A passage a retrieval step put in the prompts' context."""
+
+    id: str
+    """`<collection>/<record key>#<n>`."""
+    key: str
+    """Key of the record the passage belongs to."""
+    n: JsonInt = Field(ge=0)
+    """Position of the passage in its record, from 0."""
+    version: str
+    """Content hash of the record version the passage came from."""
+    offset: JsonInt
+    """Offset of that record version in the collection's topic."""
+    score: JsonFloat
+    """Rank score: BM25 (keyword), cosine (vector) or reciprocal-rank sum (hybrid)."""
+
+
+class Retrieved(Contract):
+    """What a retrieval step searched for and found."""
+
+    collection: str
+    """The document collection searched."""
+    mode: Literal["keyword", "vector", "hybrid"]
+    """How it was searched."""
+    query: str
+    """The rendered query (at most 2,000 characters shown)."""
+    embedding: ModelCallResult | None
+    """The query's embedding call (vector and hybrid modes): tokens, cost, reuse."""
+    passages: list[RetrievedPassage]
+    """The passages found, best first."""
 
 
 class ImageInfo(Contract):
@@ -103,7 +138,7 @@ class Output(Contract):
 
     record_type: Literal["output"] = "output"
     """Tells an output from a dead letter or a parked event when one reader takes all three."""
-    schema_version: Annotated[Literal[2], NUMBER] = OUTPUT_SCHEMA_VERSION
+    schema_version: Annotated[Literal[3], NUMBER] = OUTPUT_SCHEMA_VERSION
     """Contract version of this record."""
     event_id: str
     """Id of the input event."""
@@ -123,6 +158,8 @@ class Output(Contract):
     """Version of that topology."""
     org_record: OrgRecordRef | None
     """The org-data record used for enrichment, when the topology enriches."""
+    retrieval: Retrieved | None = None
+    """The passages retrieved for the prompts, when the topology retrieves."""
     images: list[ImageInfo]
     """Images as sent to the models."""
     calls: list[ModelCallResult]

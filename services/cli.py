@@ -109,30 +109,62 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_orgdata_load(args: argparse.Namespace) -> int:
-    from llmflow.services.orgdata.loader import load_samples, read_records
-    from llmflow.services.orgdata.store import OrgDataStore, validate_table
+    from llmflow.services.orgdata.loader import read_records, sample_records
+    from llmflow.services.orgdata.store import validate_table
+    from llmflow.services.worker.orgdata import publish_tables
 
-    rows: list[dict[str, Any]] = []
-    if not args.samples:
+    if args.samples == bool(args.table or args.file):
+        raise LlmflowError("give TABLE and FILE, or --samples")
+    if args.samples:
+        tables, key_field = sample_records(), "id"
+    else:
         if not args.table or not args.file:
             raise LlmflowError("give TABLE and FILE, or --samples")
-        # The whole file is read and checked before the store is even opened: a bad file
-        # is one line `<file>:<line>: <reason>` (exit 2) and leaves the store untouched.
+        # The whole file is read and checked before anything is published: a bad file is
+        # one line `<file>:<line>: <reason>` (exit 2) and leaves the topic untouched.
         validate_table(args.table)
-        rows = read_records(Path(args.file), args.key_field, last_wins=args.last_wins)
+        records = read_records(Path(args.file), args.key_field, last_wins=args.last_wins)
+        tables, key_field = {args.table: records}, args.key_field
+    for report in publish_tables(_settings(), tables, key_field, full_sync=args.full_sync):
+        print(report)
+    return 0
+
+
+def cmd_orgdata_get(args: argparse.Namespace) -> int:
+    from llmflow.services.orgdata.materializer import Materializer
+    from llmflow.services.orgdata.store import OrgDataStore, validate_table
+    from llmflow.topologies.collections import load_collections
+
+    validate_table(args.table)
     settings = _settings()
-    path = Path(args.db) if args.db else settings.orgdata_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store = OrgDataStore(path)
-    try:
-        if args.samples:
-            counts = load_samples(store)
-        else:
-            counts = {args.table: store.upsert(args.table, rows, args.key_field)}
-        for table, count in counts.items():
-            print(f"{table}: {count} records loaded into {path}")
-    finally:
-        store.close()
+    collections = load_collections(settings.collections_file)
+    spec = {args.table: collections[args.table]} if args.table in collections else {}
+    topic = settings.orgdata_topic(args.table)
+    with OrgDataStore(":memory:", spec) as store:
+        follower = Materializer(store, settings.kafka_bootstrap_servers, {args.table: topic})
+        follower.start()
+        try:
+            if not follower.wait_ready(args.timeout):
+                raise LlmflowError(f"{topic} could not be read within {args.timeout:.0f} s")
+        finally:
+            follower.stop()
+        record = store.get(args.table, args.key)
+        if record is None:
+            print(f"{args.table}: no record {args.key!r} in {topic}", file=sys.stderr)
+            return 1
+        shown = {
+            "table": record.table,
+            "key": record.key,
+            "version": record.version,
+            "topic": topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "data": record.data,
+        }
+        if spec:
+            found = store.passages_of(args.table, args.key)
+            shown["passages"] = [{"n": p.n, "text": p.text} for p in found]
+        print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -255,9 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info"])
     worker.set_defaults(func=cmd_worker)
 
-    orgdata = sub.add_parser("orgdata", help="organisational data (embedded SQLite)")
+    orgdata = sub.add_parser("orgdata", help="org data in compacted Kafka topics")
     orgdata_sub = orgdata.add_subparsers(dest="orgdata_command", required=True)
-    load = orgdata_sub.add_parser("load", help="load a CSV or JSONL file into a table")
+    load = orgdata_sub.add_parser(
+        "load", help="publish a CSV or JSONL file to a table's topic (one transaction)"
+    )
     load.add_argument("table", nargs="?")
     load.add_argument("file", nargs="?")
     load.add_argument("--key-field", default="id")
@@ -266,9 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let a key repeat in the file and keep its last record (default: an error)",
     )
+    load.add_argument(
+        "--full-sync", action="store_true", help="delete the table's records the file lacks"
+    )
     load.add_argument("--samples", action="store_true", help="load the bundled sample data")
-    load.add_argument("--db", help="SQLite file (default: LLMFLOW_ORGDATA_PATH)")
     load.set_defaults(func=cmd_orgdata_load)
+    get = orgdata_sub.add_parser("get", help="show a record as a worker would see it")
+    get.add_argument("table")
+    get.add_argument("key")
+    get.add_argument("--timeout", type=float, default=120.0, help="seconds to read the topic")
+    get.set_defaults(func=cmd_orgdata_get)
 
     produce = sub.add_parser("produce", help="publish events")
     produce.add_argument("--topic", required=True)

@@ -38,7 +38,7 @@ _EVENTS: dict[str, type[BaseModel]] = {
     "image": ImageEvent,
     "text_image": TextImageEvent,
 }
-_CONTEXT = ("event", "org", "record")
+_CONTEXT = ("event", "org", "record", "docs")
 _DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 # The kinds the topology being validated accepts; none known (a prompt alone): all kinds.
 _ACCEPTED: ContextVar[tuple[str, ...]] = ContextVar("accepted_kinds", default=())
@@ -87,7 +87,7 @@ def _variable_problem(path: VariablePath, accepted: tuple[str, ...]) -> str | No
     name, below = path[0], path[1:]
     if name not in _CONTEXT:
         return f"unknown variable {name!r} (variables: {', '.join(_CONTEXT)})"
-    if name == "org":
+    if name in ("org", "docs"):
         return None
     events = [_EVENTS[kind] for kind in accepted or tuple(_EVENTS)]
     unknown = _first_unknown(below, list(events) if name == "event" else [OrgRecordRef])
@@ -111,14 +111,24 @@ def _check_variables(template: str) -> None:
         raise PydanticCustomError("template_variable", "{problem}", {"problem": "; ".join(unique)})
 
 
+def _checked_template(template: str) -> str:
+    try:
+        compile_template(template)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from exc
+    _check_variables(template)
+    return template
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Prompt(_Spec):
     """A versioned prompt. Templates are Jinja2 with `event` (the event as JSON), `org` (the
-    org record's data) and `record` (`table`, `key`, `version` of that record) in scope;
-    naming anything else, or a field no accepted kind of event has, is an error."""
+    org record's data), `record` (`table`, `key`, `version`, `offset` of that record) and
+    `docs` (the passages the retrieval step found: `id`, `key`, `text`, `score`, `record`)
+    in scope; naming anything else, or a field no accepted kind of event has, is an error."""
 
     version: str = Field(min_length=1)
     """Bumped whenever the wording changes; recorded in every output."""
@@ -130,13 +140,7 @@ class Prompt(_Spec):
     @field_validator("system", "user")
     @classmethod
     def _compiles(cls, template: str | None) -> str | None:
-        if template is not None:
-            try:
-                compile_template(template)
-            except TemplateSyntaxError as exc:
-                raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from exc
-            _check_variables(template)
-        return template
+        return _checked_template(template) if template is not None else None
 
 
 class Target(_Spec):
@@ -174,6 +178,8 @@ class ModelCall(_Spec):
     output_schema: dict[str, Any] | None = None
     """JSON Schema (2020-12) of the answer; the call then asks for structured output and
     parses it."""
+    dimensions: int | None = Field(default=None, ge=1, le=4096)
+    """Embedding calls: the vector size to ask for (models that support shortening)."""
     output_model: str | None = Field(default=None, pattern=r"^[\w.]+:\w+$")
     """Instead of `output_schema`: `package.module:Class` of a pydantic model whose JSON
     schema the answer must follow."""
@@ -210,6 +216,8 @@ class ModelCall(_Spec):
     def _fits_kind(self) -> ModelCall:
         if self.kind == "embedding" and (self.output_schema or self.prompt.system):
             raise ValueError("an embedding call takes neither output_schema nor a system prompt")
+        if self.dimensions is not None and self.kind != "embedding":
+            raise ValueError("dimensions applies to embedding calls only")
         if self.output_schema is not None and self.output_schema.get("type") != "object":
             raise ValueError("output_schema must describe a JSON object (type: object)")
         return self
@@ -226,6 +234,40 @@ class Enrichment(_Spec):
     """When true, an event without a matching record becomes a dead letter (stage `enrich`)."""
 
 
+class Retrieval(_Spec):
+    """Passages of a document collection to put in the prompts' context as `docs`."""
+
+    collection: str = Field(pattern=_NAME)
+    """A collection of the collections file (`LLMFLOW_COLLECTIONS_FILE`)."""
+    query: str = Field(min_length=1)
+    """Template of the text to search for (the variables of a prompt; `docs` is still
+    empty here)."""
+    top_k: int = Field(default=3, ge=1, le=50)
+    """How many passages to retrieve."""
+    mode: Literal["keyword", "vector", "hybrid"] = "hybrid"
+    """`keyword` (BM25), `vector` (cosine of embeddings) or `hybrid` (both, fused by rank);
+    `vector` and `hybrid` embed the query: a model call, paid once per event like any other."""
+    filters: dict[str, str] = Field(default_factory=dict)
+    """Field -> template of the value a passage's record must have, e.g.
+    `{language: "{{ org.language }}"}`; the field must be one the collection filters on."""
+    version: str = Field(default="1", min_length=1)
+    """Bumped when the query changes; part of the query embedding's pay-once key."""
+
+    @field_validator("query")
+    @classmethod
+    def _query_compiles(cls, template: str) -> str:
+        return _checked_template(template)
+
+    @field_validator("filters")
+    @classmethod
+    def _filters_compile(cls, filters: dict[str, str]) -> dict[str, str]:
+        for field, template in filters.items():
+            if not field.isidentifier():
+                raise ValueError(f"filter field {field!r} must be an identifier")
+            _checked_template(template)
+        return filters
+
+
 class ImageOptions(_Spec):
     """How this topology prepares images before vision calls."""
 
@@ -236,7 +278,8 @@ class ImageOptions(_Spec):
 
 
 class Topology(_Spec):
-    """A declared pipeline: input topic -> enrich -> concurrent model calls -> output topic."""
+    """A declared pipeline: input topic -> enrich -> retrieve -> concurrent model calls ->
+    output topic."""
 
     name: str = Field(pattern=_NAME)
     """Unique among the topologies of a worker group; names its agent and state tables."""
@@ -256,6 +299,8 @@ class Topology(_Spec):
     """Event kinds this topology answers; any other kind is dead-lettered (stage `route`)."""
     enrichment: Enrichment | None = None
     """The org-data record to attach to each event; unset, none."""
+    retrieval: Retrieval | None = None
+    """Passages to retrieve for each event (after enrichment); unset, none."""
     images: ImageOptions = ImageOptions()
     """How images are prepared before vision calls."""
     calls: list[ModelCall] = Field(min_length=1)

@@ -48,9 +48,10 @@ from dev.topologies import copy_topology
 from llmflow.errors import LlmflowError
 from llmflow.services.broker.local import free_port
 from llmflow.services.broker.topics import ensure_topics
-from llmflow.services.orgdata.loader import load_samples
-from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.orgdata.publish import LoadReport
 from llmflow.services.sdk import text_event
+from llmflow.services.worker.orgdata import publish_samples
+from llmflow.services.worker.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -259,16 +260,19 @@ def create_topics(bootstrap: str, topology: TopologyCopy, partitions: int) -> No
     raise BenchError(f"topics exist with other partition counts: {wrong}")
 
 
-def orgdata_file(run_dir: Path) -> Path:
-    """The sample org data in a SQLite file of the run folder."""
-    path = run_dir / "orgdata.sqlite3"
-    if not path.exists():
-        store = OrgDataStore(path)
-        try:
-            load_samples(store)
-        finally:
-            store.close()
-    return path
+def publish_org_samples(bootstrap: str, sim: Child) -> list[LoadReport]:
+    """Publish the sample org data to its compacted topics (`llmflow.orgdata.<table>`), the
+    policies' passages embedded by `sim`. Every worker materializes its own copy from the
+    topics when it starts, so this runs before the first worker of a run; a second call
+    re-publishes the plain tables and embeds nothing again. One report per table.
+
+    Runs its own event loop: from async code, call it in a thread (`asyncio.to_thread`)."""
+    settings = Settings(
+        kafka_bootstrap_servers=bootstrap,
+        openai_base_url=sim.extra["base_url"],
+        openai_api_key="simulator",
+    )
+    return publish_samples(settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,7 +498,6 @@ def worker_env(
     sim: Child,
     app_id: str,
     concurrency: int,
-    orgdata: Path,
     data_dir: Path,
     metrics_port: int,
 ) -> dict[str, str]:
@@ -503,7 +506,6 @@ def worker_env(
         sim.extra["base_url"],
         app_id,
         data_dir=data_dir,
-        orgdata_path=orgdata,
         concurrency=concurrency,
         metrics_port=metrics_port,
     )
@@ -519,18 +521,17 @@ def start_workers(
     sim: Child,
     topology: TopologyCopy,
     concurrency: int,
-    orgdata: Path,
 ) -> str:
     """Start `count` workers into `group` (one fresh consumer group); returns its id.
 
-    The caller owns `group` and stops it in a `finally`, even when a start fails."""
+    The caller owns `group` and stops it in a `finally`, even when a start fails. Publish
+    the org data first (`publish_org_samples`): a worker starts with the tables' topics as
+    they are, and finds no record in a table that is still empty."""
     app_id = f"bench-{label}-{uuid.uuid4().hex[:6]}"
     for n in range(1, count + 1):
         port = free_port()
         name = f"{label}-worker{n}"
-        env = worker_env(
-            bootstrap, sim, app_id, concurrency, orgdata, run_dir / "state" / name, port
-        )
+        env = worker_env(bootstrap, sim, app_id, concurrency, run_dir / "state" / name, port)
         child = start_worker(name, [topology.path], run_dir / "logs", env, ["--loglevel", "warn"])
         group.children.append(child)
         group.metrics_ports.append(port)

@@ -56,11 +56,11 @@ from dev.bench.harness import (
     create_topics,
     encode_events,
     machine,
-    orgdata_file,
     output_row,
     partitions_of,
     percentile,
     produce,
+    publish_org_samples,
     read_topic,
     record_profile,
     simulator,
@@ -145,9 +145,20 @@ class Bench:
     runs: dict[str, RunResult] = field(default_factory=dict)
     """Runs other scenarios reuse, by key such as `c200-1call`."""
 
-    @property
-    def orgdata(self) -> Path:
-        return orgdata_file(self.run_dir)
+    orgdata_published: bool = False
+    """Whether the sample org data is on the broker (`publish_orgdata`)."""
+
+    async def publish_orgdata(self, sim: Child) -> None:
+        """Publish the sample org data once per run, before the first worker starts: every
+        worker reads the tables from their topics when it starts."""
+        if self.orgdata_published:
+            return
+        began = time.monotonic()
+        reports = await asyncio.to_thread(publish_org_samples, self.bootstrap, sim)
+        self.orgdata_published = True
+        progress(f"org data published in {time.monotonic() - began:.1f} s:")
+        for report in reports:
+            progress(f"  {report}")
 
     def watch_common(self, sampler: CpuSampler, sim: Child | None) -> None:
         if sim is not None:
@@ -313,6 +324,7 @@ async def run_backlog(
 
     With `settle_first`, workers start first and the backlog is produced once the group
     owns every partition (several workers joining would otherwise rebalance mid-run)."""
+    await bench.publish_orgdata(sim)
     create_topics(bench.bootstrap, topology, partitions)
     encoded = encode_events(label, events)
     group = WorkerGroup()
@@ -335,7 +347,6 @@ async def run_backlog(
                 sim=sim,
                 topology=topology,
                 concurrency=concurrency,
-                orgdata=bench.orgdata,
             )
             for n, pid in enumerate(group.pids, 1):
                 sampler.watch(f"worker{n}", pid)
@@ -415,6 +426,7 @@ async def profile_pass(
     """Run the configuration again with a backlog, profile the worker for `profile_s`
     with py-spy once outputs flow, and say what bounds it."""
     plan = bench.plan
+    await bench.publish_orgdata(sim)
     topology = topology_copy(bench.run_dir, f"profile-{name}", keep=keep)
     create_topics(bench.bootstrap, topology, PARTITIONS)
     count = int(events_per_s * (plan.profile_s + 10)) + 100
@@ -436,7 +448,6 @@ async def profile_pass(
                 sim=sim,
                 topology=topology,
                 concurrency=concurrency,
-                orgdata=bench.orgdata,
             )
             pid = group.pids[0]
             sampler.watch("worker", pid)
@@ -903,6 +914,7 @@ async def _latency(bench: Bench, max_calls_per_s: float | None = None) -> dict[s
     group = WorkerGroup()
     sampler = CpuSampler()
     with running_simulator(bench, LATENCY_MS, JITTER_MS) as sim, sampler:
+        await bench.publish_orgdata(sim)
         bench.watch_common(sampler, sim)
         producer = AIOKafkaProducer(bootstrap_servers=bench.bootstrap, acks="all")
         await producer.start()
@@ -919,7 +931,6 @@ async def _latency(bench: Bench, max_calls_per_s: float | None = None) -> dict[s
                 sim=sim,
                 topology=topology,
                 concurrency=variant.event_concurrency,
-                orgdata=bench.orgdata,
             )
             sampler.watch("worker", group.pids[0])
             await wait_settled(group)

@@ -255,7 +255,6 @@ class Workers:
         bootstrap: str,
         sim: Simulator,
         topologies: Sequence[Path],
-        orgdata: Path,
         **settings: object,
     ) -> None:
         self.run_dir = run_dir
@@ -263,7 +262,7 @@ class Workers:
         self.topologies = list(topologies)
         self.app_id = f"chaos-{label}-{uuid.uuid4().hex[:6]}"
         self.base_env = launch.worker_env(
-            bootstrap, sim.base_url, self.app_id, "simulator", orgdata_path=orgdata, **settings
+            bootstrap, sim.base_url, self.app_id, "simulator", **settings
         )
         self.all: list[Worker] = []
         self.running: list[Worker] = []

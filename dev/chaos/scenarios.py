@@ -2,7 +2,8 @@
 waits until every event has a result (or nothing moves any more) and returns its row.
 
 Every scenario gets its own topics (a topology copy), consumer group, SIMULATOR and workers,
-all on the one broker of the run. Sizes come from a `Plan`: `FULL` (the whole suite in under
+all on the one broker of the run; the sample org data is published to its topics there once,
+before the first worker starts. Sizes come from a `Plan`: `FULL` (the whole suite in under
 25 minutes on 2 cores) or `QUICK` (a smoke run of each).
 """
 
@@ -22,8 +23,8 @@ from pathlib import Path
 from dev.bench.harness import (
     TopologyCopy,
     create_topics,
-    orgdata_file,
     percentile,
+    publish_org_samples,
     ticket,
     topology_copy,
 )
@@ -38,7 +39,10 @@ from dev.chaos.ledger import (
     sdk_duplicates,
 )
 from dev.chaos.rig import Broker, ChaosError, Sampler, Simulator, Workers
+from dev.launch import start_modelsim
 from dev.probes import rss_kib, scrape, total
+from llmflow.services.broker.local import free_port
+from llmflow.services.orgdata.publish import LoadReport
 from llmflow.services.sdk import text_event
 
 log = logging.getLogger(__name__)
@@ -146,9 +150,29 @@ class Suite:
             return None
         return self.plan.budget_s - (time.monotonic() - self.started)
 
-    @property
-    def orgdata(self) -> Path:
-        return orgdata_file(self.run_dir)
+    orgdata_published: bool = False
+    """Whether the sample org data is on the broker (`publish_orgdata`)."""
+
+    async def publish_orgdata(self) -> None:
+        """Publish the sample org data once per run, before the first worker starts (every
+        worker reads the tables from their topics when it starts). The policies' passages
+        are embedded by a simulator of its own, without latency or faults, stopped after:
+        no scenario's simulator, nor its request log, sees those requests."""
+        if self.orgdata_published:
+            return
+        began = time.monotonic()
+        reports = await asyncio.to_thread(self._publish_orgdata)
+        self.orgdata_published = True
+        progress(f"org data published in {time.monotonic() - began:.1f} s:")
+        for report in reports:
+            progress(f"  {report}")
+
+    def _publish_orgdata(self) -> list[LoadReport]:
+        sim = start_modelsim(free_port(), self.run_dir / "logs", ["--seed", "7"])
+        try:
+            return publish_org_samples(self.broker.bootstrap, sim)
+        finally:
+            sim.stop()
 
 
 @dataclass
@@ -248,6 +272,7 @@ async def stage(
 ) -> AsyncIterator[Stage]:
     """Topics, a simulator, a (not yet started) group of workers with `settings`, a feed and
     a tally; everything stopped on the way out."""
+    await suite.publish_orgdata()
     bootstrap = suite.broker.bootstrap
     topology = topology_copy(suite.run_dir, label, keep=keep)
     create_topics(bootstrap, topology, partitions)
@@ -261,7 +286,6 @@ async def stage(
             bootstrap,
             sim,
             [topology.path],
-            suite.orgdata,
             topic_partitions=partitions,
             **settings,
         )

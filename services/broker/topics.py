@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
+
+# bootstrap servers, topic names, partitions, replication factor, topic configs
+#   -> partitions per topic
+EnsureTopics = Callable[[str, Iterable[str], int, int, Mapping[str, str] | None], dict[str, int]]
 
 
 def ensure_topics(

@@ -420,7 +420,7 @@ class ModelClient:
             options["timeout"] = request_timeout_s
         if call.kind == "embedding":
             raw = await client.embeddings.with_raw_response.create(
-                model=target.model, input=request["input"], **options
+                model=target.model, **request, **options
             )
             response = raw.parse()
             answer = _Answer(
@@ -513,7 +513,11 @@ def _request_body(
 ) -> dict[str, Any]:
     """The SDK keyword arguments of the call, model excepted (it differs per target)."""
     if call.kind == "embedding":
-        return {"input": user}
+        return (
+            {"input": user}
+            if call.dimensions is None
+            else {"input": user, "dimensions": call.dimensions}
+        )
     messages: list[dict[str, Any]] = []
     if system:
         messages.append({"role": "system", "content": system})

@@ -4,15 +4,26 @@ Chat answers are `[sim {model}] re: {head} #{digest8}`: `head` is the first 12 w
 last user message's text and `digest8` the first 8 hex digits of the sha256 of the
 canonical JSON of model + messages. Images of that message are described after it.
 With `break_schema`, a `json_schema` answer breaks its schema (see `schema.broken_answer`).
+
+Embeddings are SIMULATED too, but meaningful: feature hashing (the "hashing trick") of the
+text's words, word bigrams and character trigrams into a unit vector, in a space salted by
+the model name. Texts that share words (or word stems) are close in cosine; no model runs.
 """
 
 import base64
 import hashlib
+import itertools
 import json
 import math
+import re
 import struct
+import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from llmflow.errors import LlmflowError
 from llmflow.services.models.tokens import count_prompt_tokens, count_text_tokens
@@ -26,6 +37,19 @@ DEFAULT_DIMENSIONS = 64
 MAX_DIMENSIONS = 8192
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 SYSTEM_FINGERPRINT = "fp_llmflow_simulator"
+
+# Simulated embeddings: feature weights (before 1 + log tf) and the words that carry no meaning.
+UNIGRAM_WEIGHT = 1.0
+BIGRAM_WEIGHT = 0.5
+TRIGRAM_WEIGHT = 0.3
+_STOP_WORDS_TEXT = """
+    about after all also am an and any are as at be been but by can could did do does for
+    from had has have he her him his how if in into is it its just me my no not of on or
+    our out over she so than that the their them then there these they this those to too
+    up us was we were what when where which who why will with would you your
+"""
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
+_WORD = re.compile(r"\w+")
 
 
 class BadRequest(LlmflowError):
@@ -114,6 +138,67 @@ def embeddings(body: Mapping[str, Any]) -> JsonDict:
 
 
 def embedding_vector(model: str, text: str, dimensions: int) -> list[float]:
+    """A SIMULATED embedding: unit-length vector in [-1, 1]^dimensions, deterministic.
+
+    Feature hashing (the "hashing trick"): the lowercased `\\w+` words (stop-words and
+    1-character tokens dropped), word bigrams, and the character trigrams of each word padded
+    with `#` ("#kn", "kni", ..., "fe#") each add a signed weight at an index, both given by a
+    stable hash salted by `model`. Weights: 1 for a word, 0.5 for a bigram, 0.3 for each
+    trigram of a word, times 1 + log(term frequency); the sum is L2-normalised. So texts that
+    share words are close in cosine, "knife" and "knives" share trigrams, and every model has
+    its own space. A text without features (empty, only stop-words) gets the pseudo-random
+    unit vector of sha256(model, text).
+    """
+    words = [w for w in _WORD.findall(text.lower()) if len(w) > 1 and w not in STOP_WORDS]
+    if not words:
+        return _random_unit_vector(model, text, dimensions)
+    unigrams = Counter(words)
+    bigrams = Counter(itertools.pairwise(words))
+    salt = hashlib.sha256(model.encode()).digest()
+    word_salt, bigram_salt, trigram_salt = np.frombuffer(salt, dtype="<u8", count=3)
+    crcs = {word: zlib.crc32(word.encode()) for word in unigrams}
+    word_scale = 1.0 + np.log(np.fromiter(unigrams.values(), dtype=np.float64))
+    # Trigrams, vectorised: the words as "#w1##w2#..." code points; a window whose middle is
+    # "#" straddles two words, so each word keeps exactly len(word) windows, in word order.
+    points = np.frombuffer(
+        "".join(f"#{word}#" for word in unigrams).encode("utf-32-le"), dtype="<u4"
+    ).astype(np.uint64)
+    windows = (points[:-2] << np.uint64(42)) | (points[1:-1] << np.uint64(21)) | points[2:]
+    windows = windows[points[1:-1] != ord("#")]
+    trigram_weight = np.repeat(TRIGRAM_WEIGHT * word_scale, [len(word) for word in unigrams])
+    pairs = np.array([(crcs[a] << 32) | crcs[b] for a, b in bigrams], dtype=np.uint64)
+    bigram_scale = 1.0 + np.log(np.fromiter(bigrams.values(), dtype=np.float64))
+    hashes = np.concatenate(
+        [
+            _mix64(np.fromiter(crcs.values(), dtype=np.uint64) ^ word_salt),
+            _mix64(pairs ^ bigram_salt),
+            _mix64(windows ^ trigram_salt),
+        ]
+    )
+    weights = np.concatenate(
+        [UNIGRAM_WEIGHT * word_scale, BIGRAM_WEIGHT * bigram_scale, trigram_weight]
+    )
+    signs = np.where(hashes >> np.uint64(63), -1.0, 1.0)
+    vector = np.bincount(
+        (hashes % np.uint64(dimensions)).astype(np.intp),
+        weights=signs * weights,
+        minlength=dimensions,
+    )
+    norm = float(np.sqrt(vector @ vector))
+    if norm == 0.0:  # the features cancelled out (a tiny `dimensions`)
+        return _random_unit_vector(model, text, dimensions)
+    result: list[float] = (vector / norm).tolist()
+    return result
+
+
+def _mix64(keys: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """The splitmix64 finaliser: a bijection scattering near-identical keys (wraps mod 2^64)."""
+    keys = (keys ^ (keys >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    keys = (keys ^ (keys >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return keys ^ (keys >> np.uint64(31))
+
+
+def _random_unit_vector(model: str, text: str, dimensions: int) -> list[float]:
     """Unit-length vector in [-1, 1]^dimensions, a function of sha256(model, text) only."""
     seed = hashlib.sha256(canonical_json([model, text]).encode()).digest()
     raw = hashlib.shake_256(seed).digest(2 * dimensions)

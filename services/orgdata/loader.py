@@ -1,4 +1,4 @@
-"""Load org data files (.csv, .jsonl) and the bundled samples into an OrgDataStore.
+"""Read org data files (.csv, .jsonl) and the bundled samples, strictly, for publishing.
 
 CSV values stay strings, exactly as written (an empty cell is ""): guessing numbers
 would turn ids like "0042" into 42 and make versions depend on the guess. Use JSONL
@@ -33,7 +33,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from llmflow.services.orgdata.store import OrgDataError, OrgDataStore, validate_table
+from llmflow.services.orgdata.store import OrgDataError
 
 _SUFFIXES = (".csv", ".jsonl")
 
@@ -63,20 +63,6 @@ class _Refused(Exception):
     """Raised by the JSON parser hooks; becomes an OrgDataFileError naming the line."""
 
 
-def load_file(
-    store: OrgDataStore,
-    table: str,
-    path: Path | str,
-    key_field: str = "id",
-    *,
-    last_wins: bool = False,
-) -> int:
-    """Upsert every record of `path` into `table`; returns the record count (after
-    duplicates collapse, with `last_wins`). All or nothing: see the module docstring."""
-    validate_table(table)
-    return store.upsert(table, read_records(path, key_field, last_wins=last_wins), key_field)
-
-
 def read_records(
     path: Path | str, key_field: str = "id", *, last_wins: bool = False
 ) -> list[dict[str, Any]]:
@@ -93,17 +79,16 @@ def read_records(
     return _unique(rows, key_field, source, last_wins)
 
 
-def load_samples(store: OrgDataStore) -> dict[str, int]:
-    """Load each `samples/<table>.jsonl` shipped with this package; returns counts."""
+def sample_records() -> dict[str, list[dict[str, Any]]]:
+    """The records of each `samples/<table>.jsonl` shipped with this package, by table."""
     samples = resources.files("llmflow.services.orgdata") / "samples"
-    counts: dict[str, int] = {}
+    tables: dict[str, list[dict[str, Any]]] = {}
     for entry in sorted(samples.iterdir(), key=lambda e: e.name):
         if entry.is_file() and entry.name.endswith(".jsonl"):
-            table = entry.name.removesuffix(".jsonl")
             source = f"samples/{entry.name}"
-            rows = _unique(_jsonl_rows(entry.read_text(encoding="utf-8"), source), "id", source)
-            counts[table] = store.upsert(table, rows)
-    return counts
+            rows = _jsonl_rows(entry.read_text(encoding="utf-8"), source)
+            tables[entry.name.removesuffix(".jsonl")] = _unique(rows, "id", source)
+    return tables
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -343,7 +328,6 @@ def _unique(
 
 
 def _require_key(row: Mapping[str, Any], key_field: str, source: str, line: int) -> None:
-    # Checked here as well as in upsert so the error names the line, not the row number.
     key = row.get(key_field)
     if key in (None, ""):
         raise OrgDataFileError(source, line, f"no {key_field!r} field")

@@ -1,79 +1,91 @@
-"""Organisational reference data (customers, products, policies) in one SQLite file.
+"""A worker's own copy of the org data: records, and a collection's passages indexed for
+keyword (SQLite FTS5, BM25) and vector search, with the topic offsets it has applied.
 
-Reads are one cached, prepared primary-key lookup and are made from the asyncio event
-loop thread directly. File databases get a separate write connection: with WAL the
-reader keeps seeing the last committed snapshot while a bulk load runs, so a reload
-never stalls the event loop.
+One writer (the materializer's thread) applies changes a batch at a time, each batch and
+its offsets in one transaction, so a worker that stops at any moment resumes from the
+last batch it applied. Readers get their own connection per thread: under WAL they see the
+last committed batch and never wait for the writer. Record lookups run on the event loop
+(one prepared primary-key read); searches run in a thread (`search`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import numpy as np
+
 from llmflow.errors import LlmflowError
+from llmflow.services.orgdata.changes import Change, Delete, Upsert
+from llmflow.services.orgdata.documents import Passage, plain_passages
+from llmflow.services.orgdata.vectors import VectorIndex
+from llmflow.topologies.collections import Collection
 
 _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
-    tbl TEXT NOT NULL,
-    key TEXT NOT NULL,
-    version TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    data TEXT NOT NULL,
+    tbl TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL,
+    partition INTEGER NOT NULL, offset INTEGER NOT NULL, data TEXT NOT NULL,
     PRIMARY KEY (tbl, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    tbl TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (tbl, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS passages (
+    id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, key TEXT NOT NULL, n INTEGER NOT NULL,
+    text TEXT NOT NULL, tenant TEXT, model TEXT, vector BLOB
+);
+CREATE INDEX IF NOT EXISTS passages_of_record ON passages (tbl, key);
+"""
+_GET = "SELECT version, partition, offset, data FROM records WHERE tbl = ? AND key = ?"
+_UPSERT = "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE = "DELETE FROM records WHERE tbl = ? AND key = ?"
+_POSITION = "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)"
+_PASSAGES = (
+    "SELECT p.id, p.tbl, p.key, p.n, p.text, r.version, r.offset, r.data FROM passages p "
+    "JOIN records r ON r.tbl = p.tbl AND r.key = p.key"
 )
-"""
-_GET = "SELECT version, updated_at, data FROM records WHERE tbl = ? AND key = ?"
-# Identical rows keep their updated_at: the WHERE skips the update when the version matches.
-_UPSERT = """
-INSERT INTO records (tbl, key, version, updated_at, data) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (tbl, key) DO UPDATE SET
-    version = excluded.version, updated_at = excluded.updated_at, data = excluded.data
-WHERE records.version != excluded.version
-"""
-_COUNTS = "SELECT tbl, COUNT(*) FROM records GROUP BY tbl ORDER BY tbl"
 
 
 class OrgDataError(LlmflowError):
-    """Org data could not be stored or loaded; the message names the table, row or line."""
+    """Org data could not be stored or read; the message names the table."""
 
 
 @dataclass(frozen=True, slots=True)
 class OrgRecord:
-    """One row of reference data plus what lineage needs to cite it."""
+    """One record of reference data plus what lineage needs to cite it."""
 
     table: str
     key: str
     version: str
-    updated_at: str
+    """Content hash of the record's value."""
+    partition: int
+    offset: int
+    """Where in the table's topic this version was published."""
     data: dict[str, Any]
 
-    def lineage(self) -> dict[str, str]:
-        return {"table": self.table, "key": self.key, "version": self.version}
 
-
-def canonical_json(data: Mapping[str, Any]) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"))
-
-
-def record_version(data: Mapping[str, Any]) -> str:
-    """First 16 hex chars of the SHA-256 of the canonical JSON: equal data, equal version."""
-    return _digest(canonical_json(data))
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+@dataclass(frozen=True, slots=True)
+class StoredPassage:
+    id: int
+    table: str
+    key: str
+    n: int
+    text: str
+    version: str
+    """Of the record the passage belongs to."""
+    offset: int
+    data: str
+    """The record's data as JSON."""
 
 
 def validate_table(table: str) -> str:
@@ -82,86 +94,284 @@ def validate_table(table: str) -> str:
     return table
 
 
-class OrgDataStore:
-    """Key-value store of JSON rows grouped by table; safe to share between threads."""
+def filter_text(value: Any) -> str | None:
+    """How a record field is compared with a filter: strings as they are, else JSON."""
+    if value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
-    def __init__(self, path: Path | str) -> None:
+
+class OrgDataStore:
+    """Records by table and key, passages of the `collections`, and applied offsets."""
+
+    def __init__(
+        self, path: Path | str, collections: Mapping[str, Collection] | None = None
+    ) -> None:
         self.path = str(path)
-        # ":memory:" (and "", a temporary file) is private to one connection.
-        private = self.path in ("", ":memory:")
+        self.collections = dict(collections or {})
+        # ":memory:" is private to one connection: then every thread shares it, in turn.
+        self._private = self.path in ("", ":memory:")
+        self._local = threading.local()
+        self._lock = threading.RLock()
         try:
             self._writer = self._connect()
-            self._writer.execute("PRAGMA journal_mode=WAL")
-            self._writer.execute("PRAGMA synchronous=NORMAL")  # crash-consistent under WAL
-            self._writer.execute(_SCHEMA)
-            self._reader = self._writer if private else self._connect()
+            self._writer.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise OrgDataError(f"cannot open org data store {self.path!r}: {exc}") from exc
-        self._write_lock = threading.Lock()
-        self._read_lock = self._write_lock if private else threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+        self.vectors: dict[str, VectorIndex] = {}
+        self._fts_insert: dict[str, str] = {}
+        for collection in self.collections.values():
+            self._ensure_keyword_index(collection)
+            self.vectors[collection.name] = self._load_vectors(collection)
 
     def _connect(self) -> sqlite3.Connection:
-        # Autocommit (isolation_level=None): every read sees the latest committed data;
-        # upsert opens its own transaction.
-        return sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        if not self._private:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")  # crash-consistent under WAL
+        return connection
 
-    def upsert(self, table: str, rows: Iterable[Mapping[str, Any]], key_field: str = "id") -> int:
-        """Insert or replace rows keyed by `key_field`; returns how many rows were given.
+    def _reader(self) -> sqlite3.Connection:
+        if self._private:
+            return self._writer
+        reader: sqlite3.Connection | None = getattr(self._local, "reader", None)
+        if reader is None:
+            reader = self._local.reader = self._connect()
+            with self._lock:
+                self._readers.append(reader)
+        return reader
 
-        All rows are validated before anything is written, so a bad row leaves the
-        table as it was. A row whose data is unchanged keeps its version and updated_at.
-        """
-        validate_table(table)
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        params: list[tuple[str, str, str, str, str]] = []
-        for number, row in enumerate(rows, start=1):
-            key = row.get(key_field)
-            if key is None or key == "":
-                raise OrgDataError(f"table {table!r}: row {number} has no {key_field!r} field")
-            if isinstance(key, bool) or not isinstance(key, str | int):
-                raise OrgDataError(
-                    f"table {table!r}: row {number} field {key_field!r} must be a string "
-                    f"or integer, got {type(key).__name__}"
-                )
-            try:
-                text = canonical_json(dict(row))
-            except (TypeError, ValueError) as exc:
-                raise OrgDataError(
-                    f"table {table!r}: row {number} is not JSON data: {exc}"
-                ) from exc
-            params.append((table, str(key), _digest(text), now, text))
-        with self._write_lock:
-            try:
-                self._writer.execute("BEGIN IMMEDIATE")
-                self._writer.executemany(_UPSERT, params)
-                self._writer.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._writer.in_transaction:
-                    self._writer.execute("ROLLBACK")
-                raise OrgDataError(f"table {table!r}: cannot store rows: {exc}") from exc
-        return len(params)
+    # -- reads --------------------------------------------------------------------------
 
     def get(self, table: str, key: str) -> OrgRecord | None:
-        """The row `key` of `table`, or None; `data` is a fresh dict the caller may change."""
-        validate_table(table)
-        with self._read_lock:
-            found = self._reader.execute(_GET, (table, key)).fetchone()
+        """The record `key` of `table`, or None; `data` is a fresh dict the caller may change."""
+        if self._private:
+            with self._lock:
+                found = self._writer.execute(_GET, (table, key)).fetchone()
+        else:
+            found = self._reader().execute(_GET, (table, key)).fetchone()
         if found is None:
             return None
-        version, updated_at, text = found
-        return OrgRecord(table, key, version, updated_at, json.loads(text))
+        version, partition, offset, text = found
+        return OrgRecord(table, key, version, partition, offset, json.loads(text))
 
     def tables(self) -> dict[str, int]:
-        """Row count per table."""
-        with self._read_lock:
-            return dict(self._reader.execute(_COUNTS).fetchall())
+        """Record count per table."""
+        return dict(self._read("SELECT tbl, COUNT(*) FROM records GROUP BY tbl ORDER BY tbl"))
+
+    def records(self, table: str) -> dict[str, str]:
+        """Every record of `table`: key -> its data as JSON."""
+        return dict(self._read("SELECT key, data FROM records WHERE tbl = ?", (table,)))
+
+    def passages_of(self, table: str, key: str) -> list[StoredPassage]:
+        rows = self._read(f"{_PASSAGES} WHERE p.tbl = ? AND p.key = ? ORDER BY p.n", (table, key))
+        return [StoredPassage(*row) for row in rows]
+
+    def positions(self, table: str) -> dict[int, int]:
+        """Next offset to apply, per partition of the table's topic."""
+        rows = self._read("SELECT partition, next_offset FROM positions WHERE tbl = ?", (table,))
+        return dict(rows)
+
+    def passages(self, ids: Iterable[int]) -> dict[int, StoredPassage]:
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self._read(f"{_PASSAGES} WHERE p.id IN ({marks})", wanted)
+        return {row[0]: StoredPassage(*row) for row in rows}
+
+    def keyword(
+        self,
+        collection: Collection,
+        match: str,
+        tenant: tuple[str | None, bool] | None,
+        filters: Mapping[str, str],
+        limit: int,
+    ) -> list[tuple[int, float]]:
+        """(passage id, BM25 score, higher is better) of the passages that `match` (FTS5)."""
+        where = [f"fts_{collection.name} MATCH ?"]
+        params: list[Any] = [match]
+        if tenant is not None:
+            name, shared = tenant
+            where.append("(tenant = ? OR tenant IS NULL)" if shared else "tenant = ?")
+            params.append(name)
+        for field, value in filters.items():
+            where.append(f"f_{field} = ?")
+            params.append(value)
+        sql = (
+            f"SELECT rowid, bm25(fts_{collection.name}) AS rank FROM fts_{collection.name} "
+            f"WHERE {' AND '.join(where)} ORDER BY rank LIMIT ?"
+        )
+        return [(rowid, -rank) for rowid, rank in self._read(sql, (*params, limit))]
+
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        if self._private:
+            with self._lock:
+                return self._writer.execute(sql, tuple(params)).fetchall()
+        return self._reader().execute(sql, tuple(params)).fetchall()
+
+    # -- writes (one thread) ------------------------------------------------------------
+
+    def apply(
+        self, table: str, partition: int, changes: list[tuple[int, Change]], next_offset: int
+    ) -> None:
+        """Apply `changes` ((offset, change), in offset order) of one partition and record
+        `next_offset` as applied, all in one transaction."""
+        latest: dict[str, tuple[int, Change]] = {}
+        for offset, change in changes:
+            latest[change.key] = (offset, change)  # a key's last change in the batch wins
+        collection = self.collections.get(table)
+        removed: list[int] = []
+        added: list[tuple[int, Passage, str | None, dict[str, str | None]]] = []
+        with self._lock:
+            db = self._writer
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                upserts = [
+                    (table, key, c.version, partition, offset, c.text)
+                    for key, (offset, c) in latest.items()
+                    if isinstance(c, Upsert)
+                ]
+                deletes = [(table, key) for key, (_, c) in latest.items() if isinstance(c, Delete)]
+                db.executemany(_UPSERT, upserts)
+                db.executemany(_DELETE, deletes)
+                if collection is not None:
+                    removed, added = self._replace_passages(db, collection, latest)
+                db.execute(_POSITION, (table, partition, next_offset))
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise OrgDataError(f"table {table!r}: cannot apply changes: {exc}") from exc
+        if collection is not None:
+            index = self.vectors[table]
+            index.remove(removed)
+            index.add(
+                [
+                    (pid, p.vector, tenant, filters)
+                    for pid, p, tenant, filters in added
+                    if p.vector is not None and p.model == collection.embedding.model
+                ]
+            )
+
+    def _replace_passages(
+        self,
+        db: sqlite3.Connection,
+        collection: Collection,
+        latest: Mapping[str, tuple[int, Change]],
+    ) -> tuple[list[int], list[tuple[int, Passage, str | None, dict[str, str | None]]]]:
+        name = collection.name
+        removed: list[int] = []
+        added: list[tuple[int, Passage, str | None, dict[str, str | None]]] = []
+        for key, (_, change) in latest.items():
+            old = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM passages WHERE tbl = ? AND key = ?", (name, key)
+                )
+            ]
+            if old:
+                marks = ",".join("?" * len(old))
+                db.execute(f"DELETE FROM passages WHERE id IN ({marks})", old)
+                db.execute(f"DELETE FROM fts_{name} WHERE rowid IN ({marks})", old)
+                removed += old
+            if not isinstance(change, Upsert):
+                continue
+            passages = change.passages
+            if passages is None:
+                passages = plain_passages(change.data, collection)
+            tenant = (
+                filter_text(change.data.get(collection.tenant_field))
+                if collection.tenant_field
+                else None
+            )
+            filters = {field: filter_text(change.data.get(field)) for field in collection.filters}
+            for passage in passages:
+                vector = passage.vector.tobytes() if passage.vector is not None else None
+                cursor = db.execute(
+                    "INSERT INTO passages (tbl, key, n, text, tenant, model, vector) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (name, key, passage.n, passage.text, tenant, passage.model, vector),
+                )
+                pid = int(cursor.lastrowid or 0)
+                db.execute(self._fts_insert[name], (pid, passage.text, tenant, *filters.values()))
+                added.append((pid, passage, tenant, filters))
+        return removed, added
+
+    def clear(self, table: str) -> None:
+        """Forget the table and its applied offsets (its topic is then read from the start)."""
+        with self._lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("DELETE FROM records WHERE tbl = ?", (table,))
+            db.execute("DELETE FROM positions WHERE tbl = ?", (table,))
+            if table in self.collections:
+                db.execute("DELETE FROM passages WHERE tbl = ?", (table,))
+                db.execute(f"DELETE FROM fts_{table}")
+            db.execute("COMMIT")
+        if table in self.collections:
+            self.vectors[table] = VectorIndex(self.collections[table].embedding.dimensions)
+
+    # -- indexes ------------------------------------------------------------------------
+
+    def _ensure_keyword_index(self, collection: Collection) -> None:
+        """The collection's FTS5 table, rebuilt from the passages when its columns changed."""
+        name = collection.name
+        columns = ["text", "tenant", *(f"f_{field}" for field in collection.filters)]
+        self._fts_insert[name] = (
+            f"INSERT INTO fts_{name} (rowid, {', '.join(columns)}) "
+            f"VALUES (?, {', '.join('?' * len(columns))})"
+        )
+        found = [row[1] for row in self._writer.execute(f"PRAGMA table_info(fts_{name})")]
+        if found == columns:
+            return
+        unindexed = ", ".join(f"{column} UNINDEXED" for column in columns[1:])
+        with self._lock:
+            db = self._writer
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(f"DROP TABLE IF EXISTS fts_{name}")
+            # rowid = the passage's id: the vector index and the passages table use it too
+            db.execute(
+                f"CREATE VIRTUAL TABLE fts_{name} USING fts5(text, {unindexed}, "
+                "tokenize='porter unicode61 remove_diacritics 2')"
+            )
+            # As `filter_text` has them: strings as they are, anything else as JSON.
+            extracts = "".join(
+                f", CASE json_type(r.data, '$.{f}') WHEN 'text' THEN r.data ->> '$.{f}' "
+                f"ELSE r.data -> '$.{f}' END"
+                for f in collection.filters
+            )
+            db.execute(
+                f"INSERT INTO fts_{name} (rowid, {', '.join(columns)}) "
+                f"SELECT p.id, p.text, p.tenant{extracts} FROM passages p "
+                "JOIN records r ON r.tbl = p.tbl AND r.key = p.key WHERE p.tbl = ?",
+                (name,),
+            )
+            db.execute("COMMIT")
+
+    def _load_vectors(self, collection: Collection) -> VectorIndex:
+        index = VectorIndex(collection.embedding.dimensions)
+        rows = self._writer.execute(
+            "SELECT p.id, p.vector, p.tenant, r.data FROM passages p JOIN records r "
+            "ON r.tbl = p.tbl AND r.key = p.key WHERE p.tbl = ? AND p.model = ?",
+            (collection.name, collection.embedding.model),
+        )
+        batch = []
+        for pid, blob, tenant, data in rows:
+            record = json.loads(data)
+            filters = {field: filter_text(record.get(field)) for field in collection.filters}
+            batch.append((pid, np.frombuffer(blob, dtype=np.float32), tenant, filters))
+        index.add(batch)
+        return index
+
+    # -- lifetime -----------------------------------------------------------------------
 
     def close(self) -> None:
-        with self._write_lock:
+        with self._lock:
+            for reader in self._readers:
+                reader.close()
             self._writer.close()
-        if self._reader is not self._writer:
-            with self._read_lock:
-                self._reader.close()
 
     def __enter__(self) -> Self:
         return self

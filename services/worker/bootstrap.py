@@ -8,19 +8,19 @@ components never build each other, so each can be tested with small fakes of the
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import faust
 
-from llmflow.services.broker.topics import ensure_topics
+from llmflow.services.broker.topics import EnsureTopics, ensure_topics
 from llmflow.services.models.breaker import CircuitBreaker
 from llmflow.services.models.client import ModelClient, make_openai_client
 from llmflow.services.models.config import ModelsConfig
 from llmflow.services.models.metrics import ModelMetrics
 from llmflow.services.models.quotas import QuotaRegistry
-from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.orgdata.search import Retriever
 from llmflow.services.worker.app import (
     add_agent,
     close_on_shutdown,
@@ -33,6 +33,7 @@ from llmflow.services.worker.app import (
 )
 from llmflow.services.worker.budgets import SpendView
 from llmflow.services.worker.metrics import Metrics
+from llmflow.services.worker.orgdata import OrgDataSource, org_data
 from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import Pipeline
 from llmflow.services.worker.settings import Settings
@@ -46,10 +47,6 @@ from llmflow.topologies.loader import load_topology
 from llmflow.topologies.spec import Topology
 
 log = logging.getLogger(__name__)
-
-# bootstrap servers, topic names, partitions, replication factor, topic configs
-#   -> partitions per topic
-EnsureTopics = Callable[[str, Iterable[str], int, int, Mapping[str, str] | None], dict[str, int]]
 
 
 def model_client(config: ModelsConfig, metrics: ModelMetrics | None = None) -> ModelClient:
@@ -77,6 +74,7 @@ def bootstrap(
     topologies: Sequence[Topology | str | Path],
     *,
     ensure: EnsureTopics = ensure_topics,
+    org: OrgDataSource = org_data,
 ) -> faust.App:
     """The worker's faust app for `topologies` (specs or YAML files), ready to run.
 
@@ -95,7 +93,7 @@ def bootstrap(
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port, settings.metrics_host)
     models = model_client(settings.models_config(), metrics.models)
-    orgdata = OrgDataStore(settings.orgdata_file)
+    orgdata, follower = org(settings, specs, ensure)
     executor = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="images")
     spend = SpendView()
 
@@ -129,6 +127,8 @@ def bootstrap(
             paid=paid,
             budgets=TableBudgets(settings.budgets, tables.spend, spend),
             max_record_bytes=settings.max_record_bytes,
+            passages=Retriever(orgdata),
+            collections=orgdata.collections,
         )
         gate = OutageGate(
             spec.name,
@@ -154,6 +154,7 @@ def bootstrap(
             await gate.close()
         await models.close()
         executor.shutdown(wait=False, cancel_futures=True)
+        follower.stop()
         orgdata.close()
 
     close_on_shutdown(app, close)

@@ -1,8 +1,9 @@
 """One event in, one output, one dead letter or one parked event out. Knows nothing of Kafka.
 
 Stages: decode/validate the contract -> route by kind -> check the tenant's budget
--> prepare images (thread pool) -> look up org data -> render prompts -> run every model
-call concurrently (answers paid for before are reused) -> merge.
+-> prepare images (thread pool) -> look up org data -> retrieve passages (the query's
+embedding is a model call; the search runs in a thread) -> render prompts -> run every
+model call concurrently (answers paid for before are reused) -> merge.
 Every failure becomes a dead letter naming its stage; nothing escapes as an exception
 (but `asyncio.CancelledError`): the worker would lose the event otherwise. An unexpected
 exception becomes an `internal_error` dead letter, so a bug costs one event, not the worker.
@@ -20,11 +21,14 @@ import base64
 import hashlib
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final, TypeVar
 
+import numpy as np
 import pydantic_core
 from jinja2 import TemplateError
 from pydantic import ValidationError
@@ -32,15 +36,31 @@ from pydantic import ValidationError
 from llmflow.errors import LlmflowError
 from llmflow.schemas.dead_letter import DeadLetter, Stage
 from llmflow.schemas.events import AnyEvent, ImageRef, event_images, parse_event
-from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+from llmflow.schemas.outputs import (
+    ImageInfo,
+    ModelCallResult,
+    OrgRecordRef,
+    Output,
+    Retrieved,
+    RetrievedPassage,
+    Totals,
+)
 from llmflow.schemas.parked import Parked
 from llmflow.services.images.fetch import decode_inline, load_image_bytes
 from llmflow.services.images.prepare import ImageError, ImageLimits, PreparedImage, prepare_image
 from llmflow.services.models.client import ModelCallError, call_id
-from llmflow.services.orgdata.store import OrgRecord
-from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBudget, PaidCalls
+from llmflow.services.orgdata.store import OrgDataError, OrgRecord
+from llmflow.services.worker.ports import (
+    Budgets,
+    ModelRunner,
+    OrgData,
+    OverBudget,
+    PaidCalls,
+    Passages,
+)
+from llmflow.topologies.collections import Collection
 from llmflow.topologies.prompts import render
-from llmflow.topologies.spec import ModelCall, Topology
+from llmflow.topologies.spec import ModelCall, Prompt, Topology
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +111,29 @@ class StageFailure(Exception):
         self.stage = stage
         self.kind = kind
         self.message = message
+
+
+def _query_call(topology: Topology, collections: Mapping[str, Collection]) -> ModelCall | None:
+    """The embedding call of the topology's retrieval query (None: no query is embedded).
+    Named `retrieval` in the pay-once key; it is not one of the topology's `calls`."""
+    spec = topology.retrieval
+    if spec is None or spec.mode == "keyword":
+        return None
+    collection = collections.get(spec.collection)
+    if collection is None:
+        raise LlmflowError(
+            f"topology {topology.name}: no document collection {spec.collection!r} "
+            "(declared in LLMFLOW_COLLECTIONS_FILE)"
+        )
+    embedding = collection.embedding
+    return ModelCall(
+        name="retrieval",
+        kind="embedding",
+        model=embedding.model,
+        endpoint=embedding.endpoint,
+        dimensions=embedding.dimensions,
+        prompt=Prompt(version=f"query-{spec.version}", user=spec.query),
+    )
 
 
 def _now() -> datetime:
@@ -193,8 +236,14 @@ class Pipeline:
         paid: PaidCalls | None = None,
         budgets: Budgets | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        passages: Passages | None = None,
+        collections: Mapping[str, Collection] | None = None,
     ) -> None:
         self.topology = topology
+        if topology.retrieval is not None and passages is None:
+            raise LlmflowError(f"topology {topology.name} retrieves: the pipeline needs passages")
+        self._passages = passages
+        self._query_call = _query_call(topology, collections or {})
         # Largest record a result may become (key, value and framing): the producer's max
         # request size, which the app sets when it adds the topology's agent.
         self.max_record_bytes = max_record_bytes
@@ -373,12 +422,17 @@ class Pipeline:
         image_urls = [image.data_url() for image in images]
         progress.stage = "enrich"
         record, org_ref = self._enrich(event)
-        progress.stage = "prompt"
-        context = {
+        context: dict[str, Any] = {
             "event": event.model_dump(mode="json"),
             "org": record.data if record else {},
             "record": org_ref.model_dump() if org_ref else {},
+            "docs": [],
         }
+        retrieved = None
+        if self.topology.retrieval is not None:
+            progress.stage = "retrieve"
+            retrieved, context["docs"] = await self._retrieve(event, tenant, context)
+        progress.stage = "prompt"
         prompts = [self._render(call, context) for call in self.topology.calls]
         progress.stage = "model"
         results = await self._run_calls(event.id, tenant, prompts, image_urls)
@@ -393,6 +447,7 @@ class Pipeline:
             topology=self.topology.name,
             topology_version=self.topology.version,
             org_record=org_ref,
+            retrieval=retrieved,
             images=[
                 ImageInfo(
                     sha256=image.sha256,
@@ -404,7 +459,10 @@ class Pipeline:
                 for image in images
             ],
             calls=results,
-            totals=Totals.of(results, round((time.perf_counter() - started) * 1000, 3)),
+            totals=Totals.of(
+                [*results, *([retrieved.embedding] if retrieved and retrieved.embedding else [])],
+                round((time.perf_counter() - started) * 1000, 3),
+            ),
             worker=self._worker_id,
             received_at=received,
             produced_at=_now(),
@@ -439,8 +497,85 @@ class Pipeline:
         record = self._orgdata.get(spec.table, key) if self._orgdata else None
         if record is None and spec.required:
             raise StageFailure("enrich", "record_not_found", f"no {spec.table} record {key!r}")
-        version = record.version if record else None
-        return record, OrgRecordRef(table=spec.table, key=key, version=version)
+        return record, OrgRecordRef(
+            table=spec.table,
+            key=key,
+            version=record.version if record else None,
+            offset=record.offset if record else None,
+        )
+
+    async def _retrieve(
+        self, event: AnyEvent, tenant: str, context: dict[str, Any]
+    ) -> tuple[Retrieved, list[dict[str, Any]]]:
+        """The passages of the retrieval step, and the `docs` the prompts see. The event's
+        own tenant (not its key) scopes the search: without one, shared documents only."""
+        spec = self.topology.retrieval
+        assert spec is not None and self._passages is not None
+        try:
+            query = render(spec.query, context)
+            filters = {field: render(value, context) for field, value in spec.filters.items()}
+        except TemplateError as exc:
+            raise StageFailure(
+                "retrieve", type(exc).__name__, f"retrieval query or filter: {exc.message or exc}"
+            ) from exc
+        embedding = vector = None
+        if self._query_call is not None:
+            try:
+                embedding = await self._call_once(
+                    self._query_call,
+                    tenant,
+                    call_id=call_id(event.id, self.topology, self._query_call),
+                    system=None,
+                    user=query,
+                    image_urls=[],
+                )
+            except ModelCallError as exc:
+                kind = f"{exc.kind}{'_retries_exhausted' if exc.transient else ''}"
+                raise StageFailure("model", kind, f"retrieval query: {exc}") from exc
+            vector = np.asarray(embedding.answer, dtype=np.float32)
+        search = partial(
+            self._passages.search,
+            spec.collection,
+            query,
+            vector,
+            top_k=spec.top_k,
+            mode=spec.mode,
+            tenant=event.tenant,
+            filters=filters,
+        )
+        try:
+            hits = await asyncio.get_running_loop().run_in_executor(self._executor, search)
+        except OrgDataError as exc:
+            raise StageFailure("retrieve", "search_failed", str(exc)) from exc
+        passages = [
+            RetrievedPassage(
+                id=hit.name,
+                key=hit.key,
+                n=hit.n,
+                version=hit.version,
+                offset=hit.offset,
+                score=hit.score,
+            )
+            for hit in hits
+        ]
+        docs = [
+            {
+                "id": hit.name,
+                "key": hit.key,
+                "text": hit.text,
+                "score": hit.score,
+                "record": hit.record,
+            }
+            for hit in hits
+        ]
+        shown = _clip(query, 2000)
+        return Retrieved(
+            collection=spec.collection,
+            mode=spec.mode,
+            query=shown,
+            embedding=embedding,
+            passages=passages,
+        ), docs
 
     async def _run_calls(
         self,

@@ -3,10 +3,15 @@ for, budgets. The worker plugs in the real ones (`bootstrap`); tests plug in sma
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from llmflow.schemas.outputs import ModelCallResult
+from llmflow.services.orgdata.search import Hit, Mode
 from llmflow.services.orgdata.store import OrgRecord
 from llmflow.topologies.spec import ModelCall
 
@@ -29,6 +34,23 @@ class OrgData(Protocol):
     """Reference records by table and key (`orgdata.OrgDataStore`)."""
 
     def get(self, table: str, key: str) -> OrgRecord | None: ...
+
+
+class Passages(Protocol):
+    """Retrieval over document collections (`orgdata.Retriever`); blocking, so the
+    pipeline runs it in a thread. Raises `orgdata.OrgDataError`."""
+
+    def search(
+        self,
+        collection: str,
+        query: str,
+        vector: npt.NDArray[np.float32] | None,
+        *,
+        top_k: int,
+        mode: Mode,
+        tenant: str | None,
+        filters: Mapping[str, str],
+    ) -> list[Hit]: ...
 
 
 class PaidCalls(Protocol):

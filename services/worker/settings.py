@@ -53,9 +53,13 @@ class Settings(BaseSettings):
     topic_replication_factor: int = Field(default=1, ge=1)
     """Replication factor for topics the worker creates (3 in production)."""
     data_dir: Path = Path(".llmflow")
-    """Worker state (faust data folder) and the default org-data database live here."""
-    orgdata_path: Path | None = None
-    """SQLite org-data file; defaults to `<data_dir>/orgdata.sqlite3`."""
+    """Worker state lives here: faust's data folder and the worker's own copy of the org
+    data (`orgdata.sqlite3`, read from the table topics). One folder per worker."""
+    orgdata_topic_prefix: str = Field(default="llmflow.orgdata.", pattern=r"^[A-Za-z0-9._-]*$")
+    """Org-data table `t` lives in the compacted topic `<prefix>t`."""
+    collections_file: Path | None = None
+    """YAML file declaring the document collections; unset, the shipped
+    `topologies/collections.yaml`."""
     image_root: Path | None = None
     """`file://` image URLs must lie inside this folder; unset, file URLs are refused."""
     image_allow_private_hosts: bool = False
@@ -118,7 +122,10 @@ class Settings(BaseSettings):
 
     @property
     def orgdata_file(self) -> Path:
-        return self.orgdata_path or self.data_dir / "orgdata.sqlite3"
+        return self.data_dir / "orgdata.sqlite3"
+
+    def orgdata_topic(self, table: str) -> str:
+        return f"{self.orgdata_topic_prefix}{table}"
 
     def models_config(self) -> ModelsConfig:
         """The model-call layer's config; named endpoints' API keys are read now."""

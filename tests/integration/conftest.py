@@ -18,8 +18,8 @@ from dev import launch
 from dev.launch import Child, start_modelsim, start_worker
 from dev.topologies import copy_topology
 from llmflow.services.broker.local import LocalKafka, free_port
-from llmflow.services.orgdata.loader import load_samples
-from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.worker.orgdata import publish_samples
+from llmflow.services.worker.settings import Settings
 
 
 def _docker_answers() -> bool:
@@ -54,13 +54,20 @@ def run_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def orgdata_file(run_dir: Path) -> Path:
-    path = run_dir / "orgdata.sqlite3"
-    store = OrgDataStore(path)
-    load_samples(store)
-    store.close()
-    return path
+@pytest.fixture(scope="session")
+def org_samples(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The sample org data published to the default table topics, once per session (the
+    policies embedded through a simulator of their own); returns the topic prefix. Tests
+    that change org data use a prefix of their own."""
+    sim = start_modelsim(free_port(), tmp_path_factory.mktemp("orgdata-sim"), ())
+    try:
+        settings = Settings(
+            kafka_bootstrap_servers=kafka_bootstrap, openai_base_url=sim.extra["base_url"]
+        )
+        publish_samples(settings)
+    finally:
+        sim.stop()
+    return settings.orgdata_topic_prefix
 
 
 @pytest.fixture
@@ -91,7 +98,7 @@ def topology_copy(run_dir: Path) -> Callable[[str], Path]:
 
 @pytest.fixture
 def worker_env(
-    kafka_bootstrap: str, run_dir: Path, orgdata_file: Path
+    kafka_bootstrap: str, run_dir: Path, org_samples: str
 ) -> Callable[[Child], dict[str, str]]:
     app_id = f"llmflow-test-{uuid.uuid4().hex[:8]}"
 
@@ -100,7 +107,7 @@ def worker_env(
             kafka_bootstrap,
             sim.extra["base_url"],
             app_id,
-            orgdata_path=orgdata_file,
+            orgdata_topic_prefix=org_samples,
             image_root=run_dir / "images",
             concurrency=50,
         )

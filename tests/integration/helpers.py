@@ -9,13 +9,37 @@ from typing import Any
 import yaml
 
 from dev.probes import scrape, simulator_log, total
+from llmflow.services.orgdata import Materializer, OrgDataStore
+from llmflow.topologies.collections import load_collections
 
-__all__ = ["keep_calls", "scrape", "simulator_log", "total", "wait_until_all_assigned"]
+__all__ = [
+    "keep_calls",
+    "org_copy",
+    "scrape",
+    "simulator_log",
+    "total",
+    "wait_until_all_assigned",
+]
+
+
+def org_copy(bootstrap: str, prefix: str, *tables: str) -> OrgDataStore:
+    """What a worker holds of `tables` now: a fresh copy, caught up with their topics."""
+    collections = load_collections()
+    store = OrgDataStore(":memory:", {t: collections[t] for t in tables if t in collections})
+    follower = Materializer(store, bootstrap, {t: f"{prefix}{t}" for t in tables})
+    follower.start()
+    try:
+        assert follower.wait_ready(60), "the org-data topics could not be read"
+    finally:
+        follower.stop()
+    return store
 
 
 def keep_calls(path: Path, *names: str) -> dict[str, Any]:
-    """Rewrite a topology copy so it runs only the named calls; returns the spec."""
+    """Rewrite a topology copy so it runs only the named calls (and no retrieval step, whose
+    query embedding is a call of its own); returns the spec."""
     spec: dict[str, Any] = yaml.safe_load(path.read_text())
+    spec.pop("retrieval", None)
     spec["calls"] = [call for call in spec["calls"] if call["name"] in names]
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec

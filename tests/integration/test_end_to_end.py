@@ -19,9 +19,9 @@ from PIL import Image
 from dev.launch import Child
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
-from llmflow.services.orgdata.store import OrgDataStore
 from llmflow.services.sdk import EventProducer, ResultConsumer, image_event, text_event
 from llmflow.services.sdk.consumer import Result
+from tests.integration.helpers import org_copy
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def _with_pixel_limit(path: Path, max_pixels: int) -> Path:
 def test_mixed_events_all_answered_once(
     kafka_bootstrap: str,
     run_dir: Path,
-    orgdata_file: Path,
+    org_samples: str,
     modelsim: Callable[..., Child],
     topology_copy: Callable[[str], Path],
     worker_env: Callable[[Child], dict[str, str]],
@@ -134,7 +134,7 @@ def test_mixed_events_all_answered_once(
     outputs = [r for r in results if isinstance(r, Output)]
     assert len(dead) == sum(1 for e in expected.values() if "dead" in e) >= 30
 
-    store = OrgDataStore(orgdata_file)
+    store = org_copy(kafka_bootstrap, org_samples, "customers", "products")
     for letter in dead:
         key = letter.event_id if letter.event_id in expected else None
         if key is None:  # not JSON: no id to read
@@ -147,16 +147,22 @@ def test_mixed_events_all_answered_once(
     for output in outputs:
         want = expected[output.event_id]
         assert output.topology == want["topology"]
-        assert output.topology_version == "1.0.0"
+        assert output.topology_version == "1.1.0"
         assert output.event_key == want["key"]
-        assert output.totals.model_calls == 3 == len(output.calls)
-        assert output.totals.tokens_in == sum(c.tokens_in for c in output.calls) > 0
+        # The topology's three calls, and the retrieval query's embedding.
+        assert output.retrieval is not None and output.retrieval.embedding is not None
+        assert output.totals.model_calls == 4 == len(output.calls) + 1
+        paid = [*output.calls, output.retrieval.embedding]
+        assert output.totals.tokens_in == sum(c.tokens_in for c in paid) > 0
+        assert len(output.retrieval.passages) == 3
+        assert all(p.id.startswith("policies/POL-") for p in output.retrieval.passages)
         assert all(c.tokens_out > 0 and c.model == "gpt-4o-mini" for c in output.calls)
         record = store.get(
             "customers" if want["topology"] == "support_triage" else "products", output.event_key
         )
         assert output.org_record is not None
         assert output.org_record.version == (record.version if record else None)
+        assert output.org_record.offset == (record.offset if record else None)
         if want["topology"] == "support_triage":
             summary = output.call("summarize")
             assert summary.prompt_version == "summarize-2"

@@ -164,14 +164,12 @@ def test_readme_sdk_example_runs_against_the_installed_worker(
         "OPENAI_API_KEY": "simulator",
         "LLMFLOW_APP_ID": f"wheel-{suffix}",
         "LLMFLOW_DATA_DIR": str(app_dir / "state"),
-        "LLMFLOW_ORGDATA_PATH": str(app_dir / "orgdata.sqlite3"),
+        "LLMFLOW_ORGDATA_TOPIC_PREFIX": f"wheel-{suffix}.orgdata.",
     }
 
     def run(*command: str | Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(command, cwd=app_dir, env=env, capture_output=True, text=True)
 
-    loaded = run(venv / "llmflow", "orgdata", "load", "--samples")
-    assert loaded.returncode == 0, loaded.stderr
     log = (app_dir / "processes.log").open("ab")
     commands: list[list[str | Path]] = [
         [venv / "llmflow-modelsim", "--port", str(port)],
@@ -182,8 +180,12 @@ def test_readme_sdk_example_runs_against_the_installed_worker(
             subprocess.Popen(command, cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
         )
         if command[0] == venv / "llmflow-modelsim":
-            # The worker checks the endpoint as it starts (and exits 2 if it does not answer).
+            # The worker checks the endpoint as it starts (and exits 2 if it does not answer);
+            # the samples' policies are embedded through it as they are loaded.
             wait_http(f"http://127.0.0.1:{port}/healthz")
+            loaded = run(venv / "llmflow", "orgdata", "load", "--samples")
+            assert loaded.returncode == 0, loaded.stderr
+            assert "policies: 47 records published" in loaded.stdout, loaded.stdout
 
     example = _readme_example(project_root).replace("127.0.0.1:9092", kafka_bootstrap)
     for name, unique in topics.items():  # quoted: "support.tickets" is in ".dlq" too

@@ -1,4 +1,5 @@
-"""Chat and embedding answers: exact formats, determinism, images, validation."""
+"""Chat and embedding answers: exact formats, determinism, images, validation; simulated
+embeddings are feature-hashed, so texts that share words are close."""
 
 import base64
 import hashlib
@@ -8,9 +9,18 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmflow.services.models.tokens import count_prompt_tokens, count_text_tokens
-from llmflow.services.modelsim.answers import BadRequest, chat_completion, embeddings
+from llmflow.services.modelsim.answers import (
+    DEFAULT_DIMENSIONS,
+    MAX_DIMENSIONS,
+    BadRequest,
+    chat_completion,
+    embedding_vector,
+    embeddings,
+)
 
 
 def _body(text: Any, model: str = "sim-chat") -> dict[str, Any]:
@@ -147,7 +157,7 @@ def test_embeddings_are_normalised_and_deterministic() -> None:
     assert result["model"] == "sim-embed"
     assert [item["index"] for item in result["data"]] == [0, 1]
     first, second = (item["embedding"] for item in result["data"])
-    assert len(first) == 64
+    assert len(first) == DEFAULT_DIMENSIONS == 64
     assert all(-1 <= value <= 1 for value in first + second)
     assert math.isclose(math.fsum(v * v for v in first), 1.0, rel_tol=1e-9)
     assert first != second
@@ -166,6 +176,65 @@ def test_embeddings_dimensions_and_base64() -> None:
     encoded = embeddings(body)["data"][0]["embedding"]
     decoded = struct.unpack("<8f", base64.b64decode(encoded))
     assert decoded == pytest.approx(floats, abs=1e-6)
+
+
+def _cosine(first: list[float], second: list[float]) -> float:
+    return math.fsum(a * b for a, b in zip(first, second, strict=True))
+
+
+def _is_unit(vector: list[float]) -> bool:
+    return math.isclose(math.fsum(v * v for v in vector), 1.0, rel_tol=1e-9) and all(
+        -1 <= v <= 1 for v in vector
+    )
+
+
+KNIFE = "My chef's knife handle cracked"
+WARRANTY = "Kitchen knife warranty: we replace a cracked or broken knife handle free of charge"
+SHIPPING = "Shipping times to the US are usually 5 to 7 business days"
+
+
+def test_embedding_vectors_are_deterministic() -> None:
+    for text in (KNIFE, WARRANTY, "", "the of and"):
+        assert embedding_vector("sim-embed", text, 256) == embedding_vector("sim-embed", text, 256)
+    assert MAX_DIMENSIONS == 8192
+
+
+@pytest.mark.parametrize("dimensions", [1, 2, 7, DEFAULT_DIMENSIONS, 256, 1536, MAX_DIMENSIONS])
+def test_embedding_vectors_are_unit_length(dimensions: int) -> None:
+    for text in (KNIFE, WARRANTY, SHIPPING, "knife", "knives knives knives"):
+        vector = embedding_vector("sim-embed", text, dimensions)
+        assert len(vector) == dimensions
+        assert _is_unit(vector)
+
+
+@pytest.mark.parametrize("dimensions", [DEFAULT_DIMENSIONS, 256, 1536])
+def test_texts_that_share_words_are_closer(dimensions: int) -> None:
+    query, warranty, shipping = (
+        embedding_vector("sim-embed", text, dimensions) for text in (KNIFE, WARRANTY, SHIPPING)
+    )
+    assert _cosine(query, warranty) > _cosine(query, shipping) + 0.3
+    knife, knives = (embedding_vector("sim-embed", w, dimensions) for w in ("knife", "knives"))
+    assert _cosine(knife, knives) > 0  # they share the trigrams "#kn" and "kni"
+
+
+def test_each_model_has_its_own_space() -> None:
+    for text in (KNIFE, "", "the of and"):
+        assert embedding_vector("sim-embed", text, 256) != embedding_vector("other", text, 256)
+
+
+@pytest.mark.parametrize("text", ["", "the of and", "a I  ,;", "é"])
+def test_texts_without_features_still_get_a_unit_vector(text: str) -> None:
+    vector = embedding_vector("sim-embed", text, DEFAULT_DIMENSIONS)
+    assert _is_unit(vector)
+    assert vector == embedding_vector("sim-embed", text, DEFAULT_DIMENSIONS)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=200), dimensions=st.integers(1, 300))
+def test_any_text_gets_a_unit_vector(text: str, dimensions: int) -> None:
+    vector = embedding_vector("sim-embed", text, dimensions)
+    assert len(vector) == dimensions
+    assert _is_unit(vector)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""load_file (.csv, .jsonl) and the bundled samples."""
+"""Reading org data files (.csv, .jsonl) strictly, and the bundled samples; what a worker
+holds once a file is published (`load_file` below: read, then applied as published)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,21 @@ from typing import Any
 import pytest
 
 from llmflow.services.cli import main
-from llmflow.services.orgdata import OrgDataError, OrgDataStore, load_file, load_samples
+from llmflow.services.orgdata import OrgDataError, OrgDataStore, sample_records
 from llmflow.services.orgdata.loader import OrgDataFileError, read_records
+from tests.unit.orgdata.helpers import apply_records
+
+
+def load_file(
+    store: OrgDataStore, table: str, path: Path, key_field: str = "id", *, last_wins: bool = False
+) -> int:
+    return apply_records(
+        store, table, read_records(path, key_field, last_wins=last_wins), key_field
+    )
+
+
+def load_samples(store: OrgDataStore) -> dict[str, int]:
+    return {table: apply_records(store, table, rows) for table, rows in sample_records().items()}
 
 
 @pytest.fixture
@@ -86,7 +100,10 @@ def test_reload_of_same_file_keeps_versions(store: OrgDataStore, tmp_path: Path)
     load_file(store, "customers", path)
     first = store.get("customers", "C-1")
     load_file(store, "customers", path)
-    assert store.get("customers", "C-1") == first
+    again = store.get("customers", "C-1")
+    assert first is not None and again is not None
+    # Published again: a new offset, the same content hash.
+    assert (again.version, again.data, again.offset) == (first.version, first.data, 1)
     path.write_text('{"id": "C-1", "tier": "enterprise"}\n')
     load_file(store, "customers", path)
     changed = store.get("customers", "C-1")
@@ -96,8 +113,8 @@ def test_reload_of_same_file_keeps_versions(store: OrgDataStore, tmp_path: Path)
 
 
 def test_load_samples(store: OrgDataStore) -> None:
-    assert load_samples(store) == {"customers": 24, "policies": 6, "products": 24}
-    assert store.tables() == {"customers": 24, "policies": 6, "products": 24}
+    assert load_samples(store) == {"customers": 24, "policies": 47, "products": 24}
+    assert store.tables() == {"customers": 24, "policies": 47, "products": 24}
     for key in ("C-1001", "C-1024"):
         assert store.get("customers", key) is not None
     for key in ("P-2001", "P-2024"):
@@ -340,33 +357,29 @@ def test_nothing_is_written_when_a_late_line_is_bad(store: OrgDataStore, tmp_pat
 
 
 def test_cli_prints_one_line_and_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    db = tmp_path / "db" / "org.sqlite3"
+    # No broker: a bad file is refused before anything is published (or connected to).
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
     path = tmp_path / "c.jsonl"
     path.write_text('{"id": "C-1"}\n{"id": "C-2", "balance": ' + "9" * 5000 + "}\n")
-    code = main(["orgdata", "load", "customers", str(path), "--db", str(db)])
+    code = main(["orgdata", "load", "customers", str(path)])
     err = capsys.readouterr().err
     assert code == 2
     assert err == f"llmflow: error: {path}:2: integer of 5000 digits, over the 100-digit limit\n"
-    assert not db.exists()  # checked before the store was even opened
 
     path.write_text('{"id": "C-1", "n": 1}\n{"id": "C-1", "n": 2}\n')
-    assert main(["orgdata", "load", "customers", str(path), "--db", str(db)]) == 2
+    assert main(["orgdata", "load", "customers", str(path)]) == 2
     assert capsys.readouterr().err == (
         f"llmflow: error: {path}:2: duplicate id 'C-1', first on line 1 (--last-wins keeps "
         "the last)\n"
     )
-    argv = ["orgdata", "load", "customers", str(path), "--db", str(db), "--last-wins"]
-    assert main(argv) == 0
-    assert "customers: 1 records loaded" in capsys.readouterr().out
-    with OrgDataStore(db) as loaded:
-        rec = loaded.get("customers", "C-1")
-        assert rec is not None and rec.data["n"] == 2
 
     fifo = tmp_path / "pipe.csv"
     os.mkfifo(fifo)
-    assert main(["orgdata", "load", "customers", str(fifo), "--db", str(db)]) == 2
+    assert main(["orgdata", "load", "customers", str(fifo)]) == 2
     assert capsys.readouterr().err == (
         f"llmflow: error: {fifo}: cannot read a FIFO, only a regular file\n"
     )
+    assert main(["orgdata", "load", "--samples", "customers"]) == 2
+    assert "give TABLE and FILE, or --samples" in capsys.readouterr().err

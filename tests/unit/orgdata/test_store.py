@@ -1,128 +1,122 @@
-"""OrgDataStore: upsert, get, versions, updated_at and validation."""
+"""The worker's copy: records and offsets applied together, deletes, a collection's
+passages in the keyword and vector indexes, reopening from the file."""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from llmflow.services.orgdata import OrgDataError, OrgDataStore, record_version
+from llmflow.services.orgdata.changes import Delete, Upsert, decode
+from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.topologies.collections import Collection, Embedding
+from tests.unit.orgdata.helpers import apply_records
+
+DOCS = Collection(
+    name="docs",
+    chunk_words=8,
+    overlap_words=2,
+    embedding=Embedding(model="sim-embed", dimensions=64),
+    filters=["language"],
+    tenant_field="tenant",
+)
 
 
-@pytest.fixture
-def store() -> Iterator[OrgDataStore]:
-    with OrgDataStore(":memory:") as s:
-        yield s
+def test_records_offsets_and_deletes_apply_together(tmp_path: Path) -> None:
+    with OrgDataStore(tmp_path / "org.sqlite3") as store:
+        apply_records(store, "customers", [{"id": "C-1", "tier": "pro"}, {"id": "C-2"}])
+        record = store.get("customers", "C-1")
+        assert record is not None
+        assert (record.data, record.partition, record.offset) == (
+            {"id": "C-1", "tier": "pro"},
+            0,
+            0,
+        )
+        assert store.positions("customers") == {0: 2}
+        apply_records(store, "customers", [{"id": "C-1", "tier": "free"}], deletes=["C-2"])
+        updated = store.get("customers", "C-1")
+        assert updated is not None and updated.data["tier"] == "free" and updated.offset == 2
+        assert updated.version != record.version
+        assert store.get("customers", "C-2") is None
+        assert store.positions("customers") == {0: 4}
+        assert store.get("products", "C-1") is None  # tables are apart
+    # A restart resumes from what was applied.
+    with OrgDataStore(tmp_path / "org.sqlite3") as reopened:
+        assert reopened.positions("customers") == {0: 4}
+        assert reopened.tables() == {"customers": 1}
 
 
-def test_upsert_and_get(store: OrgDataStore) -> None:
-    rows: list[dict[str, Any]] = [
-        {"id": "C-1", "name": "Ada", "tier": "pro"},
-        {"id": 7, "name": "Bob"},
-    ]
-    assert store.upsert("customers", rows) == 2
-    rec = store.get("customers", "C-1")
-    assert rec is not None
-    assert rec.data == {"id": "C-1", "name": "Ada", "tier": "pro"}
-    assert rec.lineage() == {"table": "customers", "key": "C-1", "version": rec.version}
-    assert rec.updated_at.endswith("Z")
-    int_key = store.get("customers", "7")
-    assert int_key is not None
-    assert int_key.data["name"] == "Bob"
-    assert store.get("customers", "C-404") is None
-    assert store.get("products", "C-1") is None
-    assert store.tables() == {"customers": 2}
+def test_the_last_change_of_a_key_in_a_batch_wins() -> None:
+    with OrgDataStore(":memory:") as store:
+        upsert = decode(b"K", b'{"v": 1}')
+        delete = decode(b"K", None)
+        again = decode(b"K", b'{"v": 2}')
+        assert isinstance(upsert, Upsert) and isinstance(delete, Delete)
+        assert again is not None
+        store.apply("t", 0, [(0, upsert), (1, delete)], 2)
+        assert store.get("t", "K") is None
+        store.apply("t", 0, [(2, delete), (3, again)], 4)
+        found = store.get("t", "K")
+        assert found is not None and found.data == {"v": 2} and found.offset == 3
 
 
-def test_custom_key_field(store: OrgDataStore) -> None:
-    store.upsert("skus", [{"sku": "A1", "qty": 3}], key_field="sku")
-    rec = store.get("skus", "A1")
-    assert rec is not None
-    assert rec.data["qty"] == 3
+def test_clear_forgets_a_table_and_its_offsets() -> None:
+    with OrgDataStore(":memory:", {"docs": DOCS}) as store:
+        apply_records(store, "docs", [{"id": "D-1", "text": "alpha beta gamma"}])
+        apply_records(store, "customers", [{"id": "C-1"}])
+        store.clear("docs")
+        assert store.tables() == {"customers": 1}
+        assert store.positions("docs") == {}
+        assert len(store.vectors["docs"]) == 0
+        assert store.keyword(DOCS, '"alpha"', None, {}, 5) == []
 
 
-def test_version_is_content_hash_independent_of_key_order() -> None:
-    a = record_version({"id": "1", "x": [1, 2], "y": "é"})
-    assert a == record_version({"y": "é", "x": [1, 2], "id": "1"})
-    assert len(a) == 16
-    assert a != record_version({"id": "1", "x": [2, 1], "y": "é"})
+def test_passages_are_replaced_with_their_record(tmp_path: Path) -> None:
+    words = " ".join(f"w{n}" for n in range(20))
+    with OrgDataStore(tmp_path / "org.sqlite3", {"docs": DOCS}) as store:
+        apply_records(store, "docs", [{"id": "D-1", "title": "Knife care", "text": words}])
+        passages = store.passages_of("docs", "D-1")
+        # 22 words in windows of 8 that overlap by 2: starts 0, 6, 12, 18
+        assert [p.n for p in passages] == [0, 1, 2, 3]
+        assert passages[0].text.startswith("Knife care w0")
+        assert len(store.vectors["docs"]) == 4
+        apply_records(store, "docs", [{"id": "D-1", "text": "short now"}])
+        assert [p.text for p in store.passages_of("docs", "D-1")] == ["short now"]
+        assert len(store.vectors["docs"]) == 1
+        assert store.keyword(DOCS, '"w5"', None, {}, 5) == []
+        apply_records(store, "docs", [], deletes=["D-1"])
+        assert store.passages_of("docs", "D-1") == []
+        assert len(store.vectors["docs"]) == 0
+    # Reopened: the vectors come back from the file.
+    with OrgDataStore(tmp_path / "org.sqlite3", {"docs": DOCS}) as store:
+        apply_records(store, "docs", [{"id": "D-2", "text": "one two three"}])
+    with OrgDataStore(tmp_path / "org.sqlite3", {"docs": DOCS}) as store:
+        assert len(store.vectors["docs"]) == 1
+        assert [pid for pid, _ in store.keyword(DOCS, '"two"', None, {}, 5)] == [
+            p.id for p in store.passages_of("docs", "D-2")
+        ]
 
 
-def test_identical_reload_keeps_version_and_updated_at(store: OrgDataStore) -> None:
-    store.upsert("customers", [{"id": "C-1", "name": "Ada"}])
-    first = store.get("customers", "C-1")
-    time.sleep(0.005)  # updated_at has millisecond resolution
-    store.upsert("customers", [{"name": "Ada", "id": "C-1"}])
-    assert first is not None
-    assert store.get("customers", "C-1") == first
+def test_new_filter_fields_rebuild_the_keyword_index(tmp_path: Path) -> None:
+    with OrgDataStore(tmp_path / "org.sqlite3", {"docs": DOCS}) as store:
+        apply_records(
+            store, "docs", [{"id": "D-1", "text": "refund", "region": "eu", "language": "en"}]
+        )
+    wider = DOCS.model_copy(update={"filters": ["language", "region"]})
+    with OrgDataStore(tmp_path / "org.sqlite3", {"docs": wider}) as store:
+        assert len(store.keyword(wider, '"refund"', None, {"region": "eu"}, 5)) == 1
+        assert store.keyword(wider, '"refund"', None, {"region": "us"}, 5) == []
 
 
-def test_changed_data_changes_version_and_updated_at(store: OrgDataStore) -> None:
-    store.upsert("customers", [{"id": "C-1", "name": "Ada"}])
-    before = store.get("customers", "C-1")
-    time.sleep(0.005)
-    store.upsert("customers", [{"id": "C-1", "name": "Ada Lovelace"}])
-    after = store.get("customers", "C-1")
-    assert before is not None
-    assert after is not None
-    assert after.version != before.version
-    assert after.updated_at > before.updated_at
-    assert after.data["name"] == "Ada Lovelace"
+@pytest.mark.parametrize("private", [True, False])
+def test_reads_from_other_threads_see_committed_batches(tmp_path: Path, private: bool) -> None:
+    import threading
 
-
-def test_missing_key_field_names_row_and_field(store: OrgDataStore) -> None:
-    rows = [{"id": "a"}, {"id": "b"}, {"name": "no id"}]
-    with pytest.raises(OrgDataError, match=r"row 3 has no 'id' field"):
-        store.upsert("customers", rows)
-    assert store.tables() == {}  # nothing written when one row is bad
-    with pytest.raises(OrgDataError, match=r"row 1 has no 'sku' field"):
-        store.upsert("customers", [{"id": "a"}], key_field="sku")
-
-
-def test_unserialisable_row_is_refused(store: OrgDataStore) -> None:
-    with pytest.raises(OrgDataError, match="row 1 is not JSON data"):
-        store.upsert("customers", [{"id": "a", "when": object()}])
-
-
-@pytest.mark.parametrize("name", ["Customers", "1abc", "cust-omers", "", "a b", "x;drop"])
-def test_table_name_validation(store: OrgDataStore, name: str) -> None:
-    with pytest.raises(OrgDataError, match="must match"):
-        store.upsert(name, [{"id": "1"}])
-    with pytest.raises(OrgDataError, match="must match"):
-        store.get(name, "1")
-
-
-def test_file_store_persists_and_reads_while_writing(tmp_path: Path) -> None:
-    path = tmp_path / "org.sqlite"
+    path = ":memory:" if private else tmp_path / "org.sqlite3"
     with OrgDataStore(path) as store:
-        store.upsert("customers", [{"id": str(i), "n": i} for i in range(500)])
-        errors: list[BaseException] = []
-
-        def read() -> None:
-            try:
-                for i in range(500):
-                    assert store.get("customers", str(i)) is not None
-            except BaseException as exc:
-                errors.append(exc)
-
-        readers = [threading.Thread(target=read) for _ in range(4)]
-        for t in readers:
-            t.start()
-        store.upsert("customers", [{"id": str(i), "n": -i} for i in range(500)])
-        for t in readers:
-            t.join()
-        assert errors == []
-    with OrgDataStore(path) as reopened:
-        assert reopened.tables() == {"customers": 500}
-        rec = reopened.get("customers", "7")
-        assert rec is not None
-        assert rec.data["n"] == -7
-
-
-def test_unopenable_path_is_an_org_data_error(tmp_path: Path) -> None:
-    with pytest.raises(OrgDataError, match="cannot open"):
-        OrgDataStore(tmp_path / "missing-dir" / "org.sqlite")
+        apply_records(store, "t", [{"id": "A"}])
+        seen: list[object] = []
+        reader = threading.Thread(target=lambda: seen.append(store.get("t", "A")))
+        reader.start()
+        reader.join()
+        assert seen and seen[0] is not None

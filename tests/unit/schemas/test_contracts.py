@@ -167,9 +167,10 @@ def test_results_say_what_they_are() -> None:
     ]:
         document = _files()[name]
         assert document["properties"]["record_type"]["const"] == record_type
-        # 3 for dead letters and parked events: the original may be left out, its hash and
-        # size never are.
-        version = 2 if record_type == "output" else 3
+        # Outputs 3: the org record's offset and the retrieved passages. Dead letters 4: stage
+        # `retrieve`. Parked events 3: the original may be left out, its hash and size never
+        # are.
+        version = {"output": 3, "dead_letter": 4, "parked": 3}[record_type]
         assert document["properties"]["schema_version"]["const"] == version
         # What the worker always writes is required, defaults included.
         assert set(document["required"]) == set(document["properties"]), name

@@ -14,7 +14,15 @@ from pydantic import ValidationError
 
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.export import JSON_DIR
-from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
+from llmflow.schemas.outputs import (
+    ImageInfo,
+    ModelCallResult,
+    OrgRecordRef,
+    Output,
+    Retrieved,
+    RetrievedPassage,
+    Totals,
+)
 from llmflow.schemas.parked import Parked
 from llmflow.schemas.results import AnyResult
 from llmflow.services.sdk.consumer import parse_result
@@ -46,32 +54,61 @@ CALL = ModelCallResult(
     tokens_out=21,
     latency_ms=412.5,
 )
+QUERY_EMBEDDING = CALL.model_copy(
+    update={"name": "retrieval", "kind": "embedding", "answer": [0.25, 0.5], "tokens_out": 0}
+)
+PASSAGE = RetrievedPassage(
+    id="policies/POL-1#0", key="POL-1", n=0, version="cd" * 32, offset=7, score=0.0325
+)
+RETRIEVED = Retrieved(
+    collection="policies",
+    mode="hybrid",
+    query="My invoice is wrong",
+    embedding=QUERY_EMBEDDING,
+    passages=[PASSAGE],
+)
+ORG_RECORD = OrgRecordRef(table="customers", key="C-1001", version="ab" * 32, offset=12)
 OUTPUT = Output(
     event_id="e-1",
     event_key="C-1001",
     tenant="acme",
     topology="support_triage",
-    topology_version="1.0.0",
-    org_record=OrgRecordRef(table="customers", key="C-1001", version="ab" * 32),
+    topology_version="1.1.0",
+    org_record=ORG_RECORD,
+    retrieval=RETRIEVED,
     images=[
         ImageInfo(
             sha256="0" * 64, width=1024, height=768, original_width=4000, original_height=3000
         )
     ],
     calls=[CALL, CALL.model_copy(update={"name": "embed", "kind": "embedding", "answer": [0.5]})],
-    totals=Totals.of([CALL], 430.0),
+    totals=Totals.of([CALL, QUERY_EMBEDDING], 430.0),
     worker="host:1",
     received_at=AT,
     produced_at=AT.astimezone(timezone(timedelta(hours=5, minutes=30))),
     **SOURCE,
 )
 BARE_OUTPUT = OUTPUT.model_copy(
-    update={"tenant": None, "org_record": None, "images": [], "calls": [], "received_at": AT}
+    update={
+        "tenant": None,
+        "org_record": None,
+        "retrieval": None,
+        "images": [],
+        "calls": [],
+        "received_at": AT,
+    }
+)
+# Keyword retrieval embeds nothing; a record not found has no version and no offset.
+KEYWORD_OUTPUT = OUTPUT.model_copy(
+    update={
+        "org_record": OrgRecordRef(table="customers", key="C-9999", version=None),
+        "retrieval": RETRIEVED.model_copy(update={"mode": "keyword", "embedding": None}),
+    }
 )
 DEAD_LETTER = DeadLetter(
     event_id=None,
     topology="support_triage",
-    topology_version="1.0.0",
+    topology_version="1.1.0",
     stage="decode",
     error_kind="not_json",
     message="Invalid JSON",
@@ -84,6 +121,9 @@ DEAD_LETTER = DeadLetter(
 # Too large to carry its original: the source offset names it.
 BARE_DEAD_LETTER = DEAD_LETTER.model_copy(
     update={"original_b64": None, "stage": "image", "error_kind": "internal_error"}
+)
+RETRIEVE_DEAD_LETTER = DEAD_LETTER.model_copy(
+    update={"event_id": "e-1", "stage": "retrieve", "error_kind": "search_failed"}
 )
 PARKED = Parked(
     event_id="e-2",
@@ -106,8 +146,10 @@ BARE_PARKED = PARKED.model_copy(update={"original_b64": None})
 WRITTEN: dict[str, AnyResult] = {
     "output": OUTPUT,
     "output-bare": BARE_OUTPUT,
+    "output-keyword-retrieval": KEYWORD_OUTPUT,
     "dead-letter": DEAD_LETTER,
     "dead-letter-bare": BARE_DEAD_LETTER,
+    "dead-letter-retrieve": RETRIEVE_DEAD_LETTER,
     "parked": PARKED,
     "parked-bare": BARE_PARKED,
 }
@@ -154,6 +196,8 @@ def _edit(result: AnyResult, **changes: Any) -> bytes:
 
 
 _DROP = object()
+_RETRIEVED_JSON: dict[str, Any] = RETRIEVED.model_dump(mode="json")
+_PASSAGE_JSON: dict[str, Any] = PASSAGE.model_dump(mode="json")
 
 BROKEN: dict[str, bytes] = {
     "no-record-type": _edit(OUTPUT, record_type=_DROP),
@@ -187,6 +231,25 @@ BROKEN: dict[str, bytes] = {
     "dead-letter-size-as-string": _edit(DEAD_LETTER, original_size="6"),
     "dead-letter-without-original": _edit(DEAD_LETTER, original_b64=_DROP),
     "dead-letter-schema-version-2": _edit(DEAD_LETTER, schema_version=2),
+    "dead-letter-schema-version-3": _edit(DEAD_LETTER, schema_version=3),
+    "output-schema-version-2": _edit(OUTPUT, schema_version=2),
+    "org-record-offset-as-string": _edit(
+        OUTPUT, org_record={**ORG_RECORD.model_dump(mode="json"), "offset": "12"}
+    ),
+    "retrieval-unknown-mode": _edit(OUTPUT, retrieval={**_RETRIEVED_JSON, "mode": "semantic"}),
+    "retrieval-without-passages": _edit(
+        OUTPUT, retrieval={k: v for k, v in _RETRIEVED_JSON.items() if k != "passages"}
+    ),
+    "passage-negative-n": _edit(
+        OUTPUT, retrieval={**_RETRIEVED_JSON, "passages": [{**_PASSAGE_JSON, "n": -1}]}
+    ),
+    "passage-offset-as-string": _edit(
+        OUTPUT, retrieval={**_RETRIEVED_JSON, "passages": [{**_PASSAGE_JSON, "offset": "7"}]}
+    ),
+    "passage-score-nan": _edit(
+        OUTPUT,
+        retrieval={**_RETRIEVED_JSON, "passages": [{**_PASSAGE_JSON, "score": float("nan")}]},
+    ),
     "parked-without-sha256": _edit(PARKED, original_sha256=_DROP),
     "parked-sha256-uppercase": _edit(PARKED, original_sha256="FC" * 32),
     "parked-without-size": _edit(PARKED, original_size=_DROP),

@@ -53,14 +53,14 @@ def test_a_typo_in_the_user_template_is_reported_where_it_is(tmp_path: Path) -> 
 def test_a_typo_in_the_system_template_is_reported(tmp_path: Path) -> None:
     [problem] = _problems(tmp_path, "{{ event.text }}", system="Tier {{ record.tier }}")
     assert ":12:15: calls.0.prompt.system: unknown variable 'record.tier'" in problem
-    assert "(record fields: key, table, version)" in problem
+    assert "(record fields: key, offset, table, version)" in problem
 
 
 def test_an_unknown_top_level_name_is_an_error(tmp_path: Path) -> None:
     [problem] = _problems(tmp_path, "{{ evnt.text }} {{ customer }}")
     assert problem.endswith(
-        "unknown variable 'evnt' (variables: event, org, record); "
-        "unknown variable 'customer' (variables: event, org, record)"
+        "unknown variable 'evnt' (variables: event, org, record, docs); "
+        "unknown variable 'customer' (variables: event, org, record, docs)"
     )
 
 
@@ -91,8 +91,17 @@ def test_attributes_org_and_record_fields_are_free(tmp_path: Path) -> None:
     _load(
         tmp_path,
         "{{ event.attributes.anything }} {{ event.attributes['x'].y }} {{ org.tier.name }} "
-        "{{ record.table }} {{ record.key }} {{ record.version }} {{ event.text.upper() }} "
+        "{{ record.table }} {{ record.key }} {{ record.version }} {{ record.offset }} "
+        "{{ event.text.upper() }} "
         "{{ event.get('text') }} {{ range(2) | list }}",
+    )
+
+
+def test_docs_fields_are_free(tmp_path: Path) -> None:
+    _load(
+        tmp_path,
+        "{% for doc in docs %}{{ doc.id }} {{ doc.text }} {{ doc.record.title }}{% endfor %} "
+        "{{ docs | length }} {{ docs[0].score | default(0) }}",
     )
 
 

@@ -5,8 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from llmflow.services.orgdata import Materializer, OrgDataStore
 from llmflow.services.worker.bootstrap import bootstrap
 from llmflow.services.worker.settings import Settings
+from llmflow.topologies.collections import load_collections
+
+
+def no_org_data(
+    settings: Settings, specs: object, ensure: object
+) -> tuple[OrgDataStore, Materializer]:
+    """An empty copy, followed by nothing (there is no broker)."""
+    store = OrgDataStore(":memory:", load_collections())
+    return store, Materializer(store, settings.kafka_bootstrap_servers, {})
 
 
 class FakeEnsure:
@@ -42,7 +52,10 @@ async def test_bootstrap_wires_every_topology(project_root: Path, tmp_path: Path
     ensure = FakeEnsure()
     shipped = project_root / "topologies"
     app = bootstrap(
-        settings, [shipped / "support_triage.yaml", shipped / "product_images.yaml"], ensure=ensure
+        settings,
+        [shipped / "support_triage.yaml", shipped / "product_images.yaml"],
+        ensure=ensure,
+        org=no_org_data,
     )
     # Every topic a topology reads or writes is created up front, the parked ones included.
     assert ensure.topics == [

@@ -30,6 +30,7 @@ from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import ModelCallResult, Output
 from llmflow.schemas.parked import Parked
 from llmflow.services.images.prepare import ImageLimits
+from llmflow.services.orgdata.search import Hit
 from llmflow.services.orgdata.store import OrgRecord
 from llmflow.services.sdk.consumer import parse_result
 from llmflow.services.worker import app as app_module
@@ -43,10 +44,11 @@ from llmflow.services.worker.pipeline import (
     Result,
     SourceMeta,
 )
-from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBudget
+from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBudget, Passages
 from llmflow.services.worker.settings import Settings
-from llmflow.topologies import ModelCall, load_topology
-from tests.unit.worker.test_pipeline import ORGDATA, FakeBudgets, FakeModels
+from llmflow.topologies import ModelCall, Topology, load_topology
+from llmflow.topologies.collections import load_collections
+from tests.unit.worker.test_pipeline import ORGDATA, FakeBudgets, FakeModels, FakePassages
 
 TOPOLOGIES = Path(__file__).resolve().parents[3] / "topologies"
 SOURCE = SourceMeta("in", 3, 42)
@@ -93,15 +95,16 @@ PipelineFactory = Callable[..., Pipeline]
 @pytest.fixture
 def make(executor: ThreadPoolExecutor, tmp_path: Path) -> PipelineFactory:
     def build(
-        name: str = "support_triage",
+        name: str | Topology = "support_triage",
         *,
         models: ModelRunner | None = None,
         orgdata: OrgData = ORGDATA,
         budgets: Budgets | None = None,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        passages: Passages | None = None,
     ) -> Pipeline:
         return Pipeline(
-            load_topology(TOPOLOGIES / f"{name}.yaml"),
+            load_topology(TOPOLOGIES / f"{name}.yaml") if isinstance(name, str) else name,
             models or FakeModels(),
             orgdata,
             ImageLimits(file_root=tmp_path),
@@ -109,6 +112,8 @@ def make(executor: ThreadPoolExecutor, tmp_path: Path) -> PipelineFactory:
             "test:1",
             budgets=budgets,
             max_record_bytes=max_record_bytes,
+            passages=passages or FakePassages(),
+            collections=load_collections(),
         )
 
     return build
@@ -225,6 +230,13 @@ class BrokenBudgets(FakeBudgets):
         raise KeyError(tenant)
 
 
+class BrokenPassages(FakePassages):
+    """A search that fails with a bug, not with `OrgDataError`."""
+
+    def search(self, collection: str, query: str, vector: Any, **options: Any) -> list[Hit]:
+        raise IndexError("list index out of range")
+
+
 class BrokenModels(FakeModels):
     """One call fails as a model may (ModelCallError), another with a bug."""
 
@@ -254,6 +266,9 @@ async def test_unexpected_errors_name_their_stage(make: PipelineFactory) -> None
         await make(budgets=BrokenBudgets()).handle(raw, SOURCE), "route", "internal_error"
     )
     assert letter.message == "KeyError: 'C-1001'"
+    result = await make(passages=BrokenPassages()).handle(raw, SOURCE)
+    letter = _dead(result, "retrieve", "internal_error")
+    assert letter.message == "IndexError: list index out of range"
     letter = _dead(await make(models=BrokenModels()).handle(raw, SOURCE), "model", "internal_error")
     assert letter.message == "ZeroDivisionError: division by zero"
 
@@ -527,6 +542,8 @@ def any_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]
             pool,
             "test:1",
             budgets=FakeBudgets({"thrifty": OverBudget("2026-01-02", 2.0, 1.0)}),
+            passages=FakePassages(),
+            collections=load_collections(),
         )
 
 

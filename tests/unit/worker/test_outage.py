@@ -15,7 +15,9 @@ from llmflow.services.models.probe import ProbeResult
 from llmflow.services.worker import app as app_module
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.outage import OutageGate
+from llmflow.topologies import load_topology
 from tests.unit.worker.test_error_boundary import (
+    TOPOLOGIES,
     FakeMarks,
     FakeStream,
     FakeTopic,
@@ -94,12 +96,27 @@ async def test_the_gate_pauses_probes_and_resumes() -> None:
     assert probes.asked == ["default"] * 3 and gate.resets == [("default",)]
 
 
-async def test_an_event_waits_out_the_outage_and_is_answered(make: PipelineFactory) -> None:
+@pytest.mark.parametrize(
+    ("retrieves", "down_for"),
+    [
+        # The three calls run at once: three refusals, then one when the event is retried.
+        (False, 4),
+        # The query embedding runs first and alone: one refusal each time the event runs.
+        (True, 2),
+    ],
+    ids=["calls", "query-embedding"],
+)
+async def test_an_event_waits_out_the_outage_and_is_answered(
+    make: PipelineFactory, retrieves: bool, down_for: int
+) -> None:
     probes = Probes(failures=3)
     gate = Gate(probes)
     outputs, dead = FakeTopic(), FakeTopic()
+    topology = load_topology(TOPOLOGIES / "support_triage.yaml")
+    if not retrieves:
+        topology = topology.model_copy(update={"retrieval": None})
     body = app_module.agent_body(
-        make(models=FlakyEndpoint(down_for=4)),
+        make(topology, models=FlakyEndpoint(down_for=down_for)),
         FakeMarks(),
         Metrics(),
         app_module._Sinks(outputs, dead, FakeTopic()),
@@ -108,7 +125,7 @@ async def test_an_event_waits_out_the_outage_and_is_answered(make: PipelineFacto
     stream = FakeStream([_raw(), _raw(id="e-2")])
     assert [x async for x in body(stream.as_stream())] == [None, None]
     assert len(outputs.sent) == 2 and dead.sent == []
-    assert gate.pauses == [True, False, True, False]  # each call of an event fails at most once
+    assert gate.pauses == [True, False, True, False]  # the event is held twice
     assert len(probes.asked) == 3 + 1 + 1  # three refused, then up; up at once
 
 

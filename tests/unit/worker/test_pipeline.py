@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp.test_utils import TestServer
 from openai import AsyncOpenAI
 from PIL import Image
 
+from llmflow.errors import LlmflowError
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import ModelCallResult, Output
 from llmflow.schemas.parked import Parked
@@ -28,11 +30,23 @@ from llmflow.services.models.client import ModelCallError, ModelClient, call_id
 from llmflow.services.models.retry import RetryPolicy
 from llmflow.services.modelsim.config import SimulatorConfig
 from llmflow.services.modelsim.server import make_app
-from llmflow.services.orgdata.loader import load_samples
-from llmflow.services.orgdata.store import OrgDataStore, OrgRecord
+from llmflow.services.orgdata import OrgDataStore, OrgRecord, Retriever, sample_records
+from llmflow.services.orgdata.search import Hit
+from llmflow.services.orgdata.store import OrgDataError
+from llmflow.services.worker import pipeline as pipeline_module
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, SourceMeta
-from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBudget, PaidCalls
+from llmflow.services.worker.ports import (
+    Budgets,
+    ModelRunner,
+    OrgData,
+    OverBudget,
+    PaidCalls,
+    Passages,
+)
 from llmflow.topologies import ModelCall, Topology, load_topology
+from llmflow.topologies.collections import load_collections
+from llmflow.topologies.spec import Retrieval
+from tests.unit.orgdata.helpers import apply_records
 
 SOURCE = SourceMeta("in", 0, 42)
 COST = 0.001  # what the fake charges per call
@@ -83,7 +97,9 @@ class FakeModels:
             self.running -= 1
         if call.name in self.fail:
             raise self.fail[call.name]
-        answer = {"fake": True} if call.output_schema else f"answer to: {user}"
+        answer: Any = {"fake": True} if call.output_schema else f"answer to: {user}"
+        if call.kind == "embedding":
+            answer = [1.0] * (call.dimensions or 8)
         return ModelCallResult(
             name=call.name,
             kind=call.kind,
@@ -93,7 +109,7 @@ class FakeModels:
             prompt_version=call.prompt.version,
             answer=answer,
             tokens_in=len(user.split()),
-            tokens_out=5,
+            tokens_out=0 if call.kind == "embedding" else 5,
             latency_ms=1.0,
             cost_usd=COST,
         )
@@ -112,7 +128,19 @@ class FakeOrgData:
         data = self.records.get((table, key))
         if data is None:
             return None
-        return OrgRecord(table, key, f"v-{key}", "2026-01-01T00:00:00+00:00", data)
+        return OrgRecord(table, key, f"v-{key}", 0, 7, data)
+
+
+class FakePassages:
+    """Finds one passage for any query; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, Any]] = []
+
+    def search(self, collection: str, query: str, vector: Any, **options: Any) -> list[Hit]:
+        self.asked.append({"collection": collection, "query": query, "vector": vector, **options})
+        record = {"id": "POL-1", "title": "Refunds"}
+        return [Hit(11, collection, "POL-1", 0, "Refunds within 30 days.", 0.5, "v1", 3, record)]
 
 
 class FakePaid:
@@ -200,6 +228,7 @@ def make_pipeline(
         orgdata: OrgData = ORGDATA,
         paid: PaidCalls | None = None,
         budgets: Budgets | None = None,
+        passages: Passages | None = None,
     ) -> Pipeline:
         return Pipeline(
             topology(spec) if isinstance(spec, str) else spec,
@@ -210,6 +239,8 @@ def make_pipeline(
             "test:1",
             paid=paid,
             budgets=budgets,
+            passages=passages or FakePassages(),
+            collections=load_collections(),
         )
 
     return make
@@ -240,8 +271,11 @@ async def test_text_event_gets_every_answer_and_its_lineage(
     assert result.org_record is not None
     assert (result.org_record.table, result.org_record.version) == ("customers", "v-C-1001")
     assert (result.source_topic, result.source_partition, result.source_offset) == ("in", 0, 42)
+    # The totals count the query's embedding too (it has no tokens out).
+    assert result.retrieval is not None and result.retrieval.embedding is not None
     assert result.totals.tokens_out == sum(c.tokens_out for c in result.calls) == 15
-    assert result.totals.cost_usd == pytest.approx(3 * COST)
+    assert result.totals.model_calls == 4
+    assert result.totals.cost_usd == pytest.approx(4 * COST)
     assert result.worker == "test:1"
 
 
@@ -389,13 +423,16 @@ async def test_a_redelivered_event_reuses_every_answer_paid_for(
     models, paid, budgets = FakeModels(), FakePaid(), FakeBudgets()
     pipeline = make_pipeline(models=models, paid=paid, budgets=budgets)
     first = await pipeline.handle(_event(), SOURCE)
-    assert isinstance(first, Output) and len(paid.answers) == 3
+    # The three calls and the query's embedding.
+    assert isinstance(first, Output) and len(paid.answers) == 4
     again = await pipeline.handle(_event(), SOURCE)
     assert isinstance(again, Output)
-    assert len(models.asked) == 3  # nothing was asked twice
-    assert all(c.reused and c.attempts == 0 and c.latency_ms == 0 for c in again.calls)
+    assert len(models.asked) == 4  # nothing was asked twice
+    assert again.retrieval is not None and again.retrieval.embedding is not None
+    for reused in [*again.calls, again.retrieval.embedding]:
+        assert reused.reused and reused.attempts == 0 and reused.latency_ms == 0
     assert [c.answer for c in again.calls] == [c.answer for c in first.calls]
-    assert budgets.charged == [("C-1001", COST)] * 3  # reused answers are not charged again
+    assert budgets.charged == [("C-1001", COST)] * 4  # reused answers are not charged again
 
 
 async def test_only_the_calls_not_paid_for_run(make_pipeline: PipelineFactory) -> None:
@@ -412,7 +449,8 @@ async def test_only_the_calls_not_paid_for_run(make_pipeline: PipelineFactory) -
     await paid.put(earlier)
     result = await pipeline.handle(_event(), SOURCE)
     assert isinstance(result, Output)
-    assert [a.call for a in models.asked] == ["summarize", "draft_reply"]
+    # The query's embedding first (the prompts need the passages), then what is not paid for.
+    assert [a.call for a in models.asked] == ["retrieval", "summarize", "draft_reply"]
     assert [c.reused for c in result.calls] == [True, False, False]
 
 
@@ -433,7 +471,7 @@ async def test_tenant_over_budget_is_parked_and_others_are_charged(
 
     answered = await pipeline.handle(_event(tenant="generous"), SOURCE)
     assert isinstance(answered, Output)
-    assert budgets.charged == [("generous", COST)] * 3
+    assert budgets.charged == [("generous", COST)] * 4  # three calls and the query embedding
     # Without a tenant the event's key is charged.
     await pipeline.handle(_event(id="e-2"), SOURCE)
     assert budgets.charged[-1] == ("C-1001", COST)
@@ -445,15 +483,17 @@ async def test_tenant_over_budget_is_parked_and_others_are_charged(
 async def test_image_event_is_prepared_for_every_vision_call(
     make_pipeline: PipelineFactory,
 ) -> None:
-    models = FakeModels()
-    result = await make_pipeline("product_images", models=models).handle(
+    models, passages = FakeModels(), FakePassages()
+    result = await make_pipeline("product_images", models=models, passages=passages).handle(
         _image_event(_jpeg_b64((2048, 1024))), SOURCE
     )
     assert isinstance(result, Output), result
     assert [(i.width, i.height, i.original_width) for i in result.images] == [(1024, 512, 2048)]
     assert result.org_record is not None and result.org_record.table == "products"
     (url,) = models.request("alt_text").image_urls
-    assert all(a.image_urls == [url] for a in models.asked) and len(models.asked) == 3
+    vision = [a for a in models.asked if a.call != "retrieval"]
+    assert all(a.image_urls == [url] for a in vision) and len(vision) == 3
+    assert models.request("retrieval").image_urls == []  # the query embedding is text only
     header, _, data = url.partition(",")
     assert header == "data:image/jpeg;base64"
     with Image.open(io.BytesIO(base64.b64decode(data))) as image:
@@ -464,6 +504,12 @@ async def test_image_event_is_prepared_for_every_vision_call(
     # JPEG re-encoding may move a channel by a step or two.
     assert red <= 2 and green <= 2 and blue >= 253
     assert models.request("alt_text").user == "Alt text for a photo of Walnut desk."
+    # The policies searched for are the product's category's, in English.
+    (asked,) = passages.asked
+    assert "furniture Walnut desk" in asked["query"] and asked["filters"] == {"language": "en"}
+    assert "Policy Refunds [policies/POL-1#0]: Refunds within 30 days." in (
+        models.request("policy_check").user
+    )
 
 
 async def test_corrupt_image_is_an_image_dead_letter(make_pipeline: PipelineFactory) -> None:
@@ -471,6 +517,201 @@ async def test_corrupt_image_is_an_image_dead_letter(make_pipeline: PipelineFact
     result = await make_pipeline("product_images").handle(_image_event(junk), SOURCE)
     assert isinstance(result, DeadLetter)
     assert (result.stage, result.error_kind) == ("image", "unreadable")
+
+
+# --- retrieval ---------------------------------------------------------------------------
+
+
+def _retrieving(topology: Topology, **changes: Any) -> Topology:
+    """`topology` with its retrieval step changed (validated, as a topology file would be)."""
+    assert topology.retrieval is not None
+    spec = Retrieval.model_validate({**topology.retrieval.model_dump(), **changes})
+    return topology.model_copy(update={"retrieval": spec})
+
+
+class FailingPassages(FakePassages):
+    def search(self, collection: str, query: str, vector: Any, **options: Any) -> list[Hit]:
+        super().search(collection, query, vector, **options)
+        raise OrgDataError("'policies' has no filter colour")
+
+
+async def test_passages_found_for_the_event_reach_the_prompts_and_the_output(
+    make_pipeline: PipelineFactory,
+) -> None:
+    models, passages = FakeModels(), FakePassages()
+    pipeline = make_pipeline(models=models, passages=passages)
+    result = await pipeline.handle(_event(), SOURCE)
+    assert isinstance(result, Output), result
+    text = "My invoice was charged twice and I need a refund today"
+    # The query is rendered from the event and embedded (a call of its own, text only).
+    embedded = models.request("retrieval")
+    assert (embedded.user, embedded.system, embedded.image_urls) == (text, None, [])
+    (asked,) = passages.asked
+    assert (asked["collection"], asked["query"], asked["mode"], asked["top_k"]) == (
+        "policies",
+        text,
+        "hybrid",
+        3,
+    )
+    assert asked["filters"] == {}
+    vector = asked["vector"]
+    assert vector.dtype == np.float32 and vector.tolist() == [1.0] * 256  # the collection's size
+    # The prompts see the passages as `docs`.
+    assert "Policy Refunds [policies/POL-1#0]: Refunds within 30 days." in (
+        models.request("draft_reply").user
+    )
+    # The output cites the passage and the embedding call, which is not one of `calls`.
+    retrieved = result.retrieval
+    assert retrieved is not None
+    assert (retrieved.collection, retrieved.mode, retrieved.query) == ("policies", "hybrid", text)
+    assert [p.model_dump() for p in retrieved.passages] == [
+        {
+            "id": "policies/POL-1#0",
+            "key": "POL-1",
+            "n": 0,
+            "version": "v1",
+            "offset": 3,
+            "score": 0.5,
+        }
+    ]
+    embedding = retrieved.embedding
+    assert embedding is not None
+    assert (embedding.name, embedding.kind, embedding.model) == (
+        "retrieval",
+        "embedding",
+        "text-embedding-3-small",
+    )
+    query_call = pipeline_module._query_call(pipeline.topology, load_collections())
+    assert query_call is not None
+    assert embedding.call_id == call_id("e-1", pipeline.topology, query_call) == embedded.call_id
+    assert "retrieval" not in [c.name for c in result.calls]
+    answered = [*result.calls, embedding]
+    assert result.totals.model_calls == 4
+    assert result.totals.tokens_in == sum(c.tokens_in for c in answered)
+    assert result.totals.cost_usd == pytest.approx(sum(c.cost_usd for c in answered))
+    assert result.org_record is not None and result.org_record.offset == 7
+
+
+async def test_a_redelivered_event_reuses_the_query_embedding_paid_for(
+    make_pipeline: PipelineFactory,
+) -> None:
+    models, paid, passages = FakeModels(), FakePaid(), FakePassages()
+    pipeline = make_pipeline(models=models, paid=paid, passages=passages)
+    first = await pipeline.handle(_event(), SOURCE)
+    again = await pipeline.handle(_event(), SOURCE)
+    assert isinstance(first, Output) and isinstance(again, Output)
+    assert [a.call for a in models.asked].count("retrieval") == 1
+    assert first.retrieval is not None and first.retrieval.embedding is not None
+    assert again.retrieval is not None and again.retrieval.embedding is not None
+    assert not first.retrieval.embedding.reused and again.retrieval.embedding.reused
+    assert again.retrieval.embedding.call_id == first.retrieval.embedding.call_id
+    # The search runs again, with the vector paid for the first time.
+    assert len(passages.asked) == 2
+    assert passages.asked[1]["vector"].tolist() == passages.asked[0]["vector"].tolist()
+
+
+async def test_the_events_tenant_scopes_the_search_not_its_key(
+    make_pipeline: PipelineFactory,
+) -> None:
+    passages, budgets = FakePassages(), FakeBudgets()
+    pipeline = make_pipeline(passages=passages, budgets=budgets)
+    assert isinstance(await pipeline.handle(_event(tenant="acme"), SOURCE), Output)
+    assert isinstance(await pipeline.handle(_event(id="e-2"), SOURCE), Output)
+    assert [a["tenant"] for a in passages.asked] == ["acme", None]  # no tenant: shared only
+    # The query embedding is charged like any call: to the key when there is no tenant.
+    assert budgets.charged[0] == ("acme", COST) and budgets.charged[-1] == ("C-1001", COST)
+
+
+async def test_a_failed_search_is_a_retrieve_dead_letter(make_pipeline: PipelineFactory) -> None:
+    models, passages = FakeModels(), FailingPassages()
+    result = await make_pipeline(models=models, passages=passages).handle(_event(), SOURCE)
+    assert isinstance(result, DeadLetter), result
+    assert (result.stage, result.error_kind) == ("retrieve", "search_failed")
+    assert result.message == "'policies' has no filter colour" and result.event_id == "e-1"
+    assert result.schema_version == 4
+    assert [a.call for a in models.asked] == ["retrieval"]  # no call ran without passages
+
+
+async def test_a_failed_query_embedding_is_a_model_dead_letter(
+    make_pipeline: PipelineFactory,
+) -> None:
+    error = ModelCallError("retrieval", "http_400", "refused", transient=False, attempts=1)
+    models, passages = FakeModels(fail={"retrieval": error}), FakePassages()
+    result = await make_pipeline(models=models, passages=passages).handle(_event(), SOURCE)
+    assert isinstance(result, DeadLetter), result
+    assert (result.stage, result.error_kind) == ("model", "http_400")
+    assert result.message == "retrieval query: call 'retrieval': refused"
+    assert passages.asked == [] and [a.call for a in models.asked] == ["retrieval"]
+
+
+async def test_an_embedding_endpoint_that_is_down_is_no_fault_of_the_event(
+    make_pipeline: PipelineFactory,
+) -> None:
+    error = ModelCallError("retrieval", "connection_refused", "down", transient=True)
+    error.endpoints = ("default",)
+    with pytest.raises(EndpointDown) as raised:
+        await make_pipeline(models=FakeModels(fail={"retrieval": error})).handle(_event(), SOURCE)
+    assert raised.value.endpoints == ("default",)
+    letter = raised.value.dead_letter
+    assert (letter.stage, letter.error_kind) == ("model", "connection_refused_retries_exhausted")
+
+
+async def test_filters_are_rendered_from_the_org_record(
+    make_pipeline: PipelineFactory, topology: Callable[[str], Topology]
+) -> None:
+    spec = _retrieving(topology("support_triage"), filters={"language": "{{ org.language }}"})
+    orgdata = FakeOrgData({("customers", "C-1001"): {"name": "Bäckerei Hafen", "language": "de"}})
+    passages = FakePassages()
+    pipeline = make_pipeline(spec, orgdata=orgdata, passages=passages)
+    assert isinstance(await pipeline.handle(_event(), SOURCE), Output)
+    assert passages.asked[0]["filters"] == {"language": "de"}
+    # Without a record the filter cannot be rendered: nothing is searched or called.
+    models = FakeModels()
+    pipeline = make_pipeline(spec, models=models, orgdata=orgdata, passages=passages)
+    result = await pipeline.handle(_event(key="C-9999"), SOURCE)
+    assert isinstance(result, DeadLetter), result
+    assert (result.stage, result.error_kind) == ("retrieve", "UndefinedError")
+    assert "language" in result.message
+    assert len(passages.asked) == 1 and models.asked == []
+
+
+async def test_keyword_retrieval_embeds_nothing(
+    make_pipeline: PipelineFactory,
+    topology: Callable[[str], Topology],
+    executor: ThreadPoolExecutor,
+) -> None:
+    spec = _retrieving(topology("support_triage"), mode="keyword")
+    models, passages = FakeModels(), FakePassages()
+    result = await make_pipeline(spec, models=models, passages=passages).handle(_event(), SOURCE)
+    assert isinstance(result, Output), result
+    assert "retrieval" not in [a.call for a in models.asked]
+    (asked,) = passages.asked
+    assert asked["vector"] is None and asked["mode"] == "keyword"
+    assert result.retrieval is not None and result.retrieval.embedding is None
+    assert [p.id for p in result.retrieval.passages] == ["policies/POL-1#0"]
+    assert result.totals.model_calls == 3 and result.totals.cost_usd == pytest.approx(3 * COST)
+    # Nothing to embed: no collection needs declaring.
+    Pipeline(spec, models, ORGDATA, ImageLimits(), executor, "test:1", passages=passages)
+
+
+def test_a_query_to_embed_needs_its_collection(
+    topology: Callable[[str], Topology], executor: ThreadPoolExecutor
+) -> None:
+    for mode in ("vector", "hybrid"):
+        spec = _retrieving(topology("support_triage"), mode=mode)
+        with pytest.raises(LlmflowError, match="no document collection 'policies'"):
+            Pipeline(
+                spec,
+                FakeModels(),
+                ORGDATA,
+                ImageLimits(),
+                executor,
+                "test:1",
+                passages=FakePassages(),
+                collections={},
+            )
+    with pytest.raises(LlmflowError, match="the pipeline needs passages"):
+        Pipeline(topology("support_triage"), FakeModels(), ORGDATA, ImageLimits(), executor, "t")
 
 
 # --- the real model client ---------------------------------------------------------------
@@ -492,10 +733,11 @@ async def test_the_real_model_client_answers_chat_structured_and_vision_calls(
 ) -> None:
     """What fakes cannot show: the client sends rendered prompts, schemas and prepared images
     in a form an OpenAI-compatible endpoint accepts, and parses what comes back."""
-    store = OrgDataStore(":memory:")
-    load_samples(store)
+    store = OrgDataStore(":memory:", load_collections())
+    for table, records in sample_records().items():
+        apply_records(store, table, records)
     try:
-        text = make_pipeline(models=simulated_client, orgdata=store)
+        text = make_pipeline(models=simulated_client, orgdata=store, passages=Retriever(store))
         result = await text.handle(_event(), SOURCE)
         assert isinstance(result, Output), result
         assert result.call("summarize").answer.startswith(
@@ -507,7 +749,9 @@ async def test_the_real_model_client_answers_chat_structured_and_vision_calls(
         assert set(result.call("classify").answer) == {"category", "priority", "sentiment"}
         assert result.totals.tokens_in > 0 and result.totals.cost_usd == 0  # no price table
 
-        images = make_pipeline("product_images", models=simulated_client, orgdata=store)
+        images = make_pipeline(
+            "product_images", models=simulated_client, orgdata=store, passages=Retriever(store)
+        )
         pictured = await images.handle(_image_event(_jpeg_b64((2048, 1024))), SOURCE)
         assert isinstance(pictured, Output), pictured
         alt_text = pictured.call("alt_text").answer

@@ -1,0 +1,161 @@
+"""What one record of an org-data topic means: an upsert, a delete, or nothing to apply.
+
+A topic takes two shapes of record, so a CDC pipeline feeds it as directly as the loader:
+- plain: key = the record id (text), value = the JSON record, no value = delete;
+- Debezium change events: `before`/`after`/`op`, with or without the JSON converter's
+  `schema`/`payload` wrapper, keyed by the row's primary key as JSON (`{"id": 42}`).
+  `c`, `u`, `r` (snapshot) upsert `after`; `d` deletes; `t` and `m` change no row.
+
+A document collection's record also carries its passages and their embeddings, as the
+loader made them, under `_llmflow` (see `documents`); that block is not part of the data.
+Anything else is `Rejected`, with the reason: the materializer logs it and goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pydantic_core
+
+from llmflow.services.orgdata.documents import CHUNKS_FIELD, BadPassages, Passage, passages_of
+
+_DEBEZIUM_OPS = {"c", "u", "r", "d", "t", "m"}
+
+
+class Rejected(Exception):
+    """A record that cannot be applied; `reason` says why, in one line."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    key: str
+    data: dict[str, Any]
+    """The record's fields, without the passages block."""
+    version: str
+    """Content hash: the first 16 hex digits of the SHA-256 of the record's JSON."""
+    passages: list[Passage] | None
+    """A collection's passages with their embeddings; None when the record has none."""
+    text: str
+    """`data` as JSON, as stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: str
+
+
+Change = Upsert | Delete
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def content_version(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def decode(key: bytes | None, value: bytes | None, key_field: str = "id") -> Change | None:
+    """The change a record makes (None: it changes no row); raises `Rejected`."""
+    record_key = _record_key(key)
+    if value is None:
+        if record_key is None:
+            raise Rejected("a tombstone without a key")
+        return Delete(record_key)
+    data = _parse(value, "value")
+    if not isinstance(data, dict):
+        raise Rejected(f"the value is a JSON {type(data).__name__}, not an object")
+    envelope = _unwrapped(data)
+    if _is_debezium(envelope):
+        return _debezium(record_key, envelope, key_field)
+    return _plain(record_key, data, value, key_field)
+
+
+def _record_key(key: bytes | None) -> str | None:
+    if key is None:
+        return None
+    if key[:1] != b"{":
+        try:
+            text = key.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Rejected("the key is not UTF-8") from exc
+        if not text:
+            raise Rejected("the key is empty")
+        return text
+    # A Debezium key: the primary key's columns as JSON, maybe in a schema/payload wrapper.
+    fields = _unwrapped(_parse(key, "key"))
+    if not isinstance(fields, dict) or len(fields) != 1:
+        raise Rejected("a JSON key must be an object with one field (the primary key)")
+    return _key_text(next(iter(fields.values())), "the key's field")
+
+
+def _parse(raw: bytes, what: str) -> Any:
+    try:
+        return pydantic_core.from_json(raw, cache_strings=False)
+    except ValueError as exc:
+        raise Rejected(f"the {what} is not JSON: {str(exc)[:200]}") from exc
+
+
+def _unwrapped(data: Any) -> Any:
+    """The payload of the JSON converter's `{"schema": ..., "payload": ...}` wrapper."""
+    if isinstance(data, dict) and data.keys() == {"schema", "payload"}:
+        return data["payload"]
+    return data
+
+
+def _is_debezium(data: Any) -> bool:
+    return (
+        isinstance(data, dict)
+        and data.get("op") in _DEBEZIUM_OPS
+        and ("after" in data or "before" in data)
+    )
+
+
+def _key_text(value: Any, what: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        raise Rejected(f"{what} must be a non-empty string or an integer")
+    return str(value)
+
+
+def _debezium(record_key: str | None, event: dict[str, Any], key_field: str) -> Change | None:
+    op = event["op"]
+    if op in ("t", "m"):
+        return None  # a truncate or a logical message names no row
+    row = event.get("before") if op == "d" else event.get("after")
+    if not isinstance(row, dict):
+        side = "before" if op == "d" else "after"
+        if op == "d" and record_key is not None:
+            return Delete(record_key)
+        raise Rejected(f"a Debezium {op!r} event without its {side!r} row")
+    key = record_key  # the topic's key names the row: compaction keeps one value per key
+    if key is None and key_field in row:
+        key = _key_text(row[key_field], f"field {key_field!r}")
+    if key is None:
+        raise Rejected(f"a Debezium event without a key or a {key_field!r} field")
+    if op == "d":
+        return Delete(key)
+    text = canonical_json(row)
+    return Upsert(key, row, content_version(text.encode()), None, text)
+
+
+def _plain(record_key: str | None, data: dict[str, Any], raw: bytes, key_field: str) -> Upsert:
+    if record_key is None and key_field in data:
+        record_key = _key_text(data[key_field], f"field {key_field!r}")
+    if record_key is None:
+        raise Rejected(f"a record without a key or a {key_field!r} field")
+    passages = None
+    text = raw.decode("utf-8", "replace")  # it parsed as JSON, so it is UTF-8
+    if CHUNKS_FIELD in data:
+        try:
+            passages = passages_of(data.pop(CHUNKS_FIELD))
+        except BadPassages as exc:
+            raise Rejected(str(exc)) from exc
+        text = canonical_json(data)
+    return Upsert(record_key, data, content_version(raw), passages, text)

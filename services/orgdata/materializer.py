@@ -1,0 +1,187 @@
+"""Keeps a worker's org-data store up to date with the tables' compacted topics.
+
+Reads every partition of every table topic (no consumer group: each worker wants it all)
+in a thread of its own, with its own event loop and consumer, and applies each fetched
+batch in one transaction with its offsets. After a restart it goes on from the offsets it
+applied; a topic that was recreated, or whose records before the applied offset are gone,
+is read again from its start. Only committed records are read (`read_committed`), so a
+load published in one transaction appears whole or not at all.
+
+`wait_ready` returns once every partition has been applied up to the end offsets seen at
+start-up: a worker takes no events before that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from llmflow.services.orgdata.changes import Change, Rejected, decode
+from llmflow.services.orgdata.store import OrgDataStore
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 200
+"""Longest wait for new records: an update is applied well within a second."""
+MAX_BATCH = 20_000
+PROGRESS_EVERY_S = 5.0
+
+
+class Materializer:
+    def __init__(
+        self,
+        store: OrgDataStore,
+        bootstrap_servers: str,
+        topics: Mapping[str, str],
+        *,
+        client_id: str = "llmflow-orgdata",
+    ) -> None:
+        """`topics`: table -> its topic."""
+        self.store = store
+        self._servers = bootstrap_servers
+        self._tables = {topic: table for table, topic in topics.items()}
+        self._client_id = client_id
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.applied = 0
+        self.rejected = 0
+        self.error: BaseException | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="orgdata", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        return self._ready.wait(timeout_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                asyncio.run(self._follow())
+            except KafkaError as exc:  # the broker is away: the copy stays, as it was
+                self.error = exc
+                log.warning("org data: cannot read the table topics (%s); retrying in 1 s", exc)
+                self._stopping.wait(1.0)
+            except Exception as exc:  # the copy must stay live: start over after a pause
+                self.error = exc
+                log.exception("org data: reading the table topics failed; retrying in 1 s")
+                self._stopping.wait(1.0)
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._servers,
+            client_id=self._client_id,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+        )
+        try:
+            await consumer.start()
+            partitions = await self._partitions(consumer)
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await self._seek(consumer, partitions, ends)
+            await self._apply_until_stopped(consumer, partitions, ends)
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        while True:
+            # `partitions_for_topic` knows only the topics the client already tracks.
+            cluster = await consumer._client.fetch_all_metadata()
+            found = {topic: cluster.partitions_for_topic(topic) for topic in self._tables}
+            missing = sorted(topic for topic, parts in found.items() if not parts)
+            if not missing:
+                return [
+                    TopicPartition(t, p) for t, parts in found.items() for p in sorted(parts or ())
+                ]
+            log.warning("org data: waiting for topics %s", ", ".join(missing))
+            await asyncio.sleep(1.0)
+
+    async def _seek(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: list[TopicPartition],
+        ends: Mapping[TopicPartition, int],
+    ) -> None:
+        starts = await consumer.beginning_offsets(partitions)
+        stale: set[str] = set()
+        for tp in partitions:
+            table = self._tables[tp.topic]
+            applied = self.store.positions(table).get(tp.partition)
+            if applied is not None and not starts[tp] <= applied <= ends[tp]:
+                stale.add(table)  # the topic was recreated, or what came before is gone
+        for table in sorted(stale):
+            log.warning("org data: %s no longer matches its topic; reading it again", table)
+            self.store.clear(table)
+        for tp in partitions:
+            applied = self.store.positions(self._tables[tp.topic]).get(tp.partition)
+            consumer.seek(tp, applied if applied is not None else starts[tp])
+
+    async def _apply_until_stopped(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: list[TopicPartition],
+        ends: Mapping[TopicPartition, int],
+    ) -> None:
+        started = last_report = time.monotonic()
+        while not self._stopping.is_set():
+            batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
+            for tp, messages in batch.items():
+                table = self._tables[tp.topic]
+                changes: list[tuple[int, Change]] = []
+                for message in messages:
+                    try:
+                        change = decode(message.key, message.value)
+                    except Rejected as exc:
+                        self.rejected += 1
+                        log.warning(
+                            "org data: %s[%d]@%d skipped: %s",
+                            tp.topic,
+                            tp.partition,
+                            message.offset,
+                            exc.reason,
+                        )
+                        continue
+                    if change is not None:
+                        changes.append((message.offset, change))
+                await asyncio.to_thread(
+                    self.store.apply, table, tp.partition, changes, messages[-1].offset + 1
+                )
+                self.applied += len(messages)
+            if self._ready.is_set():
+                continue
+            behind = 0
+            for tp in partitions:
+                behind += max(0, ends[tp] - await consumer.position(tp))
+            now = time.monotonic()
+            if behind == 0:
+                log.info(
+                    "org data: ready, %d records applied in %.1f s (%s)",
+                    self.applied,
+                    now - started,
+                    ", ".join(f"{t} {n}" for t, n in self.store.tables().items()),
+                )
+                self._ready.set()
+            elif now - last_report >= PROGRESS_EVERY_S:
+                last_report = now
+                log.info("org data: catching up, %d records to go", behind)

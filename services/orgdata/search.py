@@ -1,0 +1,136 @@
+"""Retrieval over a collection: keyword (FTS5 BM25), vector (cosine) or both, fused by
+reciprocal rank (RRF: each list gives a passage 1 / (60 + rank); the sums are ranked).
+
+Runs in a thread: SQLite and numpy release the GIL, and the event loop keeps going.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from llmflow.services.orgdata.store import OrgDataError, OrgDataStore
+
+Mode = Literal["keyword", "vector", "hybrid"]
+RRF_K = 60
+CANDIDATES = 50
+"""Passages each list contributes to the fusion."""
+MAX_TERMS = 32
+
+_WORD = re.compile(r"\w+")
+# Words too common to say what a query is about.
+_STOP_WORDS = """
+a an and are as at be but by can do does for from has have how i if in into is it its me my
+no not of on or our so than that the their then there these they this to was we were what
+when where which who why will with you your
+"""
+_STOP = frozenset(_STOP_WORDS.split())
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A retrieved passage."""
+
+    id: int
+    table: str
+    key: str
+    n: int
+    text: str
+    score: float
+    version: str
+    """Of the record the passage belongs to."""
+    offset: int
+    record: dict[str, Any]
+    """The record's data."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}/{self.key}#{self.n}"
+
+
+def match_expression(text: str) -> str | None:
+    """An FTS5 query for free text: its distinct words (stop words out), each quoted, ORed.
+    None when nothing is left to search for."""
+    words = dict.fromkeys(w for w in _WORD.findall(text.lower()) if len(w) > 1 and w not in _STOP)
+    terms = list(words)[:MAX_TERMS]
+    return " OR ".join(f'"{term}"' for term in terms) or None
+
+
+class Retriever:
+    def __init__(self, store: OrgDataStore) -> None:
+        self._store = store
+
+    def search(
+        self,
+        collection: str,
+        query: str,
+        vector: npt.NDArray[np.float32] | None,
+        *,
+        top_k: int,
+        mode: Mode,
+        tenant: str | None,
+        filters: Mapping[str, str],
+    ) -> list[Hit]:
+        """The `top_k` passages of `collection` for `query`, best first. `tenant` sees its
+        own documents (and shared ones, when the collection says so); other tenants'
+        documents are never candidates."""
+        spec = self._store.collections.get(collection)
+        if spec is None:
+            raise OrgDataError(f"{collection!r} is not a document collection")
+        unknown = sorted(set(filters) - set(spec.filters))
+        if unknown:
+            raise OrgDataError(f"{collection!r} has no filter {', '.join(unknown)}")
+        scope = (tenant, spec.shared) if spec.tenant_field else None
+        lists: list[list[tuple[int, float]]] = []
+        want = top_k if mode != "hybrid" else max(CANDIDATES, top_k)
+        if mode in ("keyword", "hybrid"):
+            match = match_expression(query)
+            if match is not None:
+                lists.append(self._store.keyword(spec, match, scope, filters, want))
+        if mode in ("vector", "hybrid"):
+            if vector is None:
+                raise OrgDataError(f"{mode} retrieval needs the query's embedding")
+            unit = np.asarray(vector, dtype=np.float32)
+            norm = float(np.linalg.norm(unit))
+            if unit.shape == (spec.embedding.dimensions,) and norm > 0:
+                lists.append(
+                    self._store.vectors[collection].search(unit / norm, want, scope, filters)
+                )
+            else:
+                raise OrgDataError(
+                    f"the query embedding has {unit.size} values, the collection "
+                    f"{spec.embedding.dimensions}"
+                )
+        if not lists:
+            return []
+        ranked = lists[0][:top_k] if len(lists) == 1 else _fuse(lists)[:top_k]
+        found = self._store.passages(pid for pid, _ in ranked)
+        return [
+            Hit(
+                pid,
+                p.table,
+                p.key,
+                p.n,
+                p.text,
+                round(score, 6),
+                p.version,
+                p.offset,
+                json.loads(p.data),
+            )
+            for pid, score in ranked
+            if (p := found.get(pid)) is not None  # removed since it was ranked
+        ]
+
+
+def _fuse(lists: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    scores: dict[int, float] = {}
+    for ranking in lists:
+        for rank, (pid, _) in enumerate(ranking, start=1):
+            scores[pid] = scores.get(pid, 0.0) + 1.0 / (RRF_K + rank)
+    return sorted(scores.items(), key=lambda item: -item[1])

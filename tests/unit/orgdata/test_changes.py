@@ -1,0 +1,83 @@
+"""Records of an org-data topic: plain, Debezium (with and without the schema wrapper),
+tombstones, passages; anything else is rejected with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llmflow.services.orgdata.changes import Delete, Rejected, Upsert, decode
+
+ROW = {"id": 42, "name": "Ada", "tier": "pro"}
+
+
+def _debezium(op: str, before: object, after: object, wrapped: bool = False) -> bytes:
+    payload = {
+        "before": before,
+        "after": after,
+        "op": op,
+        "source": {"table": "customers"},
+        "ts_ms": 1,
+    }
+    value = {"schema": {"type": "struct"}, "payload": payload} if wrapped else payload
+    return json.dumps(value).encode()
+
+
+def _passages_of(vector: str, dimensions: int = 2) -> bytes:
+    block = {"model": "m", "dimensions": dimensions, "passages": [{"text": "t", "vector": vector}]}
+    return json.dumps({"_llmflow": block}).encode()
+
+
+def test_plain_records_and_tombstones() -> None:
+    change = decode(b"C-1", b'{"id": "C-1", "tier": "pro"}')
+    assert isinstance(change, Upsert)
+    assert (change.key, change.data, change.passages) == ("C-1", {"id": "C-1", "tier": "pro"}, None)
+    assert len(change.version) == 16
+    assert decode(b"C-1", b'{"tier": "pro", "id": "C-1"}').version != change.version  # type: ignore[union-attr]
+    assert decode(b"C-1", None) == Delete("C-1")
+    # The topic's key names the row, whatever the value says.
+    other = decode(b"C-2", b'{"id": "C-1"}')
+    assert isinstance(other, Upsert) and other.key == "C-2"
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_debezium_change_events(wrapped: bool) -> None:
+    key = json.dumps({"id": 42}).encode()
+    if wrapped:
+        key = json.dumps({"schema": {}, "payload": {"id": 42}}).encode()
+    for op in ("c", "r", "u"):
+        change = decode(key, _debezium(op, None, ROW, wrapped))
+        assert isinstance(change, Upsert) and change.key == "42" and change.data == ROW
+    assert decode(key, _debezium("d", ROW, None, wrapped)) == Delete("42")
+    assert decode(key, None) == Delete("42")  # the tombstone after a delete
+    assert decode(key, _debezium("t", None, None, wrapped)) is None
+    # Without a key, the row's id names it.
+    assert decode(None, _debezium("u", ROW, ROW, wrapped)) == decode(key, _debezium("c", None, ROW))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        (b"K", b"not json", "the value is not JSON"),
+        (b"K", b"[1, 2]", "the value is a JSON list, not an object"),
+        (None, None, "a tombstone without a key"),
+        (None, b'{"name": "x"}', "a record without a key or a 'id' field"),
+        (b"\xff\xfe", b"{}", "the key is not UTF-8"),
+        (b"", b"{}", "the key is empty"),
+        (b'{"a": 1, "b": 2}', b"{}", "a JSON key must be an object with one field"),
+        (b'{"id": true}', b"{}", "the key's field must be a non-empty string or an integer"),
+        (b"K", b'{"op": "c", "after": null, "before": null}', "a Debezium 'c' event without"),
+        (b"K", b"[" * 100_000 + b"]" * 100_000, "the value is not JSON"),
+        (b"K", _passages_of("AAAAAA=="), "passage 0: the vector has 1 values, not 2"),
+        (b"K", _passages_of("AAAAAAAAwH8="), "passage 0: the vector holds NaN or infinity"),
+        (b"K", _passages_of("not base64!"), "passage 0: the vector is not base64"),
+        (b"K", b'{"_llmflow": []}', "_llmflow must be an object"),
+    ],
+)
+def test_what_cannot_be_applied_says_why(
+    key: bytes | None, value: bytes | None, reason: str
+) -> None:
+    with pytest.raises(Rejected) as info:
+        decode(key, value)
+    assert info.value.reason.startswith(reason), info.value.reason
