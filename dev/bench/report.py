@@ -22,6 +22,16 @@ the same table and chart without touching this module:
                                             # when ratio >= target; "lower": ratio <= target
                     },
                 ],
+                "figures": [            # optional: absolute figures judged against a target
+                    {                   # of their own (no baseline), after the ratios
+                        "name": "lookup p99",
+                        "value": 41.0,      # in `unit`
+                        "target": 100.0,    # float, or None
+                        "unit": "µs",
+                        "better": "lower",  # "higher" (default): met when value >= target
+                        "met": True,        # as `figure_met` judges it; None: no target
+                    },
+                ],
             },
         },
     }
@@ -29,6 +39,8 @@ the same table and chart without touching this module:
 `make_ratio` builds one ratio entry (computing `ratio`), `target_met` judges one, and
 `write_report` turns the whole dict into files. Values are medians of interleaved runs;
 `ratio` is the ratio of those medians, so the table's three numbers agree with each other.
+`make_figure` and `figure_met` do the same for a figure: its row in the table shows no
+baseline and no ratio, and the chart (of ratios) leaves it out.
 """
 
 from __future__ import annotations
@@ -101,6 +113,49 @@ def target_met(ratio: Mapping[str, Any]) -> bool | None:
     if ratio.get("better", "higher") == "lower":
         return bool(value <= target)
     return bool(value >= target)
+
+
+class FigureEntry(TypedDict):
+    """An absolute figure (a rate, a latency, a recall) against a target of its own."""
+
+    name: str
+    value: float
+    target: float | None
+    unit: str
+    better: Better
+    met: bool | None
+
+
+def figure_met(figure: Mapping[str, Any]) -> bool | None:
+    """True or False against the target; None when there is no target or no number."""
+    target = figure.get("target")
+    value = figure.get("value")
+    if target is None or value is None or math.isnan(value):
+        return None
+    if figure.get("better", "higher") == "lower":
+        return bool(value <= target)
+    return bool(value >= target)
+
+
+def make_figure(
+    name: str,
+    value: float,
+    *,
+    unit: str,
+    target: float | None = None,
+    better: Better = "higher",
+) -> FigureEntry:
+    """A figure entry, with `met` judged by `figure_met`."""
+    entry: FigureEntry = {
+        "name": name,
+        "value": value,
+        "target": target,
+        "unit": unit,
+        "better": better,
+        "met": None,
+    }
+    entry["met"] = figure_met(entry)
+    return entry
 
 
 # --- machine --------------------------------------------------------------------------------
@@ -209,7 +264,7 @@ def _target_text(ratio: Mapping[str, Any]) -> str:
     if target is None:
         return "—"
     sign = "≤" if ratio.get("better", "higher") == "lower" else "≥"
-    return f"{sign} {target:g}"
+    return f"{sign} {target:,g}"
 
 
 def _cell(text: str) -> str:
@@ -217,22 +272,35 @@ def _cell(text: str) -> str:
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
-    """One row per ratio, then the machine line: ready to paste into the README."""
+    """One row per ratio and per figure, then the machine line: ready to paste into the
+    README."""
     lines = [
         "| scenario | measured | baseline | ratio | target | met? |",
         "|---|---:|---:|---:|---:|:---:|",
     ]
     verdicts = {True: "yes", False: "no", None: "—"}
-    for label, ratio in _rows(results):
-        unit = ratio.get("unit", "")
-        lines.append(
-            f"| {_cell(label)} "
-            f"| {_number(ratio.get('value'))} {_cell(unit)} "
-            f"| {_number(ratio.get('baseline'))} {_cell(unit)} "
-            f"| {_number(ratio.get('ratio'))} "
-            f"| {_target_text(ratio)} "
-            f"| {verdicts[target_met(ratio)]} |"
-        )
+    for scenario, data in (results.get("scenarios") or {}).items():
+        for ratio in data.get("ratios") or []:
+            unit = ratio.get("unit", "")
+            lines.append(
+                f"| {_cell(scenario + ': ' + ratio['name'])} "
+                f"| {_number(ratio.get('value'))} {_cell(unit)} "
+                f"| {_number(ratio.get('baseline'))} {_cell(unit)} "
+                f"| {_number(ratio.get('ratio'))} "
+                f"| {_target_text(ratio)} "
+                f"| {verdicts[target_met(ratio)]} |"
+            )
+        for figure in data.get("figures") or []:
+            unit = figure.get("unit", "")
+            target = figure.get("target")
+            target_text = "—" if target is None else f"{_target_text(figure)} {_cell(unit)}"
+            lines.append(
+                f"| {_cell(scenario + ': ' + figure['name'])} "
+                f"| {_number(figure.get('value'))} {_cell(unit)} "
+                "| — | — "
+                f"| {target_text} "
+                f"| {verdicts[figure_met(figure)]} |"
+            )
     if results.get("machine"):
         lines += ["", machine_line(results["machine"])]
     return "\n".join(lines)

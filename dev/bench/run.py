@@ -1,9 +1,11 @@
 """`make bench`: every benchmark scenario in one run, on one broker, into one report.
 
     python -m dev.bench.run [--quick] [--out results/<UTC time>] [--publish docs/bench]
+        [--only orgdata,producer_sdk,...]
 
-Micro scenarios (image path, contract cost, producer SDK) run first, then the worker
-scenarios (concurrency, overhead, latency, scaling, memory) against the model SIMULATOR.
+Micro scenarios (image path, contract cost, producer SDK) run first, then the org data
+scenario (materialization, lookups, retrieval), then the worker scenarios (concurrency,
+overhead, latency, scaling, memory) against the model SIMULATOR. `--only` runs a subset.
 Writes results.json, results.md and chart.png into the output folder and prints it; with
 --publish, also copies results.md and chart.png where the README shows them.
 """
@@ -15,13 +17,35 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dev.bench import micro, worker_scenarios
+from dev.bench.orgdata import orgdata
 from dev.bench.report import machine, markdown_table, write_report
+
+SCENARIOS = (*micro.SCENARIOS, "orgdata", *worker_scenarios.SCENARIOS)
+NEEDS_BROKER = {"producer_sdk", "orgdata", *worker_scenarios.SCENARIOS}
+
+
+def guarded(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`run()`, or, when it fails, a result that says so (the other scenarios still run)."""
+    began = time.monotonic()
+    try:
+        result = run()
+    except Exception as exc:
+        traceback.print_exc()
+        result = {
+            "scenario": name,
+            "error": f"{type(exc).__name__}: {exc}"[-4000:],
+            "ratios": [],
+            "note": f"failed: {type(exc).__name__}: {str(exc)[:300]}",
+        }
+    result.setdefault("elapsed_s", round(time.monotonic() - began, 1))
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,7 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs (about 3 minutes)")
     parser.add_argument("--out", type=Path, help="report folder (default results/<UTC time>)")
     parser.add_argument("--publish", type=Path, help="copy results.md and chart.png here")
+    parser.add_argument(
+        "--only", help=f"comma-separated scenarios to run (default all): {','.join(SCENARIOS)}"
+    )
     args = parser.parse_args(argv)
+    only = [n.strip() for n in (args.only or ",".join(SCENARIOS)).split(",") if n.strip()]
+    unknown = sorted(set(only) - set(SCENARIOS))
+    if unknown or not only:
+        parser.error(f"unknown scenarios {unknown}; choose from {','.join(SCENARIOS)}")
+    chosen = [name for name in SCENARIOS if name in only]
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     out: Path = args.out or Path("results") / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -39,13 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"benchmark run: report in {out}, logs in {run_dir}", flush=True)
 
     scenarios: dict[str, Any] = {}
-    scenarios["image_path"] = micro.image_path(15 if args.quick else 40)
-    scenarios["contract_cost"] = micro.contract_cost(5000 if args.quick else 20000)
-    with worker_scenarios.broker(run_dir) as (bootstrap, broker_pid):
-        messages = 5000 if args.quick else 20000
-        scenarios["producer_sdk"] = micro.producer_sdk(messages, bootstrap=bootstrap)
-        bench = worker_scenarios.Bench(bootstrap, run_dir, plan, broker_pid)
-        scenarios |= worker_scenarios.run_all(bench, worker_scenarios.SCENARIOS)
+    if "image_path" in chosen:
+        scenarios["image_path"] = micro.image_path(15 if args.quick else 40)
+    if "contract_cost" in chosen:
+        scenarios["contract_cost"] = micro.contract_cost(5000 if args.quick else 20000)
+    if NEEDS_BROKER & set(chosen):
+        with worker_scenarios.broker(run_dir) as (bootstrap, broker_pid):
+            if "producer_sdk" in chosen:
+                messages = 5000 if args.quick else 20000
+                scenarios["producer_sdk"] = micro.producer_sdk(messages, bootstrap=bootstrap)
+            if "orgdata" in chosen:
+                scenarios["orgdata"] = guarded(
+                    "orgdata", lambda: orgdata(bootstrap, run_dir, args.quick)
+                )
+            workers = [name for name in worker_scenarios.SCENARIOS if name in chosen]
+            if workers:
+                bench = worker_scenarios.Bench(bootstrap, run_dir, plan, broker_pid)
+                scenarios |= worker_scenarios.run_all(bench, workers)
 
     results = {
         "machine": machine(),

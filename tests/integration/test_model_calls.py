@@ -66,7 +66,8 @@ def test_rate_limits_and_server_errors_are_retried_until_every_event_is_answered
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = topology_copy("support_triage")
-    spec = yaml.safe_load(path.read_text())
+    # The three calls alone: 500 events = 1500 requests (no retrieval query to embed).
+    spec = keep_calls(path, "classify", "summarize", "draft_reply")
     flags = ("--rate-429", "0.3", "--rate-500", "0.05", "--retry-after-s", "0.2", "--seed", "5")
     sim = modelsim(*flags, "--latency-ms", "20")
     port = free_port()
@@ -158,7 +159,8 @@ def test_tenant_over_budget_is_parked_and_others_are_not(
     workers: WorkerFactory,
 ) -> None:
     path = topology_copy("support_triage")
-    spec = yaml.safe_load(path.read_text())
+    # The three calls alone: their cost per event is what the budget below was sized for.
+    spec = keep_calls(path, "classify", "summarize", "draft_reply")
     topics = [spec["output_topic"], spec["dead_letter_topic"], spec["parked_topic"]]
     sim = modelsim()
     budget = 0.0006  # about eight events' worth at gpt-4o-mini list prices

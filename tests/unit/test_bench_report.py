@@ -7,7 +7,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dev.bench.report import make_ratio, markdown_table, target_met, write_report
+from dev.bench.report import (
+    figure_met,
+    make_figure,
+    make_ratio,
+    markdown_table,
+    target_met,
+    write_report,
+)
 
 
 def tiny_results() -> dict[str, Any]:
@@ -96,3 +103,24 @@ def test_empty_and_missing_numbers_still_render(tmp_path: Path) -> None:
     paths = write_report(results, tmp_path / "broken")
     assert "| broken: n | — x | 0.000 x | — | ≥ 1 | — |" in paths[1].read_text()
     assert paths[2].read_bytes().startswith(b"\x89PNG")
+
+
+def test_figures_render_with_their_own_targets(tmp_path: Path) -> None:
+    rate = make_figure("materialization", 61234.0, unit="records/s", target=50000.0)
+    slow = make_figure("lookup p99", 134.0, unit="µs", target=100.0, better="lower")
+    plain = make_figure("lookup p50", 59.4, unit="µs", better="lower")
+    assert (rate["met"], slow["met"], plain["met"]) == (True, False, None)
+    assert figure_met({"value": None, "target": 1.0}) is None
+    ratio = make_ratio("a / b", 2.0, 1.0, unit="x", target=1.5)
+    results = {"scenarios": {"orgdata": {"ratios": [ratio], "figures": [rate, slow, plain]}}}
+
+    table = markdown_table(results)
+    lines = table.splitlines()
+    assert lines[2].startswith("| orgdata: a / b |")  # ratios first, then figures
+    rate_row = "| orgdata: materialization | 61,234 records/s | — | — | ≥ 50,000 records/s | yes |"
+    assert rate_row in table
+    assert "| orgdata: lookup p99 | 134 µs | — | — | ≤ 100 µs | no |" in table
+    assert "| orgdata: lookup p50 | 59.4 µs | — | — | — | — |" in table
+    paths = write_report(results, tmp_path / "figures")
+    assert json.loads(paths[0].read_text())["scenarios"]["orgdata"]["figures"][1]["met"] is False
+    assert paths[2].read_bytes().startswith(b"\x89PNG")  # the chart keeps to the ratios
