@@ -291,12 +291,13 @@ def markdown_table(results: Mapping[str, Any]) -> str:
                 f"| {verdicts[target_met(ratio)]} |"
             )
         for figure in data.get("figures") or []:
-            unit = figure.get("unit", "")
+            unit = _cell(figure.get("unit", ""))
             target = figure.get("target")
-            target_text = "—" if target is None else f"{_target_text(figure)} {_cell(unit)}"
+            target_text = "—" if target is None else f"{_target_text(figure)} {unit}".rstrip()
+            value_text = f"{_number(figure.get('value'))} {unit}".rstrip()
             lines.append(
                 f"| {_cell(scenario + ': ' + figure['name'])} "
-                f"| {_number(figure.get('value'))} {_cell(unit)} "
+                f"| {value_text} "
                 "| — | — "
                 f"| {target_text} "
                 f"| {verdicts[figure_met(figure)]} |"

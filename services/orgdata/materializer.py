@@ -14,6 +14,7 @@ start-up: a worker takes no events before that.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -143,6 +144,23 @@ class Materializer:
         partitions: list[TopicPartition],
         ends: Mapping[TopicPartition, int],
     ) -> None:
+        # Catching up builds many short-lived objects per batch: the cyclic collector would
+        # run over and over for nothing. Its thresholds come back once the copy is ready.
+        thresholds = gc.get_threshold()
+        if not self._ready.is_set():
+            gc.set_threshold(100_000, 50, 100)
+        try:
+            await self._apply_batches(consumer, partitions, ends, thresholds)
+        finally:
+            gc.set_threshold(*thresholds)
+
+    async def _apply_batches(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: list[TopicPartition],
+        ends: Mapping[TopicPartition, int],
+        thresholds: tuple[int, int, int],
+    ) -> None:
         started = last_report = time.monotonic()
         while not self._stopping.is_set():
             batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
@@ -175,6 +193,7 @@ class Materializer:
                 behind += max(0, ends[tp] - await consumer.position(tp))
             now = time.monotonic()
             if behind == 0:
+                gc.set_threshold(*thresholds)
                 log.info(
                     "org data: ready, %d records applied in %.1f s (%s)",
                     self.applied,

@@ -19,12 +19,13 @@ from kafka import KafkaProducer
 
 from dev.launch import Child, start_worker
 from llmflow.schemas.outputs import Output
+from llmflow.services.broker.local import free_port
 from llmflow.services.cli import main
 from llmflow.services.orgdata import sample_records
 from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
 from llmflow.services.worker.orgdata import publish_samples, publish_tables
 from llmflow.services.worker.settings import Settings
-from tests.integration.helpers import org_copy
+from tests.integration.helpers import org_copy, wait_until_all_assigned
 
 QUERIES = Path(__file__).parents[2] / "dev" / "bench" / "retrieval_queries.jsonl"
 LIVE_S = 2.0  # the bound: an update reaches outputs within this
@@ -56,7 +57,10 @@ def test_workers_share_live_org_data_and_retrieve_per_tenant(
     path = topology_copy("support_triage")
     spec = yaml.safe_load(path.read_text())
     env = worker_env(sim) | {"LLMFLOW_ORGDATA_TOPIC_PREFIX": prefix}
-    first, second = workers([path], env), workers([path], env)
+    ports = [free_port(), free_port()]
+    first, second = (workers([path], env | {"LLMFLOW_METRICS_PORT": str(p)}) for p in ports)
+    # Both in one settled group first: this test is about what each one's copy holds.
+    wait_until_all_assigned(ports)
     consumer = ResultConsumer(kafka_bootstrap, [spec["output_topic"], spec["dead_letter_topic"]])
     producer = EventProducer(kafka_bootstrap)
     sent: dict[str, float] = {}

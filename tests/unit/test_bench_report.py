@@ -121,6 +121,10 @@ def test_figures_render_with_their_own_targets(tmp_path: Path) -> None:
     assert rate_row in table
     assert "| orgdata: lookup p99 | 134 µs | — | — | ≤ 100 µs | no |" in table
     assert "| orgdata: lookup p50 | 59.4 µs | — | — | — | — |" in table
+    recall = make_figure("recall@3", 0.95, unit="", target=0.9)
+    assert "| x: recall@3 | 0.950 | — | — | ≥ 0.9 | yes |" in markdown_table(
+        {"scenarios": {"x": {"figures": [recall]}}}
+    )
     paths = write_report(results, tmp_path / "figures")
     assert json.loads(paths[0].read_text())["scenarios"]["orgdata"]["figures"][1]["met"] is False
     assert paths[2].read_bytes().startswith(b"\x89PNG")  # the chart keeps to the ratios
