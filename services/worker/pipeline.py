@@ -113,12 +113,6 @@ class StageFailure(Exception):
         self.message = message
 
 
-def _model_failure(error: ModelCallError, context: str = "") -> StageFailure:
-    """The `model` stage failure of a call that failed for good."""
-    kind = f"{error.kind}{'_retries_exhausted' if error.transient else ''}"
-    return StageFailure("model", kind, f"{context}{error}")
-
-
 def _query_call(topology: Topology, collections: Mapping[str, Collection]) -> ModelCall | None:
     """The embedding call of the topology's retrieval query (None: no query is embedded).
     Named `retrieval` in the pay-once key; it is not one of the topology's `calls`."""
@@ -536,7 +530,8 @@ class Pipeline:
                     image_urls=[],
                 )
             except ModelCallError as exc:
-                raise _model_failure(exc, "retrieval query: ") from exc
+                kind = f"{exc.kind}{'_retries_exhausted' if exc.transient else ''}"
+                raise StageFailure("model", kind, f"retrieval query: {exc}") from exc
             vector = np.asarray(embedding.answer, dtype=np.float32)
         search = partial(
             self._passages.search,
@@ -608,7 +603,8 @@ class Pipeline:
             errors = [e for e in group_error.exceptions if isinstance(e, ModelCallError)]
             # The event's own fault first: an outage must not hide a request that is bad.
             first = min(errors, key=lambda e: e.endpoint_down)
-            raise _model_failure(first) from first
+            kind = f"{first.kind}{'_retries_exhausted' if first.transient else ''}"
+            raise StageFailure("model", kind, str(first)) from first
         return [task.result() for task in tasks]
 
     async def _call_once(
