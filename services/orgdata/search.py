@@ -1,13 +1,12 @@
-"""Retrieval over a collection: keyword (FTS5 BM25), vector (cosine) or both, fused by
+"""Retrieval over a collection: keyword (BM25), vector (cosine) or both, fused by
 reciprocal rank (RRF: each list gives a passage 1 / (60 + rank); the sums are ranked).
 
-Runs in a thread: SQLite and numpy release the GIL, and the event loop keeps going.
+Runs in a thread: numpy and SQLite release the GIL, and the event loop keeps going.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,21 +15,12 @@ import numpy as np
 import numpy.typing as npt
 
 from llmflow.services.orgdata.store import OrgDataError, OrgDataStore
+from llmflow.services.orgdata.terms import query_terms
 
 Mode = Literal["keyword", "vector", "hybrid"]
 RRF_K = 60
 CANDIDATES = 50
 """Passages each list contributes to the fusion."""
-MAX_TERMS = 32
-
-_WORD = re.compile(r"\w+")
-# Words too common to say what a query is about.
-_STOP_WORDS = """
-a an and are as at be but by can do does for from has have how i if in into is it its me my
-no not of on or our so than that the their then there these they this to was we were what
-when where which who why will with you your
-"""
-_STOP = frozenset(_STOP_WORDS.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,14 +42,6 @@ class Hit:
     @property
     def name(self) -> str:
         return f"{self.table}/{self.key}#{self.n}"
-
-
-def match_expression(text: str) -> str | None:
-    """An FTS5 query for free text: its distinct words (stop words out), each quoted, ORed.
-    None when nothing is left to search for."""
-    words = dict.fromkeys(w for w in _WORD.findall(text.lower()) if len(w) > 1 and w not in _STOP)
-    terms = list(words)[:MAX_TERMS]
-    return " OR ".join(f'"{term}"' for term in terms) or None
 
 
 class Retriever:
@@ -89,19 +71,18 @@ class Retriever:
         scope = (tenant, spec.shared) if spec.tenant_field else None
         lists: list[list[tuple[int, float]]] = []
         want = top_k if mode != "hybrid" else max(CANDIDATES, top_k)
+        index = self._store.indexes[collection]
         if mode in ("keyword", "hybrid"):
-            match = match_expression(query)
-            if match is not None:
-                lists.append(self._store.keyword(spec, match, scope, filters, want))
+            terms = query_terms(query)
+            if terms:
+                lists.append(index.keyword(terms, want, scope, filters))
         if mode in ("vector", "hybrid"):
             if vector is None:
                 raise OrgDataError(f"{mode} retrieval needs the query's embedding")
             unit = np.asarray(vector, dtype=np.float32)
             norm = float(np.linalg.norm(unit))
             if unit.shape == (spec.embedding.dimensions,) and norm > 0:
-                lists.append(
-                    self._store.vectors[collection].search(unit / norm, want, scope, filters)
-                )
+                lists.append(index.vector(unit / norm, want, scope, filters))
             else:
                 raise OrgDataError(
                     f"the query embedding has {unit.size} values, the collection "

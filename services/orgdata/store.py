@@ -1,5 +1,5 @@
-"""A worker's own copy of the org data: records, and a collection's passages indexed for
-keyword (SQLite FTS5, BM25) and vector search, with the topic offsets it has applied.
+"""A worker's own copy of the org data: records, and a collection's passages (indexed in
+memory for keyword and vector search, `index.py`), with the topic offsets it has applied.
 
 One writer (the materializer's thread) applies changes a batch at a time, each batch and
 its offsets in one transaction, so a worker that stops at any moment resumes from the
@@ -24,8 +24,8 @@ import numpy as np
 
 from llmflow.errors import LlmflowError
 from llmflow.services.orgdata.changes import Change, Delete, Upsert
-from llmflow.services.orgdata.documents import Passage, plain_passages
-from llmflow.services.orgdata.vectors import VectorIndex
+from llmflow.services.orgdata.documents import plain_passages
+from llmflow.services.orgdata.index import Entry, PassageIndex
 from llmflow.topologies.collections import Collection
 
 _TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -120,11 +120,11 @@ class OrgDataStore:
         except sqlite3.Error as exc:
             raise OrgDataError(f"cannot open org data store {self.path!r}: {exc}") from exc
         self._readers: list[sqlite3.Connection] = []
-        self.vectors: dict[str, VectorIndex] = {}
-        self._fts_insert: dict[str, str] = {}
+        self.indexes: dict[str, PassageIndex] = {}
         for collection in self.collections.values():
-            self._ensure_keyword_index(collection)
-            self.vectors[collection.name] = self._load_vectors(collection)
+            # Keyword search once ran on an FTS5 table per collection: free its space.
+            self._writer.execute(f"DROP TABLE IF EXISTS fts_{collection.name}")
+            self.indexes[collection.name] = self._load_index(collection)
 
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -186,30 +186,6 @@ class OrgDataStore:
         rows = self._read(f"{_PASSAGES} WHERE p.id IN ({marks})", wanted)
         return {row[0]: StoredPassage(*row) for row in rows}
 
-    def keyword(
-        self,
-        collection: Collection,
-        match: str,
-        tenant: tuple[str | None, bool] | None,
-        filters: Mapping[str, str],
-        limit: int,
-    ) -> list[tuple[int, float]]:
-        """(passage id, BM25 score, higher is better) of the passages that `match` (FTS5)."""
-        where = [f"fts_{collection.name} MATCH ?"]
-        params: list[Any] = [match]
-        if tenant is not None:
-            name, shared = tenant
-            where.append("(tenant = ? OR tenant IS NULL)" if shared else "tenant = ?")
-            params.append(name)
-        for field, value in filters.items():
-            where.append(f"f_{field} = ?")
-            params.append(value)
-        sql = (
-            f"SELECT rowid, bm25(fts_{collection.name}) AS rank FROM fts_{collection.name} "
-            f"WHERE {' AND '.join(where)} ORDER BY rank LIMIT ?"
-        )
-        return [(rowid, -rank) for rowid, rank in self._read(sql, (*params, limit))]
-
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
         if self._private:
             with self._lock:
@@ -228,7 +204,7 @@ class OrgDataStore:
             latest[change.key] = (offset, change)  # a key's last change in the batch wins
         collection = self.collections.get(table)
         removed: list[int] = []
-        added: list[tuple[int, Passage, str | None, dict[str, str | None]]] = []
+        added: list[Entry] = []
         with self._lock:
             db = self._writer
             try:
@@ -250,25 +226,19 @@ class OrgDataStore:
                     db.execute("ROLLBACK")
                 raise OrgDataError(f"table {table!r}: cannot apply changes: {exc}") from exc
         if collection is not None:
-            index = self.vectors[table]
+            index = self.indexes[table]
             index.remove(removed)
-            index.add(
-                [
-                    (pid, p.vector, tenant, filters)
-                    for pid, p, tenant, filters in added
-                    if p.vector is not None and p.model == collection.embedding.model
-                ]
-            )
+            index.add(added)
 
     def _replace_passages(
         self,
         db: sqlite3.Connection,
         collection: Collection,
         latest: Mapping[str, tuple[int, Change]],
-    ) -> tuple[list[int], list[tuple[int, Passage, str | None, dict[str, str | None]]]]:
+    ) -> tuple[list[int], list[Entry]]:
         name = collection.name
         removed: list[int] = []
-        added: list[tuple[int, Passage, str | None, dict[str, str | None]]] = []
+        added: list[Entry] = []
         for key, (_, change) in latest.items():
             old = [
                 row[0]
@@ -279,7 +249,6 @@ class OrgDataStore:
             if old:
                 marks = ",".join("?" * len(old))
                 db.execute(f"DELETE FROM passages WHERE id IN ({marks})", old)
-                db.execute(f"DELETE FROM fts_{name} WHERE rowid IN ({marks})", old)
                 removed += old
             if not isinstance(change, Upsert):
                 continue
@@ -300,8 +269,10 @@ class OrgDataStore:
                     (name, key, passage.n, passage.text, tenant, passage.model, vector),
                 )
                 pid = int(cursor.lastrowid or 0)
-                db.execute(self._fts_insert[name], (pid, passage.text, tenant, *filters.values()))
-                added.append((pid, passage, tenant, filters))
+                usable = passage.model == collection.embedding.model
+                added.append(
+                    Entry(pid, passage.text, passage.vector if usable else None, tenant, filters)
+                )
         return removed, added
 
     def clear(self, table: str) -> None:
@@ -313,61 +284,30 @@ class OrgDataStore:
             db.execute("DELETE FROM positions WHERE tbl = ?", (table,))
             if table in self.collections:
                 db.execute("DELETE FROM passages WHERE tbl = ?", (table,))
-                db.execute(f"DELETE FROM fts_{table}")
             db.execute("COMMIT")
         if table in self.collections:
-            self.vectors[table] = VectorIndex(self.collections[table].embedding.dimensions)
+            self.indexes[table] = PassageIndex(self.collections[table].embedding.dimensions)
 
     # -- indexes ------------------------------------------------------------------------
 
-    def _ensure_keyword_index(self, collection: Collection) -> None:
-        """The collection's FTS5 table, rebuilt from the passages when its columns changed."""
-        name = collection.name
-        columns = ["text", "tenant", *(f"f_{field}" for field in collection.filters)]
-        self._fts_insert[name] = (
-            f"INSERT INTO fts_{name} (rowid, {', '.join(columns)}) "
-            f"VALUES (?, {', '.join('?' * len(columns))})"
-        )
-        found = [row[1] for row in self._writer.execute(f"PRAGMA table_info(fts_{name})")]
-        if found == columns:
-            return
-        unindexed = ", ".join(f"{column} UNINDEXED" for column in columns[1:])
-        with self._lock:
-            db = self._writer
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(f"DROP TABLE IF EXISTS fts_{name}")
-            # rowid = the passage's id: the vector index and the passages table use it too
-            db.execute(
-                f"CREATE VIRTUAL TABLE fts_{name} USING fts5(text, {unindexed}, "
-                "tokenize='porter unicode61 remove_diacritics 2')"
-            )
-            # As `filter_text` has them: strings as they are, anything else as JSON.
-            extracts = "".join(
-                f", CASE json_type(r.data, '$.{f}') WHEN 'text' THEN r.data ->> '$.{f}' "
-                f"ELSE r.data -> '$.{f}' END"
-                for f in collection.filters
-            )
-            db.execute(
-                f"INSERT INTO fts_{name} (rowid, {', '.join(columns)}) "
-                f"SELECT p.id, p.text, p.tenant{extracts} FROM passages p "
-                "JOIN records r ON r.tbl = p.tbl AND r.key = p.key WHERE p.tbl = ?",
-                (name,),
-            )
-            db.execute("COMMIT")
-
-    def _load_vectors(self, collection: Collection) -> VectorIndex:
-        index = VectorIndex(collection.embedding.dimensions)
+    def _load_index(self, collection: Collection) -> PassageIndex:
+        index = PassageIndex(collection.embedding.dimensions)
         rows = self._writer.execute(
-            "SELECT p.id, p.vector, p.tenant, r.data FROM passages p JOIN records r "
-            "ON r.tbl = p.tbl AND r.key = p.key WHERE p.tbl = ? AND p.model = ?",
-            (collection.name, collection.embedding.model),
+            "SELECT p.id, p.key, p.text, p.model, p.vector, p.tenant, r.data FROM passages p "
+            "JOIN records r ON r.tbl = p.tbl AND r.key = p.key WHERE p.tbl = ? ORDER BY p.key",
+            (collection.name,),
         )
-        batch = []
-        for pid, blob, tenant, data in rows:
-            record = json.loads(data)
-            filters = {field: filter_text(record.get(field)) for field in collection.filters}
-            batch.append((pid, np.frombuffer(blob, dtype=np.float32), tenant, filters))
-        index.add(batch)
+        entries = []
+        last_key, filters = None, {}
+        for pid, key, text, model, blob, tenant, data in rows:
+            if key != last_key:  # a record's passages come together: its data parsed once
+                record = json.loads(data)
+                filters = {field: filter_text(record.get(field)) for field in collection.filters}
+                last_key = key
+            usable = blob is not None and model == collection.embedding.model
+            vector = np.frombuffer(blob, dtype=np.float32) if usable else None
+            entries.append(Entry(pid, text, vector, tenant, filters))
+        index.add(entries)
         return index
 
     # -- lifetime -----------------------------------------------------------------------

@@ -67,8 +67,8 @@ def test_clear_forgets_a_table_and_its_offsets() -> None:
         store.clear("docs")
         assert store.tables() == {"customers": 1}
         assert store.positions("docs") == {}
-        assert len(store.vectors["docs"]) == 0
-        assert store.keyword(DOCS, '"alpha"', None, {}, 5) == []
+        assert len(store.indexes["docs"]) == 0
+        assert store.indexes["docs"].keyword(["alpha"], 5, None, {}) == []
 
 
 def test_passages_are_replaced_with_their_record(tmp_path: Path) -> None:
@@ -79,33 +79,33 @@ def test_passages_are_replaced_with_their_record(tmp_path: Path) -> None:
         # 22 words in windows of 8 that overlap by 2: starts 0, 6, 12, 18
         assert [p.n for p in passages] == [0, 1, 2, 3]
         assert passages[0].text.startswith("Knife care w0")
-        assert len(store.vectors["docs"]) == 4
+        assert len(store.indexes["docs"]) == 4
         apply_records(store, "docs", [{"id": "D-1", "text": "short now"}])
         assert [p.text for p in store.passages_of("docs", "D-1")] == ["short now"]
-        assert len(store.vectors["docs"]) == 1
-        assert store.keyword(DOCS, '"w5"', None, {}, 5) == []
+        assert len(store.indexes["docs"]) == 1
+        assert store.indexes["docs"].keyword(["w5"], 5, None, {}) == []
         apply_records(store, "docs", [], deletes=["D-1"])
         assert store.passages_of("docs", "D-1") == []
-        assert len(store.vectors["docs"]) == 0
+        assert len(store.indexes["docs"]) == 0
     # Reopened: the vectors come back from the file.
     with OrgDataStore(tmp_path / "org.sqlite3", {"docs": DOCS}) as store:
         apply_records(store, "docs", [{"id": "D-2", "text": "one two three"}])
     with OrgDataStore(tmp_path / "org.sqlite3", {"docs": DOCS}) as store:
-        assert len(store.vectors["docs"]) == 1
-        assert [pid for pid, _ in store.keyword(DOCS, '"two"', None, {}, 5)] == [
+        assert len(store.indexes["docs"]) == 1
+        assert [pid for pid, _ in store.indexes["docs"].keyword(["two"], 5, None, {})] == [
             p.id for p in store.passages_of("docs", "D-2")
         ]
 
 
-def test_new_filter_fields_rebuild_the_keyword_index(tmp_path: Path) -> None:
+def test_new_filter_fields_apply_to_stored_passages(tmp_path: Path) -> None:
     with OrgDataStore(tmp_path / "org.sqlite3", {"docs": DOCS}) as store:
         apply_records(
             store, "docs", [{"id": "D-1", "text": "refund", "region": "eu", "language": "en"}]
         )
     wider = DOCS.model_copy(update={"filters": ["language", "region"]})
     with OrgDataStore(tmp_path / "org.sqlite3", {"docs": wider}) as store:
-        assert len(store.keyword(wider, '"refund"', None, {"region": "eu"}, 5)) == 1
-        assert store.keyword(wider, '"refund"', None, {"region": "us"}, 5) == []
+        assert len(store.indexes["docs"].keyword(["refund"], 5, None, {"region": "eu"})) == 1
+        assert store.indexes["docs"].keyword(["refund"], 5, None, {"region": "us"}) == []
 
 
 @pytest.mark.parametrize("private", [True, False])
