@@ -54,6 +54,7 @@ class Materializer:
         self.applied = 0
         self.rejected = 0
         self.error: BaseException | None = None
+        self._writing: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -154,7 +155,42 @@ class Materializer:
         finally:
             gc.set_threshold(*thresholds)
 
+    async def _written(self) -> None:
+        """Wait for the batch being written, if any; its error is raised here."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
+
+    def _write(
+        self,
+        table: str,
+        partition: int,
+        changes: list[tuple[int, Change]],
+        next_offset: int,
+        count: int,
+    ) -> None:
+        self.store.apply(table, partition, changes, next_offset)
+        self.applied += count
+
     async def _apply_batches(
+        self,
+        consumer: AIOKafkaConsumer,
+        partitions: list[TopicPartition],
+        ends: Mapping[TopicPartition, int],
+        thresholds: tuple[int, int, int],
+    ) -> None:
+        # One batch is written (in a thread: SQLite lets go of the GIL) while the next is
+        # fetched and decoded; batches are written one at a time, in the order fetched.
+        try:
+            await self._follow_batches(consumer, partitions, ends, thresholds)
+        finally:
+            writing, self._writing = self._writing, None
+            if writing is not None:  # the next start must not race the last write
+                await asyncio.wait([writing])
+                if not writing.cancelled() and writing.exception() is not None:
+                    log.warning("org data: the last batch was not applied: %s", writing.exception())
+
+    async def _follow_batches(
         self,
         consumer: AIOKafkaConsumer,
         partitions: list[TopicPartition],
@@ -182,17 +218,26 @@ class Materializer:
                         continue
                     if change is not None:
                         changes.append((message.offset, change))
-                await asyncio.to_thread(
-                    self.store.apply, table, tp.partition, changes, messages[-1].offset + 1
+                await self._written()
+                self._writing = asyncio.create_task(
+                    asyncio.to_thread(
+                        self._write,
+                        table,
+                        tp.partition,
+                        changes,
+                        messages[-1].offset + 1,
+                        len(messages),
+                    )
                 )
-                self.applied += len(messages)
             if self._ready.is_set():
+                await self._written()  # live: an error must surface now, not at the next batch
                 continue
             behind = 0
             for tp in partitions:
                 behind += max(0, ends[tp] - await consumer.position(tp))
             now = time.monotonic()
             if behind == 0:
+                await self._written()
                 gc.set_threshold(*thresholds)
                 log.info(
                     "org data: ready, %d records applied in %.1f s (%s)",

@@ -120,3 +120,36 @@ def test_reads_from_other_threads_see_committed_batches(tmp_path: Path, private:
         reader.start()
         reader.join()
         assert seen and seen[0] is not None
+
+
+def test_a_store_in_an_older_layout_is_emptied_and_read_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "org.sqlite3"
+    # The first layout: records clustered on their key, keyword search in FTS5.
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE records (tbl TEXT NOT NULL, key TEXT NOT NULL, version TEXT NOT NULL,"
+            " partition INTEGER NOT NULL, offset INTEGER NOT NULL, data TEXT NOT NULL,"
+            " PRIMARY KEY (tbl, key)) WITHOUT ROWID;"
+            "CREATE TABLE positions (tbl TEXT NOT NULL, partition INTEGER NOT NULL,"
+            " next_offset INTEGER NOT NULL, PRIMARY KEY (tbl, partition)) WITHOUT ROWID;"
+            "CREATE VIRTUAL TABLE fts_docs USING fts5(text, tenant UNINDEXED);"
+            "INSERT INTO records VALUES ('t', 'K', 'v', 0, 0, '{}');"
+            "INSERT INTO positions VALUES ('t', 0, 1);"
+        )
+    with OrgDataStore(path, {"docs": DOCS}) as store:
+        assert store.positions("t") == {}  # so the materializer reads the topic again
+        assert store.get("t", "K") is None
+        apply_records(store, "t", [{"id": "K2", "v": 1}])
+    assert "is read again from the topics" in caplog.text
+    caplog.clear()
+    with OrgDataStore(path, {"docs": DOCS}) as store:  # now in this layout: kept
+        assert store.get("t", "K2") is not None
+        assert store.positions("t") == {0: 1}
+    assert "read again" not in caplog.text
+    with sqlite3.connect(path) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert not any(name.startswith("fts_") for name in names)
