@@ -237,3 +237,43 @@ def test_loads_are_whole_or_nothing_full_sync_deletes_and_garbage_is_skipped(
     shown = json.loads(capsys.readouterr().out)
     assert (shown["key"], shown["data"], shown["topic"]) == ("C-3", {"id": "C-3", "n": 3}, topic)
     assert main(["orgdata", "get", "customers", "C-7"]) == 1
+
+
+def test_a_batch_that_fails_to_apply_is_read_again_and_nothing_is_lost(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmflow.services.orgdata import Materializer, OrgDataStore
+    from llmflow.services.orgdata.store import OrgDataError
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}.orgdata."
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("LLMFLOW_ORGDATA_TOPIC_PREFIX", prefix)
+    path = tmp_path / "customers.jsonl"
+    count = 30_000
+    path.write_text("".join(json.dumps({"id": f"C-{n}", "n": n}) + "\n" for n in range(count)))
+    assert main(["orgdata", "load", "customers", str(path)]) == 0
+
+    store = OrgDataStore(tmp_path / "org.sqlite3")
+    apply = store.apply
+    calls = 0
+
+    def failing_once(*args: object, **kwargs: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # a batch while the next one is being decoded
+            raise OrgDataError("disk full (injected)")
+        apply(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "apply", failing_once)
+    follower = Materializer(store, kafka_bootstrap, {"customers": f"{prefix}customers"})
+    follower.start()
+    try:
+        assert follower.wait_ready(60)
+    finally:
+        follower.stop()
+    assert isinstance(follower.error, OrgDataError)
+    assert calls > 2
+    assert store.tables() == {"customers": count}
+    found = [store.get("customers", f"C-{n}") for n in (0, count // 2, count - 1)]
+    assert [r.data["n"] if r else None for r in found] == [0, count // 2, count - 1]
+    store.close()
