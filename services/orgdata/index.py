@@ -57,8 +57,10 @@ _NO_ROWS: npt.NDArray[np.int32] = np.zeros(0, dtype=np.int32)
 _NO_TFS: npt.NDArray[np.float32] = np.zeros(0, dtype=np.float32)
 
 
-Chunk = tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32]]
+Chunk = tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.float32]]
 """Postings sorted by term: (term ids, rows, term frequencies)."""
+Postings = tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32]]
+"""Postings in CSR form: (where each term id's slice starts, rows, term frequencies)."""
 
 BATCH = 2048
 """Passages tokenized and indexed together: one chunk of postings each."""
@@ -167,7 +169,8 @@ class PassageIndex:
         rows = np.repeat(np.arange(len(texts), dtype=np.int64), lengths)
         # One (term, row) pair per occurrence: unique pairs are the postings, sorted by term.
         pairs, tfs = np.unique((ids << 32) | rows, return_counts=True)
-        return pairs >> 32, (pairs & 0xFFFFFFFF).astype(np.int32), tfs.astype(np.float32)
+        terms = (pairs >> 32).astype(np.int32)
+        return terms, (pairs & 0xFFFFFFFF).astype(np.int32), tfs.astype(np.float32)
 
     def remove(self, ids: Sequence[int]) -> None:
         with self._lock:
@@ -200,9 +203,14 @@ class PassageIndex:
 
     def _maybe_compact(self) -> None:
         dead = self._top - len(self._row_of)
-        merge = self._recent_count > max(MIN_MERGE_POSTINGS, len(self._rows) // 2)
-        if merge or dead > max(MIN_DEAD_ROWS, self._top // 4):
+        if dead > max(MIN_DEAD_ROWS, self._top // 4):
             self._compact()
+        elif self._recent_count > max(MIN_MERGE_POSTINGS, len(self._rows) // 2):
+            starts, rows, tfs = self._merged_postings(None)
+            with self._lock:
+                self._starts, self._rows, self._tfs = starts, rows, tfs
+                self._chunks = []
+                self._recent_count = 0
 
     def _merge_chunks(self) -> None:
         terms = np.concatenate([chunk[0] for chunk in self._chunks])
@@ -215,24 +223,34 @@ class PassageIndex:
         with self._lock:
             self._chunks = [merged]
 
+    def _merged_postings(self, new_row: npt.NDArray[np.int64] | None) -> Postings:
+        """The sorted part with the recent postings merged in; with `new_row` (old row ->
+        new row, -1 when dropped), renumbered. Built aside: this thread is the only writer."""
+        sorted_terms = np.repeat(
+            np.arange(len(self._starts) - 1, dtype=np.int32), np.diff(self._starts)
+        )
+        terms = np.concatenate([sorted_terms, *(chunk[0] for chunk in self._chunks)])
+        rows: npt.NDArray[np.integer[Any]] = np.concatenate(
+            [self._rows, *(chunk[1] for chunk in self._chunks)]
+        )
+        tfs = np.concatenate([self._tfs, *(chunk[2] for chunk in self._chunks)])
+        if new_row is not None:
+            rows = new_row[rows]
+            keep = rows >= 0
+            terms, rows, tfs = terms[keep], rows[keep], tfs[keep]
+        order = np.argsort(terms, kind="stable")
+        term_count = len(self._term_ids)
+        starts = np.zeros(term_count + 1, dtype=np.int64)
+        np.cumsum(np.bincount(terms, minlength=term_count), out=starts[1:])
+        return starts, rows[order].astype(np.int32), tfs[order]
+
     def _compact(self) -> None:
-        """Drop dead rows and merge the recent postings into the sorted part. Built aside
-        (this thread is the only writer), then swapped in under the lock."""
+        """Drop the dead rows (their postings too) and merge the recent postings."""
         top = self._top
         kept = np.flatnonzero(self._live[:top])
         new_row = np.full(top, -1, dtype=np.int64)
         new_row[kept] = np.arange(len(kept))
-        term_count = len(self._term_ids)
-        sorted_terms = np.repeat(np.arange(len(self._starts) - 1), np.diff(self._starts))
-        terms = np.concatenate([sorted_terms, *(chunk[0] for chunk in self._chunks)])
-        rows = np.concatenate([self._rows, *(chunk[1] for chunk in self._chunks)])
-        tfs = np.concatenate([self._tfs, *(chunk[2] for chunk in self._chunks)])
-        mapped = new_row[rows]
-        keep = mapped >= 0
-        terms, mapped, tfs = terms[keep], mapped[keep], tfs[keep]
-        order = np.argsort(terms, kind="stable")
-        starts = np.zeros(term_count + 1, dtype=np.int64)
-        np.cumsum(np.bincount(terms, minlength=term_count), out=starts[1:])
+        starts, rows, tfs = self._merged_postings(new_row)
         capacity = max(1024, len(kept) + len(kept) // 2)
         moved = {
             "ids": _resized(self._ids[kept], capacity, -1),
@@ -252,9 +270,7 @@ class PassageIndex:
             self._fields = fields
             self._top = len(kept)
             self._row_of = {int(pid): row for row, pid in enumerate(self._ids[: self._top])}
-            self._starts = starts
-            self._rows = mapped[order].astype(np.int32)
-            self._tfs = tfs[order]
+            self._starts, self._rows, self._tfs = starts, rows, tfs
             self._chunks = []
             self._recent_count = 0
 

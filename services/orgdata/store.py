@@ -37,6 +37,7 @@ CHECKPOINT_PAGES = 8192
 """WAL pages (128 MiB) before a checkpoint copies them into the file: a page changed by many
 batches in between is copied once. The default (1,000) halved the rate of a catch-up."""
 FORMAT = 2
+LOAD_BATCH = 8192
 """The file's layout (`PRAGMA user_version`); a copy in another layout is read again."""
 
 # Records in a rowid table, found by a unique index: a batch appends its rows at the end of
@@ -341,6 +342,9 @@ class OrgDataStore:
             usable = blob is not None and model == collection.embedding.model
             vector = np.frombuffer(blob, dtype=np.float32) if usable else None
             entries.append(Entry(pid, text, vector, tenant, filters))
+            if len(entries) == LOAD_BATCH:  # not every passage's text in memory at once
+                index.add(entries)
+                entries = []
         index.add(entries)
         return index
 
