@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 POLL_MS = 200
 """Longest wait for new records: an update is applied well within a second."""
 MAX_BATCH = 20_000
+PARTITIONS_CHECK_S = 30.0
+"""How often the topics' partitions are looked up: partitions added to a table's topic are
+read from their start within this time, without a restart."""
 PROGRESS_EVERY_S = 5.0
 
 
@@ -55,6 +58,7 @@ class Materializer:
         self.rejected = 0
         self.error: BaseException | None = None
         self._writing: asyncio.Task[None] | None = None
+        self._assigned: set[TopicPartition] = set()
 
     @property
     def ready(self) -> bool:
@@ -99,6 +103,7 @@ class Materializer:
         try:
             await consumer.start()
             partitions = await self._partitions(consumer)
+            self._assigned = set(partitions)
             consumer.assign(partitions)
             ends = await consumer.end_offsets(partitions)
             await self._seek(consumer, partitions, ends)
@@ -108,16 +113,28 @@ class Materializer:
 
     async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
         while True:
-            # `partitions_for_topic` knows only the topics the client already tracks.
-            cluster = await consumer._client.fetch_all_metadata()
-            found = {topic: cluster.partitions_for_topic(topic) for topic in self._tables}
+            found = await self._lookup_partitions(consumer)
             missing = sorted(topic for topic, parts in found.items() if not parts)
             if not missing:
-                return [
-                    TopicPartition(t, p) for t, parts in found.items() for p in sorted(parts or ())
-                ]
+                return [TopicPartition(t, p) for t, parts in found.items() for p in sorted(parts)]
             log.warning("org data: waiting for topics %s", ", ".join(missing))
             await asyncio.sleep(1.0)
+
+    async def _lookup_partitions(self, consumer: AIOKafkaConsumer) -> dict[str, set[int]]:
+        # `partitions_for_topic` knows only the topics the client already tracks.
+        cluster = await consumer._client.fetch_all_metadata()
+        return {topic: set(cluster.partitions_for_topic(topic) or ()) for topic in self._tables}
+
+    async def _partitions_changed(self, consumer: AIOKafkaConsumer) -> bool:
+        found = await self._lookup_partitions(consumer)
+        now = {TopicPartition(t, p) for t, parts in found.items() for p in parts}
+        added = now - self._assigned
+        if added:
+            log.info(
+                "org data: new partitions %s; reading them from their start",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(added)),
+            )
+        return bool(added)
 
     async def _seek(
         self,
@@ -197,8 +214,12 @@ class Materializer:
         ends: Mapping[TopicPartition, int],
         thresholds: tuple[int, int, int],
     ) -> None:
-        started = last_report = time.monotonic()
+        started = last_report = last_check = time.monotonic()
         while not self._stopping.is_set():
+            if self._ready.is_set() and time.monotonic() - last_check >= PARTITIONS_CHECK_S:
+                last_check = time.monotonic()
+                if await self._partitions_changed(consumer):
+                    return  # `_run` starts over: every partition assigned, each from its offset
             batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
             for tp, messages in batch.items():
                 table = self._tables[tp.topic]

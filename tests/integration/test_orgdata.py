@@ -277,3 +277,50 @@ def test_a_batch_that_fails_to_apply_is_read_again_and_nothing_is_lost(
     found = [store.get("customers", f"C-{n}") for n in (0, count // 2, count - 1)]
     assert [r.data["n"] if r else None for r in found] == [0, count // 2, count - 1]
     store.close()
+
+
+def test_partitions_added_to_a_table_topic_are_read_without_a_restart(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
+
+    from llmflow.services.orgdata import Materializer, OrgDataStore
+    from llmflow.services.orgdata import materializer as materializer_module
+
+    monkeypatch.setattr(materializer_module, "PARTITIONS_CHECK_S", 0.5)
+    topic = f"t-{uuid.uuid4().hex[:8]}.orgdata.customers"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"cleanup.policy": "compact"})])
+        producer.send(topic, key=b"C-1", value=b'{"n": 1}', partition=0)
+        producer.flush()
+        store = OrgDataStore(tmp_path / "org.sqlite3")
+        follower = Materializer(store, kafka_bootstrap, {"customers": topic})
+        follower.start()
+        try:
+            assert follower.wait_ready(60)
+            assert store.tables() == {"customers": 1}
+            admin.create_partitions({topic: NewPartitions(total_count=3)})
+            producer.close()
+            producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+            while len(producer.partitions_for(topic) or ()) < 3:
+                time.sleep(0.2)
+            # Published before the worker notices the partitions: read from their start.
+            for partition in (1, 2):
+                producer.send(
+                    topic, key=f"C-{partition + 1}".encode(), value=b"{}", partition=partition
+                )
+            producer.flush()
+            deadline = time.monotonic() + 30
+            while store.tables().get("customers") != 3 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert store.tables() == {"customers": 3}
+            assert store.positions("customers") == {0: 1, 1: 1, 2: 1}
+            assert follower.error is None
+        finally:
+            follower.stop()
+            store.close()
+    finally:
+        producer.close()
+        admin.close()
