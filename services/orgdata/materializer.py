@@ -16,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from llmflow.services.orgdata.changes import Change, Rejected, decode
@@ -31,9 +34,11 @@ log = logging.getLogger(__name__)
 POLL_MS = 200
 """Longest wait for new records: an update is applied well within a second."""
 MAX_BATCH = 20_000
+RETENTION = "delete.retention.ms"
 PARTITIONS_CHECK_S = 30.0
-"""How often the topics' partitions are looked up: partitions added to a table's topic are
-read from their start within this time, without a restart."""
+"""How often the topics' partitions are looked up (partitions added to a table's topic are
+read from their start within this time, without a restart) and the copy is marked as in
+step with the topics (see `_seek`)."""
 PROGRESS_EVERY_S = 5.0
 
 
@@ -59,6 +64,9 @@ class Materializer:
         self.error: BaseException | None = None
         self._writing: asyncio.Task[None] | None = None
         self._assigned: set[TopicPartition] = set()
+        self._ends_at = 0.0
+        self._contact = 0.0  # when this process last applied a batch
+        self._sync_target: tuple[float, dict[TopicPartition, int]] | None = None
 
     @property
     def ready(self) -> bool:
@@ -105,6 +113,7 @@ class Materializer:
             partitions = await self._partitions(consumer)
             self._assigned = set(partitions)
             consumer.assign(partitions)
+            self._ends_at = time.time()
             ends = await consumer.end_offsets(partitions)
             await self._seek(consumer, partitions, ends)
             await self._apply_until_stopped(consumer, partitions, ends)
@@ -152,9 +161,70 @@ class Materializer:
         for table in sorted(stale):
             log.warning("org data: %s no longer matches its topic; reading it again", table)
             self.store.clear(table)
+        # Compaction drops a tombstone delete.retention.ms after it cleans it: a copy away
+        # from its topic longer than that may have missed deletes, and is read again.
+        retention = await self._delete_retention(sorted(self._tables))
+        for topic, table in sorted(self._tables.items()):
+            limit = retention.get(topic)
+            if limit is None or not self.store.positions(table):
+                continue
+            # Within this process, the last batch applied counts too (a restart after an
+            # error while catching up need not start over).
+            synced = max(self.store.synced_at(table) or 0.0, self._contact) or None
+            away = time.time() - synced if synced is not None else math.inf
+            if away > limit:
+                log.warning(
+                    "org data: %s was last in step with %s %s ago, longer than its "
+                    "delete.retention.ms (%.0f s): deletes may be gone from the topic; "
+                    "reading it again",
+                    table,
+                    topic,
+                    "long" if synced is None else f"{away:.0f} s",
+                    limit,
+                )
+                self.store.clear(table)
         for tp in partitions:
             applied = self.store.positions(self._tables[tp.topic]).get(tp.partition)
             consumer.seek(tp, applied if applied is not None else starts[tp])
+
+    async def _delete_retention(self, topics: list[str]) -> dict[str, float]:
+        """Each topic's delete.retention.ms, in seconds; a topic the broker would not
+        describe (no right to, an old broker) is left out."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, client_id=self._client_id)
+        found: dict[str, float] = {}
+        try:
+            await admin.start()
+            wanted = [
+                ConfigResource(ConfigResourceType.TOPIC, topic, configs={RETENTION: None})
+                for topic in topics
+            ]
+            for response in await admin.describe_configs(wanted):
+                for error, _, _, topic, entries in response.resources:
+                    for name, value, *_ in entries if error == 0 else ():
+                        if name == RETENTION and value is not None:
+                            found[topic] = int(value) / 1000
+        except KafkaError as exc:
+            log.warning("org data: cannot read the topics' %s (%s)", RETENTION, exc)
+        finally:
+            await admin.close()
+        return found
+
+    async def _mark_synced(self, consumer: AIOKafkaConsumer) -> None:
+        """Every `PARTITIONS_CHECK_S`, the end offsets become a target; once the copy has
+        applied up to them, it was in step with the topics at the time they were read."""
+        if self._sync_target is None:
+            at = time.time()
+            try:
+                ends = await consumer.end_offsets(sorted(self._assigned))
+            except KafkaError:
+                return  # the broker is away: nothing is known about the topics now
+            self._sync_target = (at, ends)
+        at, ends = self._sync_target
+        for tp, end in ends.items():
+            if await consumer.position(tp) < end:
+                return
+        self.store.mark_synced(self._tables.values(), at)
+        self._sync_target = None
 
     async def _apply_until_stopped(
         self,
@@ -188,6 +258,7 @@ class Materializer:
     ) -> None:
         self.store.apply(table, partition, changes, next_offset)
         self.applied += count
+        self._contact = time.time()
 
     async def _apply_batches(
         self,
@@ -220,6 +291,9 @@ class Materializer:
                 last_check = time.monotonic()
                 if await self._partitions_changed(consumer):
                     return  # `_run` starts over: every partition assigned, each from its offset
+                await self._mark_synced(consumer)
+            elif self._sync_target is not None:
+                await self._mark_synced(consumer)
             batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
             for tp, messages in batch.items():
                 table = self._tables[tp.topic]
@@ -259,6 +333,7 @@ class Materializer:
             now = time.monotonic()
             if behind == 0:
                 await self._written()
+                self.store.mark_synced(self._tables.values(), self._ends_at)
                 gc.set_threshold(*thresholds)
                 log.info(
                     "org data: ready, %d records applied in %.1f s (%s)",

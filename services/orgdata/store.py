@@ -58,8 +58,9 @@ CREATE TABLE IF NOT EXISTS passages (
     text TEXT NOT NULL, tenant TEXT, model TEXT, vector BLOB
 );
 CREATE INDEX IF NOT EXISTS passages_of_record ON passages (tbl, key);
+CREATE TABLE IF NOT EXISTS synced (tbl TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
 """
-_STORE_TABLES = ("records", "positions", "passages")
+_STORE_TABLES = ("records", "positions", "passages", "synced")
 _GET = "SELECT version, partition, offset, data FROM records WHERE tbl = ? AND key = ?"
 _UPSERT = "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM records WHERE tbl = ? AND key = ?"
@@ -208,6 +209,17 @@ class OrgDataStore:
         rows = self._read(f"{_PASSAGES} WHERE p.tbl = ? AND p.key = ? ORDER BY p.n", (table, key))
         return [StoredPassage(*row) for row in rows]
 
+    def synced_at(self, table: str) -> float | None:
+        """When (Unix time) the copy of `table` last had every record its topic held."""
+        found = self._read("SELECT at FROM synced WHERE tbl = ?", (table,))
+        return float(found[0][0]) if found else None
+
+    def mark_synced(self, tables: Iterable[str], at: float) -> None:
+        with self._lock:
+            self._writer.executemany(
+                "INSERT OR REPLACE INTO synced VALUES (?, ?)", [(table, at) for table in tables]
+            )
+
     def positions(self, table: str) -> dict[int, int]:
         """Next offset to apply, per partition of the table's topic."""
         rows = self._read("SELECT partition, next_offset FROM positions WHERE tbl = ?", (table,))
@@ -317,6 +329,7 @@ class OrgDataStore:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM records WHERE tbl = ?", (table,))
             db.execute("DELETE FROM positions WHERE tbl = ?", (table,))
+            db.execute("DELETE FROM synced WHERE tbl = ?", (table,))
             if table in self.collections:
                 db.execute("DELETE FROM passages WHERE tbl = ?", (table,))
             db.execute("COMMIT")

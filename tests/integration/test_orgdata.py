@@ -324,3 +324,53 @@ def test_partitions_added_to_a_table_topic_are_read_without_a_restart(
     finally:
         producer.close()
         admin.close()
+
+
+def test_a_copy_away_longer_than_delete_retention_is_read_again(
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Compaction may have dropped tombstones the copy never saw: it starts over."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from llmflow.services.orgdata import Materializer, OrgDataStore
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}.orgdata."
+    topics = {"brief": f"{prefix}brief", "usual": f"{prefix}usual"}
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    try:
+        brief = {"cleanup.policy": "compact", "delete.retention.ms": "1000"}
+        admin.create_topics(
+            [
+                NewTopic(topics["brief"], 1, 1, topic_configs=brief),
+                NewTopic(topics["usual"], 1, 1, topic_configs={"cleanup.policy": "compact"}),
+            ]
+        )
+        for topic in topics.values():
+            producer.send(topic, key=b"K", value=b'{"n": 1}')
+        producer.flush()
+    finally:
+        producer.close()
+        admin.close()
+
+    def follow(store: OrgDataStore) -> None:
+        follower = Materializer(store, kafka_bootstrap, topics)
+        follower.start()
+        try:
+            assert follower.wait_ready(60)
+        finally:
+            follower.stop()
+
+    store = OrgDataStore(tmp_path / "org.sqlite3")
+    began = time.time()
+    follow(store)
+    for table in topics:
+        synced = store.synced_at(table)
+        assert synced is not None and began - 1 <= synced <= time.time()
+    time.sleep(1.5)
+    caplog.clear()
+    follow(store)  # a restart: as a new process, it knows only what the store says
+    warned = [r.getMessage() for r in caplog.records if "delete.retention.ms" in r.getMessage()]
+    assert len(warned) == 1 and "brief" in warned[0] and "reading it again" in warned[0]
+    assert store.tables() == {"brief": 1, "usual": 1}
+    store.close()

@@ -153,3 +153,16 @@ def test_a_store_in_an_older_layout_is_emptied_and_read_again(
     with sqlite3.connect(path) as db:
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         assert not any(name.startswith("fts_") for name in names)
+
+
+def test_when_a_table_was_last_in_step_is_kept_until_it_is_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "org.sqlite3"
+    with OrgDataStore(path) as store:
+        assert store.synced_at("t") is None
+        store.mark_synced(["t", "u"], 1_700_000_000.5)
+        store.mark_synced(["t"], 1_700_000_100.0)
+    with OrgDataStore(path) as store:
+        assert store.synced_at("t") == 1_700_000_100.0
+        assert store.synced_at("u") == 1_700_000_000.5
+        store.clear("t")
+        assert store.synced_at("t") is None and store.synced_at("u") is not None
