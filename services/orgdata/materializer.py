@@ -237,10 +237,17 @@ class Materializer:
         thresholds = gc.get_threshold()
         if not self._ready.is_set():
             gc.set_threshold(100_000, 50, 100)
+        # One batch is written (in a thread: SQLite lets go of the GIL) while the next is
+        # fetched and decoded; batches are written one at a time, in the order fetched.
         try:
-            await self._apply_batches(consumer, partitions, ends, thresholds)
+            await self._follow_batches(consumer, partitions, ends, thresholds)
         finally:
             gc.set_threshold(*thresholds)
+            writing, self._writing = self._writing, None
+            if writing is not None:  # the next start must not race the last write
+                await asyncio.wait([writing])
+                if not writing.cancelled() and writing.exception() is not None:
+                    log.warning("org data: the last batch was not applied: %s", writing.exception())
 
     async def _written(self) -> None:
         """Wait for the batch being written, if any; its error is raised here."""
@@ -259,24 +266,6 @@ class Materializer:
         self.store.apply(table, partition, changes, next_offset)
         self.applied += count
         self._contact = time.time()
-
-    async def _apply_batches(
-        self,
-        consumer: AIOKafkaConsumer,
-        partitions: list[TopicPartition],
-        ends: Mapping[TopicPartition, int],
-        thresholds: tuple[int, int, int],
-    ) -> None:
-        # One batch is written (in a thread: SQLite lets go of the GIL) while the next is
-        # fetched and decoded; batches are written one at a time, in the order fetched.
-        try:
-            await self._follow_batches(consumer, partitions, ends, thresholds)
-        finally:
-            writing, self._writing = self._writing, None
-            if writing is not None:  # the next start must not race the last write
-                await asyncio.wait([writing])
-                if not writing.cancelled() and writing.exception() is not None:
-                    log.warning("org data: the last batch was not applied: %s", writing.exception())
 
     async def _follow_batches(
         self,
