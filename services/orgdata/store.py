@@ -37,8 +37,9 @@ CHECKPOINT_PAGES = 8192
 """WAL pages (128 MiB) before a checkpoint copies them into the file: a page changed by many
 batches in between is copied once. The default (1,000) halved the rate of a catch-up."""
 FORMAT = 2
-LOAD_BATCH = 8192
 """The file's layout (`PRAGMA user_version`); a copy in another layout is read again."""
+LOAD_BATCH = 8192
+"""Passages indexed at a time when a stored copy is opened."""
 
 # Records in a rowid table, found by a unique index: a batch appends its rows at the end of
 # the file, where a table clustered on the key moved 1 KiB rows around at every insert
