@@ -50,6 +50,9 @@ class ResultConsumer:
             "auto_offset_reset": "earliest" if from_beginning else "latest",
             "enable_auto_commit": True,
             "client_id": "llmflow-consumer",
+            # A topic the pipeline has not created yet is picked up within 5 s of its
+            # creation, not after kafka-python's default metadata age of 5 minutes.
+            "metadata_max_age_ms": 5000,
         }
         self._consumer = KafkaConsumer(
             *topics, bootstrap_servers=bootstrap_servers, **(defaults | config)

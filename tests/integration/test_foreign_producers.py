@@ -16,6 +16,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from dev.launch import Child
 from llmflow.schemas.outputs import Output
+from llmflow.services.broker.topics import ensure_topics
 from llmflow.services.sdk import ResultConsumer, text_event
 from llmflow.services.sdk.consumer import Result
 from tests.integration.helpers import keep_calls
@@ -64,6 +65,10 @@ def test_transaction_markers_do_not_hold_commits_back(
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"up-{topic}")
     producer.init_transactions()
     topics = [spec["output_topic"], spec["dead_letter_topic"]]
+    # The topics exist before the results consumer joins its group: one that joins first is
+    # assigned nothing, and on a busy machine it stayed so for the whole test.
+    partitions = int(env.get("LLMFLOW_TOPIC_PARTITIONS", "4"))
+    ensure_topics(kafka_bootstrap, [topic, *topics], partitions)
     results: list[Result] = []
     sent: list[str] = []
     with ResultConsumer(kafka_bootstrap, topics) as consumer:
