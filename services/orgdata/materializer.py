@@ -112,6 +112,7 @@ class Materializer:
             await consumer.start()
             partitions = await self._partitions(consumer)
             self._assigned = set(partitions)
+            self._sync_target = None  # end offsets of the partitions this start replaces
             consumer.assign(partitions)
             self._ends_at = time.time()
             ends = await consumer.end_offsets(partitions)
@@ -152,37 +153,32 @@ class Materializer:
         ends: Mapping[TopicPartition, int],
     ) -> None:
         starts = await consumer.beginning_offsets(partitions)
-        stale: set[str] = set()
+        stale: dict[str, str] = {}  # table -> why it is read again
         for tp in partitions:
             table = self._tables[tp.topic]
             applied = self.store.positions(table).get(tp.partition)
             if applied is not None and not starts[tp] <= applied <= ends[tp]:
-                stale.add(table)  # the topic was recreated, or what came before is gone
-        for table in sorted(stale):
-            log.warning("org data: %s no longer matches its topic; reading it again", table)
-            self.store.clear(table)
+                stale[table] = "no longer matches its topic (recreated, or records gone)"
         # Compaction drops a tombstone delete.retention.ms after it cleans it: a copy away
-        # from its topic longer than that may have missed deletes, and is read again.
+        # from its topic longer than that may have missed deletes.
         retention = await self._delete_retention(sorted(self._tables))
-        for topic, table in sorted(self._tables.items()):
+        for topic, table in self._tables.items():
             limit = retention.get(topic)
-            if limit is None or not self.store.positions(table):
+            if limit is None or table in stale or not self.store.positions(table):
                 continue
             # Within this process, the last batch applied counts too (a restart after an
             # error while catching up need not start over).
             synced = max(self.store.synced_at(table) or 0.0, self._contact) or None
             away = time.time() - synced if synced is not None else math.inf
             if away > limit:
-                log.warning(
-                    "org data: %s was last in step with %s %s ago, longer than its "
-                    "delete.retention.ms (%.0f s): deletes may be gone from the topic; "
-                    "reading it again",
-                    table,
-                    topic,
-                    "long" if synced is None else f"{away:.0f} s",
-                    limit,
+                ago = "long" if synced is None else f"{away:.0f} s"
+                stale[table] = (
+                    f"was last in step with {topic} {ago} ago, longer than its "
+                    f"delete.retention.ms ({limit:.0f} s): deletes may be gone from the topic"
                 )
-                self.store.clear(table)
+        for table, why in sorted(stale.items()):
+            log.warning("org data: %s %s; reading it again", table, why)
+            self.store.clear(table)
         for tp in partitions:
             applied = self.store.positions(self._tables[tp.topic]).get(tp.partition)
             consumer.seek(tp, applied if applied is not None else starts[tp])
