@@ -324,7 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     consume = sub.add_parser("consume", help="print outputs or dead letters as they arrive")
     consume.add_argument("topics", nargs="+")
-    consume.add_argument("--group")
+    consume.add_argument(
+        "--group", help="share the partitions with this group and commit; default: read all"
+    )
     consume.add_argument("--latest", action="store_true", help="only new records")
     consume.add_argument("--max", type=int)
     consume.add_argument("--idle-timeout", type=float, default=float("inf"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from types import TracebackType
@@ -34,7 +33,12 @@ def identity(result: Result) -> str:
 
 
 class ResultConsumer:
-    """Iterates results from one or more topics until `idle_timeout_s` passes without one."""
+    """Iterates results from one or more topics until `idle_timeout_s` passes without one.
+
+    Without `group_id` it reads every partition itself and commits nothing; with one it
+    joins that consumer group, shares the partitions with the group's other members and
+    commits what it has read.
+    """
 
     def __init__(
         self,
@@ -46,9 +50,13 @@ class ResultConsumer:
         **config: Any,
     ) -> None:
         defaults: dict[str, Any] = {
-            "group_id": group_id or f"llmflow-consume-{uuid.uuid4().hex[:8]}",
+            # Without a group the consumer reads every partition by itself, and follows
+            # topics and partitions created later through metadata alone. A throwaway
+            # group added a join per consumer and, on a busy broker, once left it with
+            # no partitions for minutes.
+            "group_id": group_id,
             "auto_offset_reset": "earliest" if from_beginning else "latest",
-            "enable_auto_commit": True,
+            "enable_auto_commit": group_id is not None,
             "client_id": "llmflow-consumer",
             # A topic the pipeline has not created yet is picked up within 5 s of its
             # creation, not after kafka-python's default metadata age of 5 minutes.
