@@ -62,7 +62,7 @@ class Materializer:
         self.applied = 0
         self.rejected = 0
         self.error: BaseException | None = None
-        self._writing: asyncio.Task[None] | None = None
+        self._writing: asyncio.Future[None] | None = None
         self._assigned: set[TopicPartition] = set()
         self._ends_at = 0.0
         self._contact = 0.0  # when this process last applied a batch
@@ -299,15 +299,15 @@ class Materializer:
                     if change is not None:
                         changes.append((message.offset, change))
                 await self._written()
-                self._writing = asyncio.create_task(
-                    asyncio.to_thread(
-                        self._write,
-                        table,
-                        tp.partition,
-                        changes,
-                        messages[-1].offset + 1,
-                        len(messages),
-                    )
+                # Handed to the thread now: a task would start only at the next await.
+                self._writing = asyncio.get_running_loop().run_in_executor(
+                    None,
+                    self._write,
+                    table,
+                    tp.partition,
+                    changes,
+                    messages[-1].offset + 1,
+                    len(messages),
                 )
             if self._ready.is_set():
                 await self._written()  # live: an error must surface now, not at the next batch
