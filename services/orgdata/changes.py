@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import pydantic_core
 
@@ -51,7 +51,23 @@ class Delete:
     key: str
 
 
-Change = Upsert | Delete
+class Unchecked(NamedTuple):
+    """A record taken as it came, to be stored if it turns out to be a plain one: the store
+    checks that in SQLite, away from the GIL (see `unchecked`)."""
+
+    key: str
+    version: str
+    text: str
+
+
+Change = Upsert | Delete | Unchecked
+
+MAX_UNCHECKED_NESTING = 128
+"""Objects and arrays an `Unchecked` value may open: SQLite accepts JSON nested 1,000 deep,
+where Python's json module cannot read it back and `decode` rejects it."""
+# A value with none of these can only be a plain record: no Debezium `op`, no converter
+# wrapper, no passages block, and no escape that could spell one of them in a field name.
+_NOT_PLAIN = (b'"op"', b'"payload"', f'"{CHUNKS_FIELD}"'.encode(), b"\\")
 
 
 def canonical_json(data: Any) -> str:
@@ -62,7 +78,30 @@ def content_version(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
-def decode(key: bytes | None, value: bytes | None, key_field: str = "id") -> Change | None:
+def unchecked(key: bytes | None, value: bytes | None) -> Unchecked | None:
+    """The record as it came, if it may be a plain upsert; None: `decode` it.
+
+    Parsing 1 KB of JSON in Python took as long as reading and storing it, all of it
+    holding the GIL. Here a value that starts with `{` and holds none of `_NOT_PLAIN` is
+    taken as it is; the store checks in SQLite that it is valid JSON (an object, then), and
+    a batch with one that is not is decoded in full, each such record skipped with its
+    reason (`NotPlain`). A value replaced by a later record of its key in the same batch is
+    not checked at all, as compaction would have dropped it.
+    """
+    if key is None or value is None or key[:1] in (b"{", b"") or value[:1] != b"{":
+        return None
+    for marker in _NOT_PLAIN:
+        if marker in value:
+            return None
+    if value.count(b"{") + value.count(b"[") > MAX_UNCHECKED_NESTING:
+        return None  # maybe too deep to read back (`decode` rejects it, with its reason)
+    try:
+        return Unchecked(key.decode(), content_version(value), value.decode())
+    except UnicodeDecodeError:
+        return None
+
+
+def decode(key: bytes | None, value: bytes | None, key_field: str = "id") -> Upsert | Delete | None:
     """The change a record makes (None: it changes no row); raises `Rejected`."""
     record_key = _record_key(key)
     if value is None:
@@ -124,7 +163,9 @@ def _key_text(value: Any, what: str) -> str:
     return str(value)
 
 
-def _debezium(record_key: str | None, event: dict[str, Any], key_field: str) -> Change | None:
+def _debezium(
+    record_key: str | None, event: dict[str, Any], key_field: str
+) -> Upsert | Delete | None:
     op = event["op"]
     if op in ("t", "m"):
         return None  # a truncate or a logical message names no row

@@ -26,8 +26,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
-from llmflow.services.orgdata.changes import Change, Rejected, decode
-from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.orgdata.changes import Change, Rejected, Unchecked, decode, unchecked
+from llmflow.services.orgdata.store import CHECKS_JSON, NotPlain, OrgDataStore
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class Materializer:
         self._ends_at = 0.0
         self._contact = 0.0  # when this process last applied a batch
         self._sync_target: tuple[float, dict[TopicPartition, int]] | None = None
+        # Tables whose records are decoded in full: collections (their passages are
+        # indexed), and tables that sent a record other than a plain one (Debezium events).
+        self._in_full = set(store.collections) if CHECKS_JSON else set(self._tables.values())
 
     @property
     def ready(self) -> bool:
@@ -253,15 +256,40 @@ class Materializer:
 
     def _write(
         self,
-        table: str,
-        partition: int,
+        tp: TopicPartition,
         changes: list[tuple[int, Change]],
         next_offset: int,
         count: int,
     ) -> None:
-        self.store.apply(table, partition, changes, next_offset)
+        table = self._tables[tp.topic]
+        try:
+            self.store.apply(table, tp.partition, changes, next_offset)
+        except NotPlain:
+            log.info("org data: %s holds records other than plain ones; decoding them", table)
+            self._in_full.add(table)
+            decoded = [(offset, self._in_full_change(tp, offset, c)) for offset, c in changes]
+            changes = [(offset, change) for offset, change in decoded if change is not None]
+            self.store.apply(table, tp.partition, changes, next_offset)
         self.applied += count
         self._contact = time.time()
+
+    def _in_full_change(self, tp: TopicPartition, offset: int, change: Change) -> Change | None:
+        if isinstance(change, Unchecked):  # it came as UTF-8: encoding gives its bytes back
+            return self._decoded(tp, offset, change.key.encode(), change.text.encode())
+        return change
+
+    def _decoded(
+        self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None
+    ) -> Change | None:
+        """The change a record makes; None for one that makes none or is skipped."""
+        try:
+            return decode(key, value)
+        except Rejected as exc:
+            self.rejected += 1
+            log.warning(
+                "org data: %s[%d]@%d skipped: %s", tp.topic, tp.partition, offset, exc.reason
+            )
+            return None
 
     async def _follow_batches(
         self,
@@ -281,33 +309,19 @@ class Materializer:
                 await self._mark_synced(consumer)
             batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
             for tp, messages in batch.items():
-                table = self._tables[tp.topic]
+                quick = self._tables[tp.topic] not in self._in_full
                 changes: list[tuple[int, Change]] = []
                 for message in messages:
-                    try:
-                        change = decode(message.key, message.value)
-                    except Rejected as exc:
-                        self.rejected += 1
-                        log.warning(
-                            "org data: %s[%d]@%d skipped: %s",
-                            tp.topic,
-                            tp.partition,
-                            message.offset,
-                            exc.reason,
-                        )
-                        continue
+                    key, value, offset = message.key, message.value, message.offset
+                    change = (quick and unchecked(key, value)) or self._decoded(
+                        tp, offset, key, value
+                    )
                     if change is not None:
-                        changes.append((message.offset, change))
+                        changes.append((offset, change))
                 await self._written()
                 # Handed to the thread now: a task would start only at the next await.
                 self._writing = asyncio.get_running_loop().run_in_executor(
-                    None,
-                    self._write,
-                    table,
-                    tp.partition,
-                    changes,
-                    messages[-1].offset + 1,
-                    len(messages),
+                    None, self._write, tp, changes, messages[-1].offset + 1, len(messages)
                 )
             if self._ready.is_set():
                 await self._written()  # live: an error must surface now, not at the next batch

@@ -24,7 +24,7 @@ from typing import Any, Self
 import numpy as np
 
 from llmflow.errors import LlmflowError
-from llmflow.services.orgdata.changes import Change, Delete, Upsert
+from llmflow.services.orgdata.changes import Change, Delete, Unchecked, Upsert
 from llmflow.services.orgdata.documents import plain_passages
 from llmflow.services.orgdata.index import Entry, PassageIndex
 from llmflow.topologies.collections import Collection
@@ -64,6 +64,15 @@ CREATE TABLE IF NOT EXISTS synced (tbl TEXT PRIMARY KEY, at REAL NOT NULL) WITHO
 _STORE_TABLES = ("records", "positions", "passages", "synced")
 _GET = "SELECT version, partition, offset, data FROM records WHERE tbl = ? AND key = ?"
 _UPSERT = "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)"
+CHECKS_JSON = not (3, 42) <= sqlite3.sqlite_version_info < (3, 45)
+"""Whether json_valid() accepts RFC 8259 JSON only (from 3.42 to 3.44 it also took JSON5,
+which Python cannot read back): the materializer takes `Unchecked` records only then."""
+# An `Unchecked` value is stored only if it is valid JSON (it starts with `{`: an object);
+# otherwise NULL breaks the NOT NULL constraint and the batch is decoded in full.
+_UPSERT_UNCHECKED = (
+    "INSERT OR REPLACE INTO records VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN json_valid(?6) "
+    "THEN ?6 END)"
+)
 _DELETE = "DELETE FROM records WHERE tbl = ? AND key = ?"
 _POSITION = "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)"
 _PASSAGES = (
@@ -74,6 +83,10 @@ _PASSAGES = (
 
 class OrgDataError(LlmflowError):
     """Org data could not be stored or read; the message names the table."""
+
+
+class NotPlain(OrgDataError):
+    """An `Unchecked` value is not valid JSON; nothing of its batch was applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,13 +275,25 @@ class OrgDataStore:
                     for key, (offset, c) in latest.items()
                     if isinstance(c, Upsert)
                 ]
+                unchecked = [
+                    (table, key, c.version, partition, offset, c.text)
+                    for key, (offset, c) in latest.items()
+                    if isinstance(c, Unchecked)
+                ]
                 deletes = [(table, key) for key, (_, c) in latest.items() if isinstance(c, Delete)]
                 db.executemany(_UPSERT, upserts)
+                try:
+                    db.executemany(_UPSERT_UNCHECKED, unchecked)
+                except sqlite3.IntegrityError as exc:
+                    raise NotPlain(f"table {table!r}: a value is not valid JSON") from exc
                 db.executemany(_DELETE, deletes)
                 if collection is not None:
                     removed, added = self._replace_passages(db, collection, latest)
                 db.execute(_POSITION, (table, partition, next_offset))
                 db.execute("COMMIT")
+            except NotPlain:
+                db.execute("ROLLBACK")
+                raise
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
@@ -298,6 +323,8 @@ class OrgDataStore:
                 marks = ",".join("?" * len(old))
                 db.execute(f"DELETE FROM passages WHERE id IN ({marks})", old)
                 removed += old
+            if isinstance(change, Unchecked):
+                raise OrgDataError(f"table {name!r}: a collection's records are decoded in full")
             if not isinstance(change, Upsert):
                 continue
             passages = change.passages

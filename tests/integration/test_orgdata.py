@@ -279,6 +279,63 @@ def test_a_batch_that_fails_to_apply_is_read_again_and_nothing_is_lost(
     store.close()
 
 
+def test_records_taken_unchecked_end_as_if_each_had_been_decoded(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Plain records skip the Python JSON parse; a batch with one that is not valid JSON, or
+    a topic that turns out to carry Debezium events, is decoded in full. Either way the copy
+    is what decoding every record in order makes of the topic."""
+    from llmflow.services.broker.topics import ensure_topics
+    from llmflow.services.orgdata import Materializer, OrgDataStore
+    from llmflow.services.orgdata.changes import Rejected, decode
+
+    plain, mixed = (f"t-{uuid.uuid4().hex[:8]}.orgdata.{t}" for t in ("plain", "mixed"))
+    ensure_topics(kafka_bootstrap, [plain, mixed], 1, 1, {"cleanup.policy": "compact"})
+    rows: list[tuple[bytes, bytes | None]] = [
+        (f"K-{n % 700}".encode(), json.dumps({"n": n}).encode()) for n in range(2000)
+    ]
+    garbage: list[tuple[bytes, bytes | None]] = [
+        (b"G-1", b"{not json"),
+        (b"G-2", b'{"n": NaN}'),
+        (b"G-3", b'{"a": ' + b"[" * 300 + b"]" * 300 + b"}"),
+        (b"K-4", None),
+        (b"G-5", json.dumps({"op": "u", "after": {"n": -5}}).encode()),
+    ]
+    records = {plain: rows, mixed: [*rows[:1000], *garbage, *rows[1000:]]}
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for topic, sent in records.items():
+        for key, value in sent:
+            producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+    store = OrgDataStore(tmp_path / "org.sqlite3")
+    follower = Materializer(store, kafka_bootstrap, {"plain": plain, "mixed": mixed})
+    follower.start()
+    try:
+        assert follower.wait_ready(60)
+    finally:
+        follower.stop()
+    expected = OrgDataStore(":memory:")
+    rejected = 0
+    for table, topic in (("plain", plain), ("mixed", mixed)):
+        for offset, (key, value) in enumerate(records[topic]):
+            try:
+                change = decode(key, value)
+            except Rejected:
+                rejected += 1
+                continue
+            if change is not None:
+                expected.apply(table, 0, [(offset, change)], offset + 1)
+    assert rejected == 2 and follower.rejected == rejected  # not JSON; nested too deep
+    assert store.tables() == expected.tables()
+    for table in ("plain", "mixed"):
+        for name in [f"K-{n}" for n in range(700)] + [f"G-{n}" for n in range(1, 6)]:
+            assert store.get(table, name) == expected.get(table, name), (table, name)
+    store.close()
+    expected.close()
+
+
 def test_partitions_added_to_a_table_topic_are_read_without_a_restart(
     kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from llmflow.services.orgdata.changes import Delete, Rejected, Upsert, decode
+from llmflow.services.orgdata.changes import Delete, Rejected, Upsert, decode, unchecked
 
 ROW = {"id": 42, "name": "Ada", "tier": "pro"}
 
@@ -81,3 +81,47 @@ def test_what_cannot_be_applied_says_why(
     with pytest.raises(Rejected) as info:
         decode(key, value)
     assert info.value.reason.startswith(reason), info.value.reason
+
+
+# --- the unchecked path: taken only where `decode` would read a plain upsert -----------------
+
+_NOT_TAKEN = [
+    (b"C-1", _debezium("c", None, ROW)),
+    (b"C-1", _debezium("u", ROW, ROW, wrapped=True)),
+    (b"C-1", b'{"schema": {}, "payload": {"a": 1}}'),
+    (b"C-1", _passages_of("AAAAAAAAAAA=")),
+    (b"C-1", b'{"\\u006fp": "c", "after": {"id": 1}}'),  # an escaped "op"
+    (b"C-1", b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}"),
+    (b"C-1", b' {"a": 1}'),
+    (b"C-1", b"[1, 2]"),
+    (b"C-1", None),
+    (None, b'{"id": "C-1"}'),
+    (b"", b'{"id": "C-1"}'),
+    (b'{"id": 1}', b'{"id": 1}'),
+    (b"\xff", b'{"a": 1}'),
+    (b"C-1", b'{"a": "\xff"}'),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), _NOT_TAKEN)
+def test_only_certain_plain_records_go_unchecked(key: bytes | None, value: bytes | None) -> None:
+    assert unchecked(key, value) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        json.dumps(ROW).encode(),
+        b'{"a": {"b": [1, {"c": null}]}, "n": 1e400, "s": "caf\xc3\xa9 \xe2\x80\xa8"}',
+        b'{"op_code": "x", "schema_name": "y", "payloads": []}\n',
+    ],
+)
+def test_an_unchecked_record_is_what_decode_makes_of_it(value: bytes) -> None:
+    taken, decoded = unchecked(b"C-1", value), decode(b"C-1", value)
+    assert taken is not None and isinstance(decoded, Upsert)
+    assert (taken.key, taken.version, taken.text) == (decoded.key, decoded.version, decoded.text)
+
+
+def test_unchecked_leaves_invalid_json_to_the_store() -> None:
+    """Not parsed here: the store's json_valid() turns it down and the batch is decoded."""
+    assert unchecked(b"C-1", b"{not json") is not None

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmflow.services.orgdata.changes import Delete, Upsert, decode
-from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.orgdata.changes import Delete, Upsert, decode, unchecked
+from llmflow.services.orgdata.store import NotPlain, OrgDataStore
 from llmflow.topologies.collections import Collection, Embedding
 from tests.unit.orgdata.helpers import apply_records
 
@@ -166,3 +166,26 @@ def test_when_a_table_was_last_in_step_is_kept_until_it_is_cleared(tmp_path: Pat
         assert store.synced_at("u") == 1_700_000_000.5
         store.clear("t")
         assert store.synced_at("t") is None and store.synced_at("u") is not None
+
+
+@pytest.mark.parametrize("value", [b"{not json", b'{"a": NaN}', b'{"a": 1,}', b'{"a": 1} {}'])
+def test_a_batch_with_an_unchecked_value_that_is_not_json_applies_nothing(value: bytes) -> None:
+    with OrgDataStore(":memory:") as store:
+        good, bad = unchecked(b"K1", b'{"v": 1}'), unchecked(b"K2", value)
+        assert good is not None and bad is not None
+        store.apply("t", 0, [(0, good)], 1)
+        with pytest.raises(NotPlain):
+            store.apply("t", 0, [(1, unchecked(b"K1", b'{"v": 2}') or good), (2, bad)], 3)
+        found = store.get("t", "K1")
+        assert found is not None and found.data == {"v": 1}
+        assert store.get("t", "K2") is None and store.positions("t") == {0: 1}
+
+
+def test_an_unchecked_record_is_stored_as_its_decoded_self() -> None:
+    value = b'{"id": "K", "tags": ["a"], "n": 1.5}'
+    taken, decoded = unchecked(b"K", value), decode(b"K", value)
+    assert taken is not None and decoded is not None
+    with OrgDataStore(":memory:") as one, OrgDataStore(":memory:") as other:
+        one.apply("t", 3, [(7, taken)], 8)
+        other.apply("t", 3, [(7, decoded)], 8)
+        assert one.get("t", "K") == other.get("t", "K") is not None
