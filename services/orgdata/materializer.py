@@ -27,7 +27,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from llmflow.services.orgdata.changes import Change, Rejected, Unchecked, decode, unchecked
-from llmflow.services.orgdata.store import CHECKS_JSON, NotPlain, OrgDataStore
+from llmflow.services.orgdata.store import CHECKS_JSON, NotPlain, OrgDataError, OrgDataStore
 
 log = logging.getLogger(__name__)
 
@@ -344,3 +344,26 @@ class Materializer:
             elif now - last_report >= PROGRESS_EVERY_S:
                 last_report = now
                 log.info("org data: catching up, %d records to go", behind)
+
+
+def read_copy(
+    store: OrgDataStore,
+    bootstrap_servers: str,
+    topics: Mapping[str, str],
+    *,
+    timeout_s: float = 300,
+    client_id: str = "llmflow-orgdata",
+) -> OrgDataStore:
+    """`store`, filled with what a worker would hold of `topics` (table -> topic) now; it
+    is closed if the topics cannot be read within `timeout_s`."""
+    follower = Materializer(store, bootstrap_servers, topics, client_id=client_id)
+    follower.start()
+    try:
+        ready = follower.wait_ready(timeout_s)
+    finally:
+        follower.stop()
+    if not ready:
+        store.close()
+        names = ", ".join(sorted(topics.values()))
+        raise OrgDataError(f"could not read {names} within {timeout_s:.0f} s")
+    return store

@@ -32,7 +32,7 @@ from llmflow.services.orgdata.documents import (
     passages_block,
     split_words,
 )
-from llmflow.services.orgdata.materializer import Materializer
+from llmflow.services.orgdata.materializer import read_copy
 from llmflow.services.orgdata.store import OrgDataError, OrgDataStore
 from llmflow.topologies.collections import Collection
 
@@ -76,18 +76,14 @@ def current_records(
     bootstrap_servers: str, table: str, topic: str, timeout_s: float = 300
 ) -> dict[str, Any]:
     """What a worker would hold for `table` now: key -> record data."""
-    store = OrgDataStore(":memory:")
-    follower = Materializer(
-        store, bootstrap_servers, {table: topic}, client_id="llmflow-orgdata-load"
-    )
-    follower.start()
-    try:
-        if not follower.wait_ready(timeout_s):
-            raise OrgDataError(f"could not read {topic} within {timeout_s:.0f} s")
+    with read_copy(
+        OrgDataStore(":memory:"),
+        bootstrap_servers,
+        {table: topic},
+        timeout_s=timeout_s,
+        client_id="llmflow-orgdata-load",
+    ) as store:
         return {key: json.loads(text) for key, text in store.records(table).items()}
-    finally:
-        follower.stop()
-        store.close()
 
 
 def publish_table(

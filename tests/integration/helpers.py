@@ -9,7 +9,8 @@ from typing import Any
 import yaml
 
 from dev.probes import scrape, simulator_log, total
-from llmflow.services.orgdata import Materializer, OrgDataStore
+from llmflow.services.orgdata import OrgDataStore
+from llmflow.services.orgdata.materializer import read_copy
 from llmflow.topologies.collections import load_collections
 
 __all__ = [
@@ -26,13 +27,7 @@ def org_copy(bootstrap: str, prefix: str, *tables: str) -> OrgDataStore:
     """What a worker holds of `tables` now: a fresh copy, caught up with their topics."""
     collections = load_collections()
     store = OrgDataStore(":memory:", {t: collections[t] for t in tables if t in collections})
-    follower = Materializer(store, bootstrap, {t: f"{prefix}{t}" for t in tables})
-    follower.start()
-    try:
-        assert follower.wait_ready(60), "the org-data topics could not be read"
-    finally:
-        follower.stop()
-    return store
+    return read_copy(store, bootstrap, {t: f"{prefix}{t}" for t in tables}, timeout_s=60)
 
 
 def keep_calls(path: Path, *names: str) -> dict[str, Any]:
