@@ -62,12 +62,16 @@ class Unchecked(NamedTuple):
 
 Change = Upsert | Delete | Unchecked
 
+MAX_UNCHECKED_BYTES = 4096
+"""Longer values are decoded: Python's json module refuses integers of more than 4,300
+digits, which SQLite accepts."""
 MAX_UNCHECKED_NESTING = 128
 """Objects and arrays an `Unchecked` value may open: SQLite accepts JSON nested 1,000 deep,
 where Python's json module cannot read it back and `decode` rejects it."""
 # A value with none of these can only be a plain record: no Debezium `op`, no converter
 # wrapper, no passages block, and no escape that could spell one of them in a field name.
-_NOT_PLAIN = (b'"op"', b'"payload"', f'"{CHUNKS_FIELD}"'.encode(), b"\\")
+# NUL because SQLite reads a text only up to its first one.
+_NOT_PLAIN = (b'"op"', b'"payload"', f'"{CHUNKS_FIELD}"'.encode(), b"\\", b"\x00")
 
 
 def canonical_json(data: Any) -> str:
@@ -89,6 +93,8 @@ def unchecked(key: bytes | None, value: bytes | None) -> Unchecked | None:
     not checked at all, as compaction would have dropped it.
     """
     if key is None or value is None or key[:1] in (b"{", b"") or value[:1] != b"{":
+        return None
+    if len(value) > MAX_UNCHECKED_BYTES:
         return None
     for marker in _NOT_PLAIN:
         if marker in value:
@@ -152,7 +158,8 @@ def _unwrapped(data: Any) -> Any:
 def _is_debezium(data: Any) -> bool:
     return (
         isinstance(data, dict)
-        and data.get("op") in _DEBEZIUM_OPS
+        and isinstance(op := data.get("op"), str)
+        and op in _DEBEZIUM_OPS
         and ("after" in data or "before" in data)
     )
 

@@ -94,6 +94,8 @@ _NOT_TAKEN = [
     (b"C-1", b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}"),
     (b"C-1", b' {"a": 1}'),
     (b"C-1", b"[1, 2]"),
+    (b"C-1", b'{"a": 1}\x00{'),  # SQLite would read up to the NUL only
+    (b"C-1", b'{"n": ' + b"9" * 5000 + b"}"),  # too many digits for Python's json
     (b"C-1", None),
     (None, b'{"id": "C-1"}'),
     (b"", b'{"id": "C-1"}'),
@@ -125,3 +127,9 @@ def test_an_unchecked_record_is_what_decode_makes_of_it(value: bytes) -> None:
 def test_unchecked_leaves_invalid_json_to_the_store() -> None:
     """Not parsed here: the store's json_valid() turns it down and the batch is decoded."""
     assert unchecked(b"C-1", b"{not json") is not None
+
+
+@pytest.mark.parametrize("op", [[], {}, 1, None, True])
+def test_an_op_field_that_is_not_a_debezium_op_makes_a_plain_record(op: object) -> None:
+    change = decode(b"C-1", json.dumps({"op": op, "after": {"id": 1}}).encode())
+    assert isinstance(change, Upsert) and change.data == {"op": op, "after": {"id": 1}}
