@@ -289,7 +289,10 @@ class Materializer:
             log.warning(
                 "org data: %s[%d]@%d skipped: %s", tp.topic, tp.partition, offset, exc.reason
             )
-            return None
+        except Exception:  # a bug here must not stop the copy at this record, for ever
+            self.rejected += 1
+            log.exception("org data: %s[%d]@%d skipped: cannot decode it", *tp, offset)
+        return None
 
     async def _follow_batches(
         self,
