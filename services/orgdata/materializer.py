@@ -61,6 +61,9 @@ class Materializer:
         self._thread: threading.Thread | None = None
         self.applied = 0
         self.rejected = 0
+        """Records skipped: counted by the reading thread and, for a batch decoded again
+        in full, by the writing one."""
+        self._rejected_lock = threading.Lock()
         self.error: BaseException | None = None
         self._writing: asyncio.Future[None] | None = None
         self._assigned: set[TopicPartition] = set()
@@ -278,6 +281,10 @@ class Materializer:
             return self._decoded(tp, offset, change.key.encode(), change.text.encode())
         return change
 
+    def _reject(self) -> None:
+        with self._rejected_lock:
+            self.rejected += 1
+
     def _decoded(
         self, tp: TopicPartition, offset: int, key: bytes | None, value: bytes | None
     ) -> Change | None:
@@ -285,12 +292,12 @@ class Materializer:
         try:
             return decode(key, value)
         except Rejected as exc:
-            self.rejected += 1
+            self._reject()
             log.warning(
                 "org data: %s[%d]@%d skipped: %s", tp.topic, tp.partition, offset, exc.reason
             )
         except Exception:  # a bug here must not stop the copy at this record, for ever
-            self.rejected += 1
+            self._reject()
             log.exception("org data: %s[%d]@%d skipped: cannot decode it", *tp, offset)
         return None
 

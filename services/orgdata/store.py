@@ -64,9 +64,23 @@ CREATE TABLE IF NOT EXISTS synced (tbl TEXT PRIMARY KEY, at REAL NOT NULL) WITHO
 _STORE_TABLES = ("records", "positions", "passages", "synced")
 _GET = "SELECT version, partition, offset, data FROM records WHERE tbl = ? AND key = ?"
 _UPSERT = "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?)"
-CHECKS_JSON = not (3, 42) <= sqlite3.sqlite_version_info < (3, 45)
-"""Whether json_valid() accepts RFC 8259 JSON only (from 3.42 to 3.44 it also took JSON5,
-which Python cannot read back): the materializer takes `Unchecked` records only then."""
+
+
+def _checks_json() -> bool:
+    if (3, 42) <= sqlite3.sqlite_version_info < (3, 45):
+        return False  # json_valid() took JSON5 too, which Python cannot read back
+    probe = sqlite3.connect(":memory:")
+    try:  # a build may leave the JSON functions out
+        return bool(probe.execute("SELECT json_valid('{}')").fetchone()[0])
+    except sqlite3.Error:
+        return False
+    finally:
+        probe.close()
+
+
+CHECKS_JSON = _checks_json()
+"""Whether this SQLite has a json_valid() that accepts RFC 8259 JSON only: the materializer
+takes `Unchecked` records only then."""
 # An `Unchecked` value is stored only if it is valid JSON (it starts with `{`: an object);
 # otherwise NULL breaks the NOT NULL constraint and the batch is decoded in full.
 _UPSERT_UNCHECKED = (
@@ -283,7 +297,8 @@ class OrgDataStore:
                 deletes = [(table, key) for key, (_, c) in latest.items() if isinstance(c, Delete)]
                 db.executemany(_UPSERT, upserts)
                 try:
-                    db.executemany(_UPSERT_UNCHECKED, unchecked)
+                    if unchecked:  # even no rows would compile json_valid()
+                        db.executemany(_UPSERT_UNCHECKED, unchecked)
                 except sqlite3.IntegrityError as exc:
                     raise NotPlain(f"table {table!r}: a value is not valid JSON") from exc
                 db.executemany(_DELETE, deletes)

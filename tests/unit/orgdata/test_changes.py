@@ -7,7 +7,15 @@ import json
 
 import pytest
 
-from llmflow.services.orgdata.changes import Delete, Rejected, Upsert, decode, unchecked
+from llmflow.services.orgdata.changes import (
+    MAX_UNCHECKED_BYTES,
+    MAX_UNCHECKED_NESTING,
+    Delete,
+    Rejected,
+    Upsert,
+    decode,
+    unchecked,
+)
 
 ROW = {"id": 42, "name": "Ada", "tier": "pro"}
 
@@ -133,3 +141,19 @@ def test_unchecked_leaves_invalid_json_to_the_store() -> None:
 def test_an_op_field_that_is_not_a_debezium_op_makes_a_plain_record(op: object) -> None:
     change = decode(b"C-1", json.dumps({"op": op, "after": {"id": 1}}).encode())
     assert isinstance(change, Upsert) and change.data == {"op": op, "after": {"id": 1}}
+
+
+def test_values_nested_past_the_limit_are_decoded() -> None:
+    """SQLite accepts nesting Python's json module cannot read back: the byte check keeps
+    deep values away from it (the limit counts every `{` and `[`)."""
+    inside = MAX_UNCHECKED_NESTING - 1  # the outer object opens one
+    at_limit = b'{"a": ' + b"[" * inside + b"]" * inside + b"}"
+    assert unchecked(b"K", at_limit) is not None
+    assert unchecked(b"K", at_limit.replace(b"[", b"[[", 1).replace(b"]", b"]]", 1)) is None
+
+
+def test_the_longest_unchecked_value() -> None:
+    """Python's json module refuses integers over 4,300 digits, which SQLite accepts."""
+    value = b'{"n": ' + b"9" * (MAX_UNCHECKED_BYTES - 7) + b"}"
+    assert len(value) == MAX_UNCHECKED_BYTES and unchecked(b"K", value) is not None
+    assert unchecked(b"K", value[:-1] + b"9}") is None
