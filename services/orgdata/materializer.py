@@ -70,8 +70,8 @@ class Materializer:
         self._ends_at = 0.0
         self._contact = 0.0  # when this process last applied a batch
         self._sync_target: tuple[float, dict[TopicPartition, int]] | None = None
-        # Tables whose records are decoded in full: collections (their passages are
-        # indexed), and tables that sent a record other than a plain one (Debezium events).
+        # Tables whose records are all decoded in Python: collections (their passages are
+        # indexed), and tables that sent a value SQLite's json_valid() turned down.
         self._in_full = set(store.collections) if CHECKS_JSON else set(self._tables.values())
 
     @property
@@ -268,7 +268,7 @@ class Materializer:
         try:
             self.store.apply(table, tp.partition, changes, next_offset)
         except NotPlain:
-            log.info("org data: %s holds records other than plain ones; decoding them", table)
+            log.info("org data: %s sent a value that is not plain JSON; decoding all", table)
             self._in_full.add(table)
             decoded = [(offset, self._in_full_change(tp, offset, c)) for offset, c in changes]
             changes = [(offset, change) for offset, change in decoded if change is not None]
