@@ -57,7 +57,8 @@ class Unchecked(NamedTuple):
 
     key: str
     version: str
-    text: str
+    value: bytes
+    """The record's JSON as it came: UTF-8."""
 
 
 Change = Upsert | Delete | Unchecked
@@ -102,7 +103,9 @@ def unchecked(key: bytes | None, value: bytes | None) -> Unchecked | None:
     if value.count(b"{") + value.count(b"[") > MAX_UNCHECKED_NESTING:
         return None  # maybe too deep to read back (`decode` rejects it, with its reason)
     try:
-        return Unchecked(key.decode(), content_version(value), value.decode())
+        if not value.isascii():  # most are: a check many times faster than a decode
+            value.decode()
+        return Unchecked(key.decode(), content_version(value), value)
     except UnicodeDecodeError:
         return None
 

@@ -27,7 +27,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from llmflow.services.orgdata.changes import Change, Rejected, Unchecked, decode, unchecked
-from llmflow.services.orgdata.store import CHECKS_JSON, NotPlain, OrgDataError, OrgDataStore
+from llmflow.services.orgdata.store import (
+    CHECKS_JSON,
+    Batch,
+    NotPlain,
+    OrgDataError,
+    OrgDataStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +266,15 @@ class Materializer:
     def _write(
         self,
         tp: TopicPartition,
+        batch: Batch,
         changes: list[tuple[int, Change]],
         next_offset: int,
         count: int,
     ) -> None:
-        table = self._tables[tp.topic]
         try:
-            self.store.apply(table, tp.partition, changes, next_offset)
+            self.store.write(batch, next_offset)
         except NotPlain:
+            table = batch.table
             log.info("org data: %s sent a value that is not plain JSON; decoding all", table)
             self._in_full.add(table)
             decoded = [(offset, self._in_full_change(tp, offset, c)) for offset, c in changes]
@@ -277,8 +284,8 @@ class Materializer:
         self._contact = time.time()
 
     def _in_full_change(self, tp: TopicPartition, offset: int, change: Change) -> Change | None:
-        if isinstance(change, Unchecked):  # it came as UTF-8: encoding gives its bytes back
-            return self._decoded(tp, offset, change.key.encode(), change.text.encode())
+        if isinstance(change, Unchecked):  # its key came as UTF-8: encoding gives it back
+            return self._decoded(tp, offset, change.key.encode(), change.value)
         return change
 
     def _reject(self) -> None:
@@ -317,8 +324,8 @@ class Materializer:
                 await self._mark_synced(consumer)
             elif self._sync_target is not None:
                 await self._mark_synced(consumer)
-            batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
-            for tp, messages in batch.items():
+            fetched = await consumer.getmany(timeout_ms=POLL_MS, max_records=MAX_BATCH)
+            for tp, messages in fetched.items():
                 quick = self._tables[tp.topic] not in self._in_full
                 changes: list[tuple[int, Change]] = []
                 for message in messages:
@@ -328,10 +335,11 @@ class Materializer:
                     )
                     if change is not None:
                         changes.append((offset, change))
+                batch = Batch.of(self._tables[tp.topic], tp.partition, changes)
                 await self._written()
                 # Handed to the thread now: a task would start only at the next await.
                 self._writing = asyncio.get_running_loop().run_in_executor(
-                    None, self._write, tp, changes, messages[-1].offset + 1, len(messages)
+                    None, self._write, tp, batch, changes, messages[-1].offset + 1, len(messages)
                 )
             if self._ready.is_set():
                 await self._written()  # live: an error must surface now, not at the next batch

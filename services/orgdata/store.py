@@ -24,7 +24,7 @@ from typing import Any, Self
 import numpy as np
 
 from llmflow.errors import LlmflowError
-from llmflow.services.orgdata.changes import Change, Delete, Unchecked, Upsert
+from llmflow.services.orgdata.changes import Change, Unchecked, Upsert
 from llmflow.services.orgdata.documents import plain_passages
 from llmflow.services.orgdata.index import Entry, PassageIndex
 from llmflow.topologies.collections import Collection
@@ -81,12 +81,46 @@ def _checks_json() -> bool:
 CHECKS_JSON = _checks_json()
 """Whether this SQLite has a json_valid() that accepts RFC 8259 JSON only: the materializer
 takes `Unchecked` records only then."""
-# An `Unchecked` value is stored only if it is valid JSON (it starts with `{`: an object);
-# otherwise NULL breaks the NOT NULL constraint and the batch is decoded in full.
-_UPSERT_UNCHECKED = (
-    "INSERT OR REPLACE INTO records VALUES (?1, ?2, ?3, ?4, ?5, CASE WHEN json_valid(?6) "
-    "THEN ?6 END)"
+# A batch's `Unchecked` records go in as one statement: Python's executemany takes the GIL
+# back after every row, and waited for the thread decoding the next batch each time, so
+# the two never ran at once. The statement reads the records from two parameters: their
+# keys and values back to back in a blob, and an index with a fixed-width slot per record
+# (`_unchecked_params`). A value is stored only if it is valid JSON (it starts with `{`: an
+# object); otherwise NULL breaks the NOT NULL constraint and the batch is decoded in full.
+_SLOT = 16 + 20 + 4 * 10
+"""version, offset, and the start and length of the key and of the value in the blob"""
+_UPSERT_UNCHECKED = f"""
+WITH RECURSIVE slot(at) AS (
+    SELECT 1 UNION ALL SELECT at + {_SLOT} FROM slot WHERE at + {_SLOT} <= length(?4)
 )
+INSERT OR REPLACE INTO records
+SELECT ?1, CAST(substr(?3, substr(?4, at + 36, 10), substr(?4, at + 46, 10)) AS TEXT),
+    CAST(substr(?4, at, 16) AS TEXT), ?2, CAST(substr(?4, at + 16, 20) AS INTEGER),
+    CASE WHEN json_valid(data) THEN data END
+FROM (
+    SELECT at, CAST(substr(?3, substr(?4, at + 56, 10), substr(?4, at + 66, 10)) AS TEXT) AS data
+    FROM slot
+)
+"""
+
+
+def _unchecked_params(rows: Iterable[tuple[str, int, Unchecked]]) -> tuple[bytes, bytes]:
+    """The blob and the index `_UPSERT_UNCHECKED` reads (key, offset, record) from; SQLite
+    counts blob positions in bytes, from 1."""
+    parts: list[bytes] = []
+    slots: list[str] = []
+    at = 1
+    for key, offset, change in rows:
+        raw_key, value = key.encode(), change.value
+        slots.append(
+            f"{change.version}{offset:020d}{at:010d}{len(raw_key):010d}"
+            f"{at + len(raw_key):010d}{len(value):010d}"
+        )
+        parts += (raw_key, value)
+        at += len(raw_key) + len(value)
+    return b"".join(parts), "".join(slots).encode()
+
+
 _DELETE = "DELETE FROM records WHERE tbl = ? AND key = ?"
 _POSITION = "INSERT OR REPLACE INTO positions VALUES (?, ?, ?)"
 _PASSAGES = (
@@ -142,6 +176,40 @@ def filter_text(value: Any) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One partition's changes, each key's last one only, in the parameters of the writes
+    that apply them. Made by the thread that reads the topics, so the one that writes runs
+    little Python: it would wait for the GIL."""
+
+    table: str
+    partition: int
+    latest: dict[str, tuple[int, Change]]
+    """key -> (offset, change)"""
+    upserts: list[tuple[str, str, str, int, int, str]]
+    unchecked: tuple[bytes, bytes] | None
+    """The blob and index `_UPSERT_UNCHECKED` reads, if there is any `Unchecked` change."""
+    deletes: list[tuple[str, str]]
+
+    @classmethod
+    def of(cls, table: str, partition: int, changes: Iterable[tuple[int, Change]]) -> Batch:
+        latest: dict[str, tuple[int, Change]] = {}
+        for offset, change in changes:
+            latest[change.key] = (offset, change)  # a key's last change in the batch wins
+        upserts = []
+        unchecked = []
+        deletes = []
+        for key, (offset, c) in latest.items():
+            if isinstance(c, Unchecked):
+                unchecked.append((key, offset, c))
+            elif isinstance(c, Upsert):
+                upserts.append((table, key, c.version, partition, offset, c.text))
+            else:
+                deletes.append((table, key))
+        params = _unchecked_params(unchecked) if unchecked else None
+        return cls(table, partition, latest, upserts, params, deletes)
 
 
 class OrgDataStore:
@@ -274,9 +342,11 @@ class OrgDataStore:
     ) -> None:
         """Apply `changes` ((offset, change), in offset order) of one partition and record
         `next_offset` as applied, all in one transaction."""
-        latest: dict[str, tuple[int, Change]] = {}
-        for offset, change in changes:
-            latest[change.key] = (offset, change)  # a key's last change in the batch wins
+        self.write(Batch.of(table, partition, changes), next_offset)
+
+    def write(self, batch: Batch, next_offset: int) -> None:
+        """`apply`, for a batch made beforehand (in another thread)."""
+        table, partition = batch.table, batch.partition
         collection = self.collections.get(table)
         removed: list[int] = []
         added: list[Entry] = []
@@ -284,26 +354,15 @@ class OrgDataStore:
             db = self._writer
             try:
                 db.execute("BEGIN IMMEDIATE")
-                upserts = [
-                    (table, key, c.version, partition, offset, c.text)
-                    for key, (offset, c) in latest.items()
-                    if isinstance(c, Upsert)
-                ]
-                unchecked = [
-                    (table, key, c.version, partition, offset, c.text)
-                    for key, (offset, c) in latest.items()
-                    if isinstance(c, Unchecked)
-                ]
-                deletes = [(table, key) for key, (_, c) in latest.items() if isinstance(c, Delete)]
-                db.executemany(_UPSERT, upserts)
+                db.executemany(_UPSERT, batch.upserts)
                 try:
-                    if unchecked:  # even no rows would compile json_valid()
-                        db.executemany(_UPSERT_UNCHECKED, unchecked)
+                    if batch.unchecked is not None:
+                        db.execute(_UPSERT_UNCHECKED, (table, partition, *batch.unchecked))
                 except sqlite3.IntegrityError as exc:
                     raise NotPlain(f"table {table!r}: a value is not valid JSON") from exc
-                db.executemany(_DELETE, deletes)
+                db.executemany(_DELETE, batch.deletes)
                 if collection is not None:
-                    removed, added = self._replace_passages(db, collection, latest)
+                    removed, added = self._replace_passages(db, collection, batch.latest)
                 db.execute(_POSITION, (table, partition, next_offset))
                 db.execute("COMMIT")
             except NotPlain:

@@ -254,7 +254,7 @@ def test_a_batch_that_fails_to_apply_is_read_again_and_nothing_is_lost(
     assert main(["orgdata", "load", "customers", str(path)]) == 0
 
     store = OrgDataStore(tmp_path / "org.sqlite3")
-    apply = store.apply
+    write = store.write
     calls = 0
 
     def failing_once(*args: object, **kwargs: object) -> None:
@@ -262,9 +262,9 @@ def test_a_batch_that_fails_to_apply_is_read_again_and_nothing_is_lost(
         calls += 1
         if calls == 2:  # a batch while the next one is being decoded
             raise OrgDataError("disk full (injected)")
-        apply(*args, **kwargs)  # type: ignore[arg-type]
+        write(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store, "apply", failing_once)
+    monkeypatch.setattr(store, "write", failing_once)
     follower = Materializer(store, kafka_bootstrap, {"customers": f"{prefix}customers"})
     follower.start()
     try:

@@ -189,3 +189,29 @@ def test_an_unchecked_record_is_stored_as_its_decoded_self() -> None:
         one.apply("t", 3, [(7, taken)], 8)
         other.apply("t", 3, [(7, decoded)], 8)
         assert one.get("t", "K") == other.get("t", "K") is not None
+
+
+def test_a_batch_of_unchecked_records_is_stored_as_each_decoded_record() -> None:
+    """The batch goes in as one statement that slices keys and values out of a blob: keys
+    and values of every length and script land whole, and a key's last record wins."""
+    records = [
+        (b"K", b'{"v": 1}'),
+        ("Ключ-ü".encode(), '{"name": "café ☕", "n": [1, {"x": "ß"}]}'.encode()),
+        ("キー 🔑".encode(), b'{"big": 12345678901234567890123}'),
+        (b"L" * 300, b'{"s": "' + b"z" * 3000 + b'"}'),
+        (b"K", b'{"v": 2}'),
+    ]
+    offsets = [0, 7, 2**40, 2**62, 2**62 + 1]
+    taken = [(o, unchecked(k, v)) for o, (k, v) in zip(offsets, records, strict=True)]
+    decoded = [(o, decode(k, v)) for o, (k, v) in zip(offsets, records, strict=True)]
+    assert all(change is not None for _, change in taken + decoded)
+    with OrgDataStore(":memory:") as one, OrgDataStore(":memory:") as other:
+        one.apply("t", 5, taken, 2**62 + 2)  # type: ignore[arg-type]
+        other.apply("t", 5, decoded, 2**62 + 2)  # type: ignore[arg-type]
+        assert one.tables() == {"t": 4}
+        for raw_key, _ in records:
+            key = raw_key.decode()
+            assert one.get("t", key) == other.get("t", key) is not None
+        found = one.get("t", "K")
+        assert found is not None and found.data == {"v": 2} and found.offset == 2**62 + 1
+        assert one.records("t") == other.records("t")
