@@ -3,11 +3,14 @@ passages in the keyword and vector indexes, reopening from the file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from llmflow.services.orgdata.changes import Delete, Upsert, decode, unchecked
+from llmflow.services.orgdata.changes import Change, Delete, Rejected, Upsert, decode, unchecked
 from llmflow.services.orgdata.store import NotPlain, OrgDataStore
 from llmflow.topologies.collections import Collection, Embedding
 from tests.unit.orgdata.helpers import apply_records
@@ -215,3 +218,51 @@ def test_a_batch_of_unchecked_records_is_stored_as_each_decoded_record() -> None
         found = one.get("t", "K")
         assert found is not None and found.data == {"v": 2} and found.offset == 2**62 + 1
         assert one.records("t") == other.records("t")
+
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+_VALUES = (
+    st.none()  # a tombstone
+    | st.dictionaries(st.text(), _JSON, max_size=4).map(
+        lambda data: json.dumps(data, ensure_ascii=False).encode()
+    )
+    | st.binary(max_size=40).map(lambda raw: b"{" + raw)  # hostile: maybe not JSON, not UTF-8
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["K", "Ключ", "キー 🔑", "k" * 30]), _VALUES), max_size=12)
+)
+def test_any_batch_ends_as_if_each_record_had_been_decoded(
+    records: list[tuple[str, bytes | None]],
+) -> None:
+    """What the materializer does (records taken unchecked where they may be plain; the
+    batch decoded in full if SQLite turns one down) stores what decoding each would."""
+
+    def decoded(key: bytes, value: bytes | None) -> Change | None:
+        try:
+            return decode(key, value)
+        except Rejected:
+            return None
+
+    raw = [(key.encode(), value) for key, value in records]
+    quick = [(n, unchecked(k, v) or decoded(k, v)) for n, (k, v) in enumerate(raw)]
+    full = [(n, decoded(k, v)) for n, (k, v) in enumerate(raw)]
+    with OrgDataStore(":memory:") as one, OrgDataStore(":memory:") as other:
+        one.apply("t", 0, [(0, Upsert("K", {}, "v0", None, "{}"))], 0)
+        other.apply("t", 0, [(0, Upsert("K", {}, "v0", None, "{}"))], 0)
+        try:
+            one.apply("t", 0, [(n, c) for n, c in quick if c is not None], len(raw))
+        except NotPlain:
+            one.apply("t", 0, [(n, c) for n, c in full if c is not None], len(raw))
+        other.apply("t", 0, [(n, c) for n, c in full if c is not None], len(raw))
+        assert one.records("t") == other.records("t")
+        for key, _ in records:
+            assert one.get("t", key) == other.get("t", key)
+        assert one.positions("t") == other.positions("t") == {0: len(raw)}
