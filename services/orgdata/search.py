@@ -6,7 +6,6 @@ Runs in a thread: numpy and SQLite release the GIL, and the event loop keeps goi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,7 +13,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from llmflow.services.orgdata.store import OrgDataError, OrgDataStore
+from llmflow.services.orgdata.store import OrgDataError, OrgDataStore, stored_data
 from llmflow.services.orgdata.terms import query_terms
 
 Mode = Literal["keyword", "vector", "hybrid"]
@@ -102,7 +101,7 @@ class Retriever:
                 round(score, 6),
                 p.version,
                 p.offset,
-                json.loads(p.data),
+                stored_data(p.data),
             )
             for pid, score in ranked
             if (p := found.get(pid)) is not None  # removed since it was ranked

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmflow.services.orgdata.changes import Change, Delete, Rejected, Upsert, decode, unchecked
-from llmflow.services.orgdata.store import NotPlain, OrgDataStore
+from llmflow.services.orgdata.store import NotPlain, OrgDataStore, stored_data
 from llmflow.topologies.collections import Collection, Embedding
 from tests.unit.orgdata.helpers import apply_records
 
@@ -266,3 +266,15 @@ def test_any_batch_ends_as_if_each_record_had_been_decoded(
         for key, _ in records:
             assert one.get("t", key) == other.get("t", key)
         assert one.positions("t") == other.positions("t") == {0: len(raw)}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1e400, "b": 123456789012345678901234567890, "c": -0.0, "d": [1, {"e": null}]}',
+        '{"s": "caf\\u00e9 \\u2028 ☕", "a": 1, "a": 2}',
+        '{"lone": "\\ud800"}',  # pydantic-core refuses it: json.loads reads it
+    ],
+)
+def test_stored_data_reads_what_json_loads_reads(text: str) -> None:
+    assert stored_data(text) == json.loads(text)
