@@ -275,7 +275,7 @@ class Materializer:
             self.store.write(batch, next_offset)
         except NotPlain:
             table = batch.table
-            log.info("org data: %s sent a value that is not plain JSON; decoding all", table)
+            log.info("org data: %s sent a record that is not a plain one; decoding all", table)
             self._in_full.add(table)
             decoded = [(offset, self._in_full_change(tp, offset, c)) for offset, c in changes]
             changes = [(offset, change) for offset, change in decoded if change is not None]

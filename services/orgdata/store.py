@@ -25,7 +25,7 @@ import numpy as np
 import pydantic_core
 
 from llmflow.errors import LlmflowError
-from llmflow.services.orgdata.changes import Change, Unchecked, Upsert
+from llmflow.services.orgdata.changes import PLAIN_EXCLUDES, Change, Unchecked, Upsert
 from llmflow.services.orgdata.documents import plain_passages
 from llmflow.services.orgdata.index import Entry, PassageIndex
 from llmflow.topologies.collections import Collection
@@ -87,10 +87,13 @@ takes `Unchecked` records only then."""
 # the two never ran at once. The statement reads the records from two parameters: their
 # keys and values back to back in a blob, and an index with a fixed-width slot per record
 # (`_unchecked_params`). A value is stored only if it is valid JSON (it starts with `{`: an
-# object); otherwise NULL breaks the NOT NULL constraint and the batch is decoded in full.
+# object) without a top-level field of `PLAIN_EXCLUDES` (SQLite parses a value once for all
+# the JSON functions of a statement); otherwise NULL breaks the NOT NULL constraint and
+# the batch is decoded in full.
 _SLOT = 16 + 20 + 10 + 10
 """version, offset, key length, value length: each record's place in the blob is counted
 by the recursion, which spares Python the formatting of two more numbers per record"""
+_IS_PLAIN = " AND ".join(f"json_type(data, '$.{field}') IS NULL" for field in PLAIN_EXCLUDES)
 _UPSERT_UNCHECKED = f"""
 WITH RECURSIVE slot(at, key_at, key_len, value_len) AS (
     SELECT 1, 1, CAST(substr(?4, 37, 10) AS INTEGER), CAST(substr(?4, 47, 10) AS INTEGER)
@@ -102,7 +105,8 @@ WITH RECURSIVE slot(at, key_at, key_len, value_len) AS (
 )
 INSERT OR REPLACE INTO records
 SELECT ?1, CAST(substr(?3, key_at, key_len) AS TEXT), CAST(substr(?4, at, 16) AS TEXT), ?2,
-    CAST(substr(?4, at + 16, 20) AS INTEGER), CASE WHEN json_valid(data) THEN data END
+    CAST(substr(?4, at + 16, 20) AS INTEGER),
+    CASE WHEN NOT json_valid(data) THEN NULL WHEN {_IS_PLAIN} THEN data END
 FROM (
     SELECT *, CAST(substr(?3, key_at + key_len, value_len) AS TEXT) AS data FROM slot
 )
@@ -135,7 +139,8 @@ class OrgDataError(LlmflowError):
 
 
 class NotPlain(OrgDataError):
-    """An `Unchecked` value is not valid JSON; nothing of its batch was applied."""
+    """An `Unchecked` value is not valid JSON, or not a plain record (see `PLAIN_EXCLUDES`);
+    nothing of its batch was applied."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +376,7 @@ class OrgDataStore:
                     if batch.unchecked is not None:
                         db.execute(_UPSERT_UNCHECKED, (table, partition, *batch.unchecked))
                 except sqlite3.IntegrityError as exc:
-                    raise NotPlain(f"table {table!r}: a value is not valid JSON") from exc
+                    raise NotPlain(f"table {table!r}: a value is not a plain record") from exc
                 db.executemany(_DELETE, batch.deletes)
                 if collection is not None:
                     removed, added = self._replace_passages(db, collection, batch.latest)

@@ -11,7 +11,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -289,7 +288,6 @@ def test_records_taken_unchecked_end_as_if_each_had_been_decoded(
     from llmflow.services.broker.topics import ensure_topics
     from llmflow.services.orgdata import Materializer, OrgDataStore
     from llmflow.services.orgdata.changes import Rejected, decode
-    from llmflow.services.orgdata.store import OrgRecord
 
     plain, mixed = (f"t-{uuid.uuid4().hex[:8]}.orgdata.{t}" for t in ("plain", "mixed"))
     ensure_topics(kafka_bootstrap, [plain, mixed], 1, 1, {"cleanup.policy": "compact"})
@@ -329,19 +327,13 @@ def test_records_taken_unchecked_end_as_if_each_had_been_decoded(
                 continue
             if change is not None:
                 expected.apply(table, 0, [(offset, change)], offset + 1)
-    assert rejected == 2 and follower.rejected == rejected  # not JSON; nested too deep
+    assert rejected == 3 and follower.rejected == rejected  # not JSON; NaN; nested too deep
     assert store.tables() == expected.tables()
-
-    def seen(found: OrgRecord | None) -> tuple[object, ...] | None:
-        # Through JSON: NaN (which decode takes) is not equal to itself.
-        if found is None:
-            return None
-        return (*astuple(found)[:5], json.dumps(found.data, sort_keys=True))
 
     for table in ("plain", "mixed"):
         assert store.records(table) == expected.records(table)
         for name in [f"K-{n}" for n in range(700)] + [f"G-{n}" for n in range(1, 6)]:
-            assert seen(store.get(table, name)) == seen(expected.get(table, name)), (table, name)
+            assert store.get(table, name) == expected.get(table, name), (table, name)
     store.close()
     expected.close()
 

@@ -69,6 +69,8 @@ def test_debezium_change_events(wrapped: bool) -> None:
     [
         (b"K", b"not json", "the value is not JSON"),
         (b"K", b"[1, 2]", "the value is a JSON list, not an object"),
+        (b"K", b'{"n": NaN}', "the value is not JSON"),
+        (b"K", b'{"after": {"n": -Infinity}, "op": "c"}', "the value is not JSON"),
         (None, None, "a tombstone without a key"),
         (None, b'{"name": "x"}', "a record without a key or a 'id' field"),
         (b"\xff\xfe", b"{}", "the key is not UTF-8"),
@@ -93,11 +95,9 @@ def test_what_cannot_be_applied_says_why(
 
 # --- the unchecked path: taken only where `decode` would read a plain upsert -----------------
 
+# Change events, wrapped values and passages are taken: the store turns them down (see
+# test_store), where it has parsed the value anyway.
 _NOT_TAKEN = [
-    (b"C-1", _debezium("c", None, ROW)),
-    (b"C-1", _debezium("u", ROW, ROW, wrapped=True)),
-    (b"C-1", b'{"schema": {}, "payload": {"a": 1}}'),
-    (b"C-1", _passages_of("AAAAAAAAAAA=")),
     (b"C-1", b'{"\\u006fp": "c", "after": {"id": 1}}'),  # an escaped "op"
     (b"C-1", b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}"),
     (b"C-1", b' {"a": 1}'),
