@@ -251,6 +251,7 @@ class PassageIndex:
         new_row = np.full(top, -1, dtype=np.int64)
         new_row[kept] = np.arange(len(kept))
         starts, rows, tfs = self._merged_postings(new_row)
+        term_ids, word_ids, starts = self._used_terms(starts)
         capacity = max(1024, len(kept) + len(kept) // 2)
         moved = {
             "ids": _resized(self._ids[kept], capacity, -1),
@@ -271,8 +272,27 @@ class PassageIndex:
             self._top = len(kept)
             self._row_of = {int(pid): row for row, pid in enumerate(self._ids[: self._top])}
             self._starts, self._rows, self._tfs = starts, rows, tfs
+            self._term_ids, self._word_ids = term_ids, word_ids
             self._chunks = []
             self._recent_count = 0
+
+    def _used_terms(
+        self, starts: npt.NDArray[np.int64]
+    ) -> tuple[dict[str, int], dict[str, int], npt.NDArray[np.int64]]:
+        """The term and word dicts without the terms no passage holds any more, and the
+        slices renumbered to match: a stream of new words (ids, typos, another language)
+        would otherwise grow them for ever. Ids keep their order, so the postings stay."""
+        counts = np.diff(starts)
+        used = counts > 0
+        if used.all():
+            return self._term_ids, self._word_ids, starts
+        new_id = (np.cumsum(used) - 1).tolist()
+        keep = used.tolist()
+        term_ids = {term: new_id[tid] for term, tid in self._term_ids.items() if keep[tid]}
+        word_ids = {word: new_id[tid] for word, tid in self._word_ids.items() if keep[tid]}
+        renumbered = np.zeros(len(term_ids) + 1, dtype=np.int64)
+        np.cumsum(counts[used], out=renumbered[1:])
+        return term_ids, word_ids, renumbered
 
     # -- searches -----------------------------------------------------------------------
 
