@@ -264,6 +264,7 @@ class PassageIndex:
         fields = {
             name: _resized(column[kept], capacity, 0) for name, column in self._fields.items()
         }
+        codes = self._used_codes([moved["tenants"], *fields.values()])
         with self._lock:
             self._ids, self._live = moved["ids"], moved["live"]
             self._has_vector, self._lengths = moved["has_vector"], moved["lengths"]
@@ -273,6 +274,7 @@ class PassageIndex:
             self._row_of = {int(pid): row for row, pid in enumerate(self._ids[: self._top])}
             self._starts, self._rows, self._tfs = starts, rows, tfs
             self._term_ids, self._word_ids = term_ids, word_ids
+            self._codes = codes
             self._chunks = []
             self._recent_count = 0
 
@@ -293,6 +295,20 @@ class PassageIndex:
         renumbered = np.zeros(len(term_ids) + 1, dtype=np.int64)
         np.cumsum(counts[used], out=renumbered[1:])
         return term_ids, word_ids, renumbered
+
+    def _used_codes(self, columns: list[npt.NDArray[np.int32]]) -> dict[str | None, int]:
+        """The tenant and filter values the kept rows still hold, coded again from 1; the
+        `columns` are recoded in place. Tenants and filter values that come and go would
+        otherwise grow the codes for ever, as terms would."""
+        used = np.unique(np.concatenate([np.zeros(1, dtype=np.int32), *columns]))
+        if len(used) == len(self._codes):
+            return self._codes
+        new_code = np.full(len(self._codes), -1, dtype=np.int32)
+        new_code[used] = np.arange(len(used), dtype=np.int32)  # 0 (none) stays 0
+        for column in columns:
+            column[:] = new_code[column]
+        keep = new_code.tolist()
+        return {value: keep[code] for value, code in self._codes.items() if keep[code] >= 0}
 
     # -- searches -----------------------------------------------------------------------
 

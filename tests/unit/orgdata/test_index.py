@@ -115,31 +115,41 @@ def test_searches_match_reference_through_updates_merges_and_compactions(
         _check(index, live, rng)
 
 
-def test_words_no_passage_holds_any_more_leave_the_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stream of new words (order ids, typos) must not grow the index for ever: the
-    terms of dead rows go at compaction, and the terms left keep their postings."""
+def test_words_and_tenants_no_passage_holds_any_more_leave_the_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream of new words (order ids, typos) or tenants must not grow the index for
+    ever: what only dead rows held goes at compaction, and what is left keeps its rows."""
     monkeypatch.setattr(index_module, "MIN_DEAD_ROWS", 4)
     index = PassageIndex(DIMS)
     live: dict[int, Entry] = {}
-    for round_ in range(60):  # each round replaces the same 10 passages with new words
+    for round_ in range(60):  # each round replaces the same 10 passages
         batch = [
-            Entry(pid, f"refunds order{round_}x{pid} w{pid}", None, None, {}) for pid in range(10)
+            Entry(pid, f"refunds order{round_}x{pid} w{pid}", None, f"t{round_}", {"v": f"v{pid}"})
+            for pid in range(10)
         ]
         index.add(batch)
         live.update((entry.id, entry) for entry in batch)
     assert len(index._term_ids) < 100 and len(index._word_ids) < 100  # 600 words went by
+    assert len(index._codes) < 40  # 60 tenants went by
     assert [pid for pid, _ in index.keyword(query_terms("order59x3"), 5, None, {})] == [3]
     assert index.keyword(query_terms("order0x3"), 5, None, {}) == []
     for query in ("refunds w7 order59x7", "w2 order58x2"):
         terms = query_terms(query)
         expected = _reference_bm25(live, terms)
-        got = dict(index.keyword(terms, 100, None, {}))
+        got = dict(index.keyword(terms, 100, ("t59", False), {}))
         assert got.keys() == expected.keys()
         for pid, score in expected.items():
             assert got[pid] == pytest.approx(score, rel=1e-5)
+    refunds = query_terms("refunds")
+    assert index.keyword(refunds, 100, ("t58", True), {}) == []
+    assert [pid for pid, _ in index.keyword(refunds, 100, ("t59", False), {"v": "v4"})] == [4]
     index.remove(list(range(10)))
-    index.add([Entry(99, "order59x3 again", None, None, {})])
+    index.add([Entry(99, "order59x3 again", None, "t60", {"v": "v5"})])
     assert [pid for pid, _ in index.keyword(query_terms("order59x3"), 5, None, {})] == [99]
+    assert index.keyword(refunds, 5, None, {}) == []
+    assert index.keyword(query_terms("again"), 5, None, {"v": "v4"}) == []
+    assert [pid for pid, _ in index.keyword(query_terms("again"), 5, ("t60", False), {})] == [99]
 
 
 def test_stemming_folding_and_idf_of_common_words() -> None:
