@@ -10,7 +10,8 @@ from llmflow.schemas._base import NUMBER, Contract, JsonBool, JsonFloat, JsonInt
 
 # 2: results carry `record_type`, so readers tell them apart without guessing from keys.
 # 3: the org record's offset, and the passages a retrieval step used (`retrieval`).
-OUTPUT_SCHEMA_VERSION: Final = 3
+# 4: calls a condition skipped (`skipped`).
+OUTPUT_SCHEMA_VERSION: Final = 4
 
 
 class ModelCallResult(Contract):
@@ -45,6 +46,17 @@ class ModelCallResult(Contract):
     """Answered before (an earlier delivery of the same event) and not paid again."""
     cost_usd: JsonFloat = Field(default=0.0, ge=0)
     """Price of the tokens, from the configured price table."""
+
+
+class SkippedCall(Contract):
+    """A call of the topology that did not run for this event, and cost nothing."""
+
+    name: str
+    """The call's name in the topology."""
+    when: str
+    """The condition that was false: the call's own, or that of a call it needs."""
+    because: str | None = None
+    """The call it needs that was skipped; null when its own condition was false."""
 
 
 class OrgRecordRef(Contract):
@@ -138,7 +150,7 @@ class Output(Contract):
 
     record_type: Literal["output"] = "output"
     """Tells an output from a dead letter or a parked event when one reader takes all three."""
-    schema_version: Annotated[Literal[3], NUMBER] = OUTPUT_SCHEMA_VERSION
+    schema_version: Annotated[Literal[4], NUMBER] = OUTPUT_SCHEMA_VERSION
     """Contract version of this record."""
     event_id: str
     """Id of the input event."""
@@ -163,7 +175,9 @@ class Output(Contract):
     images: list[ImageInfo]
     """Images as sent to the models."""
     calls: list[ModelCallResult]
-    """One entry per model call, in the topology's order."""
+    """One entry per model call that ran, in the topology's order."""
+    skipped: list[SkippedCall] = Field(default_factory=list)
+    """The calls a condition skipped, in the topology's order."""
     totals: Totals
     """Token and latency totals."""
     worker: str

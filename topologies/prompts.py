@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +16,22 @@ _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False
 @lru_cache(maxsize=1024)
 def compile_template(source: str) -> Template:
     return _ENV.from_string(source)
+
+
+@lru_cache(maxsize=1024)
+def compile_condition(source: str) -> Callable[..., Any]:
+    """A `when:` condition: one Jinja expression, in the same sandbox."""
+    return _ENV.compile_expression(source, undefined_to_none=False)
+
+
+def condition_template(condition: str) -> str:
+    """The condition as a template, for the checks made on templates."""
+    return "{{ (" + condition + ") }}"
+
+
+def holds(condition: str, context: dict[str, Any]) -> bool:
+    """Whether the condition is true in `context`; raises jinja2 errors as `render` does."""
+    return bool(compile_condition(condition)(**context))
 
 
 def render(source: str, context: dict[str, Any]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 from contextvars import ContextVar
+from graphlib import CycleError, TopologicalSorter
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from jinja2 import TemplateSyntaxError
@@ -18,9 +19,15 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llmflow.schemas.events import ImageEvent, TextEvent, TextImageEvent
-from llmflow.schemas.outputs import OrgRecordRef
+from llmflow.schemas.outputs import ModelCallResult, OrgRecordRef
 from llmflow.topologies.output_schemas import InvalidSchema, check_schema, schema_of_output_model
-from llmflow.topologies.prompts import VariablePath, compile_template, variable_paths
+from llmflow.topologies.prompts import (
+    VariablePath,
+    compile_condition,
+    compile_template,
+    condition_template,
+    variable_paths,
+)
 
 _NAME = r"^[a-z][a-z0-9_]*$"
 _TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
@@ -32,13 +39,14 @@ WITHIN = "within"
 
 
 # What a template may name, as `services/worker/pipeline.py` renders it: the event as JSON,
-# the org record's data (free-form) and which record it was (or nothing).
+# the org record's data (free-form), which record it was (or nothing), the passages found,
+# and the results of the calls a call `needs` (see `Topology._steps_consistent`).
 _EVENTS: dict[str, type[BaseModel]] = {
     "text": TextEvent,
     "image": ImageEvent,
     "text_image": TextImageEvent,
 }
-_CONTEXT = ("event", "org", "record", "docs")
+_CONTEXT = ("event", "org", "record", "docs", "calls")
 _DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 # The kinds the topology being validated accepts; none known (a prompt alone): all kinds.
 _ACCEPTED: ContextVar[tuple[str, ...]] = ContextVar("accepted_kinds", default=())
@@ -89,6 +97,15 @@ def _variable_problem(path: VariablePath, accepted: tuple[str, ...]) -> str | No
         return f"unknown variable {name!r} (variables: {', '.join(_CONTEXT)})"
     if name in ("org", "docs"):
         return None
+    if name == "calls":  # which calls: checked by the topology, against `needs`
+        if len(below) < 1 or not isinstance(below[0], str):
+            return "`calls` takes a call's name: calls.<name>.answer"
+        unknown_field = _first_unknown(below[1:], [ModelCallResult])
+        if unknown_field is None:
+            return None
+        shown = _shown(path[: unknown_field[0] + 3])
+        known = ", ".join(sorted(ModelCallResult.model_fields))
+        return f"unknown variable {shown!r} (a call's result has: {known})"
     events = [_EVENTS[kind] for kind in accepted or tuple(_EVENTS)]
     unknown = _first_unknown(below, list(events) if name == "event" else [OrgRecordRef])
     if unknown is None:
@@ -118,6 +135,22 @@ def _checked_template(template: str) -> str:
         raise ValueError(f"template error on its line {exc.lineno}: {exc.message}") from exc
     _check_variables(template)
     return template
+
+
+def _checked_condition(condition: str) -> str:
+    try:
+        compile_condition(condition)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"condition error: {exc.message}") from exc
+    _check_variables(condition_template(condition))
+    return condition
+
+
+def called(template: str) -> set[str]:
+    """The calls whose results `template` names (`calls.<name>...`)."""
+    return {
+        str(path[1]) for path in variable_paths(template) if path[0] == "calls" and len(path) > 1
+    }
 
 
 class _Spec(BaseModel):
@@ -157,10 +190,19 @@ class Target(_Spec):
 
 
 class ModelCall(_Spec):
-    """One model call; all calls of a topology run concurrently for each event."""
+    """One model call. A topology's calls run as a graph: each as soon as the calls it
+    `needs` have answered, all that can run at once concurrently."""
 
     name: str = Field(pattern=_NAME)
     """Name of the call, unique within the topology; outputs are keyed by it."""
+    needs: list[str] = Field(default_factory=list)
+    """Calls whose results this one's templates and condition use, as
+    `calls.<name>.answer`; it runs after they have answered."""
+    when: str | None = None
+    """A condition (a Jinja expression over `event`, `org`, `record`, `docs` and `calls`,
+    e.g. `calls.classify.answer.priority in ['high', 'urgent']`): when false, the call is
+    skipped, costs nothing and is listed in the output's `skipped`, as are the calls that
+    need it."""
     kind: Literal["chat", "vision", "embedding"] = "chat"
     """`vision` attaches the event's prepared images to the user message."""
     model: str = Field(min_length=1)
@@ -211,6 +253,17 @@ class ModelCall(_Spec):
     def targets(self) -> list[Target]:
         """The primary model first, then the fallbacks."""
         return [Target(model=self.model, endpoint=self.endpoint), *self.fallbacks]
+
+    @field_validator("when")
+    @classmethod
+    def _condition_compiles(cls, condition: str | None) -> str | None:
+        return _checked_condition(condition) if condition is not None else None
+
+    @property
+    def templates(self) -> list[str]:
+        """Its templates and condition, each as a template."""
+        found = [self.prompt.user, *([self.prompt.system] if self.prompt.system else [])]
+        return found + ([condition_template(self.when)] if self.when is not None else [])
 
     @model_validator(mode="after")
     def _fits_kind(self) -> ModelCall:
@@ -304,7 +357,7 @@ class Topology(_Spec):
     images: ImageOptions = ImageOptions()
     """How images are prepared before vision calls."""
     calls: list[ModelCall] = Field(min_length=1)
-    """The model calls, run concurrently for each event; the output lists them in this order."""
+    """The model calls, run as their `needs` allow; the output lists them in this order."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -334,6 +387,48 @@ class Topology(_Spec):
             raise ValueError("a vision call needs images, but the topology accepts only text")
         return self
 
+    @model_validator(mode="after")
+    def _steps_consistent(self) -> Topology:
+        """`needs` name other calls, without a cycle, and templates use the results of
+        needed calls only (the others may not have answered yet)."""
+        names = {call.name for call in self.calls}
+        for n, call in enumerate(self.calls):
+            unknown = [need for need in call.needs if need not in names or need == call.name]
+            if unknown:
+                _step_error(n, "needs", f"needs {', '.join(map(repr, unknown))}: no other call")
+            used = set().union(*(called(template) for template in call.templates))
+            undeclared = sorted(used - set(call.needs))
+            if undeclared:
+                in_when = called(condition_template(call.when)) if call.when else set()
+                listed = ", ".join(map(repr, undeclared))
+                _step_error(
+                    n,
+                    "when" if in_when & set(undeclared) else "prompt",
+                    f"uses the result of {listed}, which it does not list in needs",
+                )
+        if self.retrieval is not None:
+            templates = [self.retrieval.query, *self.retrieval.filters.values()]
+            if any(called(template) for template in templates):
+                raise PydanticCustomError(
+                    "step",
+                    "retrieval runs before the calls: its query and filters cannot use `calls`",
+                    {WITHIN: ("retrieval",)},
+                )
+        try:
+            TopologicalSorter({call.name: call.needs for call in self.calls}).prepare()
+        except CycleError as exc:
+            cycle = " -> ".join(exc.args[1])
+            first = next(n for n, call in enumerate(self.calls) if call.name == exc.args[1][0])
+            _step_error(first, "needs", f"the calls' needs make a cycle: {cycle}")
+        return self
+
+    @property
+    def order(self) -> list[ModelCall]:
+        """The calls in an order where each comes after those it needs."""
+        by_name = {call.name: call for call in self.calls}
+        graph = TopologicalSorter({call.name: call.needs for call in self.calls})
+        return [by_name[name] for name in graph.static_order()]
+
     @property
     def parked(self) -> str:
         """The topic of parked events."""
@@ -343,3 +438,9 @@ class Topology(_Spec):
     def topics(self) -> list[str]:
         """Every topic the topology reads or writes: input, output, dead letters, parked."""
         return [self.input_topic, self.output_topic, self.dead_letter_topic, self.parked]
+
+
+def _step_error(n: int, field: str, problem: str) -> None:
+    raise PydanticCustomError(
+        "step", "{problem}", {"problem": problem, WITHIN: ("calls", n, field)}
+    )

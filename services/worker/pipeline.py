@@ -43,6 +43,7 @@ from llmflow.schemas.outputs import (
     Output,
     Retrieved,
     RetrievedPassage,
+    SkippedCall,
     Totals,
 )
 from llmflow.schemas.parked import Parked
@@ -59,7 +60,7 @@ from llmflow.services.worker.ports import (
     Passages,
 )
 from llmflow.topologies.collections import Collection
-from llmflow.topologies.prompts import render
+from llmflow.topologies.prompts import holds, render
 from llmflow.topologies.spec import ModelCall, Prompt, Topology
 
 log = logging.getLogger(__name__)
@@ -432,10 +433,9 @@ class Pipeline:
         if self.topology.retrieval is not None:
             progress.stage = "retrieve"
             retrieved, context["docs"] = await self._retrieve(event, tenant, context)
-        progress.stage = "prompt"
-        prompts = [self._render(call, context) for call in self.topology.calls]
         progress.stage = "model"
-        results = await self._run_calls(event.id, tenant, prompts, image_urls)
+        steps = await self._run_calls(event.id, tenant, context, image_urls)
+        results = [step for step in steps if isinstance(step, ModelCallResult)]
         progress.stage = "output"
         return Output(
             event_id=event.id,
@@ -459,6 +459,7 @@ class Pipeline:
                 for image in images
             ],
             calls=results,
+            skipped=[step for step in steps if isinstance(step, SkippedCall)],
             totals=Totals.of(
                 [*results, *([retrieved.embedding] if retrieved and retrieved.embedding else [])],
                 round((time.perf_counter() - started) * 1000, 3),
@@ -581,31 +582,59 @@ class Pipeline:
         self,
         event_id: str,
         tenant: str,
-        prompts: list[tuple[str | None, str]],
+        context: dict[str, Any],
         image_urls: list[str],
-    ) -> list[ModelCallResult]:
+    ) -> list[ModelCallResult | SkippedCall]:
+        """Every call, in the topology's order: each runs once the calls it needs have
+        answered, so independent ones run at once (the event's critical path sets its time)."""
+        steps: dict[str, asyncio.Task[ModelCallResult | SkippedCall]] = {}
         try:
             async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(
-                        self._call_once(
-                            call,
-                            tenant,
-                            call_id=call_id(event_id, self.topology, call),
-                            system=system,
-                            user=user,
-                            image_urls=image_urls if call.kind == "vision" else [],
-                        )
+                for call in self.topology.order:  # a call's needs have their tasks first
+                    needed = [steps[name] for name in call.needs]
+                    steps[call.name] = group.create_task(
+                        self._step(call, needed, event_id, tenant, context, image_urls)
                     )
-                    for call, (system, user) in zip(self.topology.calls, prompts, strict=True)
-                ]
         except* ModelCallError as group_error:
             errors = [e for e in group_error.exceptions if isinstance(e, ModelCallError)]
             # The event's own fault first: an outage must not hide a request that is bad.
             first = min(errors, key=lambda e: e.endpoint_down)
             kind = f"{first.kind}{'_retries_exhausted' if first.transient else ''}"
             raise StageFailure("model", kind, str(first)) from first
-        return [task.result() for task in tasks]
+        return [steps[call.name].result() for call in self.topology.calls]
+
+    async def _step(
+        self,
+        call: ModelCall,
+        needed: list[asyncio.Task[ModelCallResult | SkippedCall]],
+        event_id: str,
+        tenant: str,
+        context: dict[str, Any],
+        image_urls: list[str],
+    ) -> ModelCallResult | SkippedCall:
+        answers: dict[str, Any] = {}
+        for task in needed:
+            step = await task
+            if isinstance(step, SkippedCall):  # what it needs is missing: skipped too
+                return SkippedCall(name=call.name, when=step.when, because=step.name)
+            answers[step.name] = step.model_dump(mode="json")
+        seen = {**context, "calls": answers}
+        try:
+            if call.when is not None and not holds(call.when, seen):
+                return SkippedCall(name=call.name, when=call.when)
+        except Exception as exc:  # a missing field, `'a' < 1`: the event's, not a bug
+            raise StageFailure(
+                "prompt", type(exc).__name__, f"call {call.name!r}, when: {_exception_text(exc)}"
+            ) from exc
+        system, user = self._render(call, seen)
+        return await self._call_once(
+            call,
+            tenant,
+            call_id=call_id(event_id, self.topology, call),
+            system=system,
+            user=user,
+            image_urls=image_urls if call.kind == "vision" else [],
+        )
 
     async def _call_once(
         self,

@@ -167,10 +167,9 @@ def test_results_say_what_they_are() -> None:
     ]:
         document = _files()[name]
         assert document["properties"]["record_type"]["const"] == record_type
-        # Outputs 3: the org record's offset and the retrieved passages. Dead letters 4: stage
-        # `retrieve`. Parked events 3: the original may be left out, its hash and size never
-        # are.
-        version = {"output": 3, "dead_letter": 4, "parked": 3}[record_type]
+        # Outputs 4: the calls a condition skipped. Dead letters 4: stage `retrieve`. Parked
+        # events 3: the original may be left out, its hash and size never are.
+        version = {"output": 4, "dead_letter": 4, "parked": 3}[record_type]
         assert document["properties"]["schema_version"]["const"] == version
         # What the worker always writes is required, defaults included.
         assert set(document["required"]) == set(document["properties"]), name

@@ -21,6 +21,7 @@ from llmflow.schemas.outputs import (
     Output,
     Retrieved,
     RetrievedPassage,
+    SkippedCall,
     Totals,
 )
 from llmflow.schemas.parked import Parked
@@ -82,6 +83,12 @@ OUTPUT = Output(
         )
     ],
     calls=[CALL, CALL.model_copy(update={"name": "embed", "kind": "embedding", "answer": [0.5]})],
+    skipped=[
+        SkippedCall(name="escalate", when="calls.classify.answer.priority == 'urgent'"),
+        SkippedCall(
+            name="notify", when="calls.classify.answer.priority == 'urgent'", because="escalate"
+        ),
+    ],
     totals=Totals.of([CALL, QUERY_EMBEDDING], 430.0),
     worker="host:1",
     received_at=AT,
@@ -95,6 +102,7 @@ BARE_OUTPUT = OUTPUT.model_copy(
         "retrieval": None,
         "images": [],
         "calls": [],
+        "skipped": [],
         "received_at": AT,
     }
 )
@@ -233,6 +241,9 @@ BROKEN: dict[str, bytes] = {
     "dead-letter-schema-version-2": _edit(DEAD_LETTER, schema_version=2),
     "dead-letter-schema-version-3": _edit(DEAD_LETTER, schema_version=3),
     "output-schema-version-2": _edit(OUTPUT, schema_version=2),
+    "output-schema-version-3": _edit(OUTPUT, schema_version=3),
+    "skipped-without-condition": _edit(OUTPUT, skipped=[{"name": "escalate"}]),
+    "skipped-as-names": _edit(OUTPUT, skipped=["escalate"]),
     "org-record-offset-as-string": _edit(
         OUTPUT, org_record={**ORG_RECORD.model_dump(mode="json"), "offset": "12"}
     ),

@@ -59,8 +59,8 @@ def test_a_typo_in_the_system_template_is_reported(tmp_path: Path) -> None:
 def test_an_unknown_top_level_name_is_an_error(tmp_path: Path) -> None:
     [problem] = _problems(tmp_path, "{{ evnt.text }} {{ customer }}")
     assert problem.endswith(
-        "unknown variable 'evnt' (variables: event, org, record, docs); "
-        "unknown variable 'customer' (variables: event, org, record, docs)"
+        "unknown variable 'evnt' (variables: event, org, record, docs, calls); "
+        "unknown variable 'customer' (variables: event, org, record, docs, calls)"
     )
 
 

@@ -414,6 +414,137 @@ async def test_a_bad_request_is_dead_lettered_even_while_the_endpoint_struggles(
     assert isinstance(result, DeadLetter) and result.error_kind == "http_400"
 
 
+# --- calls that need each other ---------------------------------------------------------
+
+
+def _graph(**calls: dict[str, Any]) -> Topology:
+    """A text topology of chat calls: name -> extra fields (needs, when, prompt user)."""
+    return Topology.model_validate(
+        {
+            "name": "graph",
+            "version": "1",
+            "input_topic": "in",
+            "output_topic": "out",
+            "dead_letter_topic": "dlq",
+            "accepts": ["text"],
+            "calls": [
+                {
+                    "name": name,
+                    "model": "m",
+                    "prompt": {"version": f"{name}-1", "user": extra.get("user", name)},
+                    **{field: value for field, value in extra.items() if field != "user"},
+                }
+                for name, extra in calls.items()
+            ],
+        }
+    )
+
+
+DIAMOND: dict[str, dict[str, Any]] = {
+    "a": {"output_schema": {"type": "object"}},
+    "b": {"needs": ["a"], "user": "b after {{ calls.a.answer.fake }}"},
+    "c": {"needs": ["a"], "user": "c"},
+    "d": {"needs": ["b", "c"], "user": "d: {{ calls.b.answer }} | {{ calls.c.answer }}"},
+}
+
+
+async def test_a_graph_of_calls_takes_the_time_of_its_critical_path(
+    make_pipeline: PipelineFactory,
+) -> None:
+    models = FakeModels(latency_s=0.3)
+    started = asyncio.get_running_loop().time()
+    result = await make_pipeline(_graph(**DIAMOND), models=models).handle(_event(), SOURCE)
+    elapsed = asyncio.get_running_loop().time() - started
+    assert isinstance(result, Output), result
+    assert [call.name for call in result.calls] == ["a", "b", "c", "d"]
+    assert models.peak == 2  # b and c at once
+    assert 0.9 <= elapsed < 1.1  # a, then b and c together, then d: 3 x 0.3 s, not 4
+    order = [asked.call for asked in models.asked]
+    assert order[0] == "a" and sorted(order[1:3]) == ["b", "c"] and order[3] == "d"
+    assert models.request("b").user == "b after True"
+    assert models.request("d").user == "d: answer to: b after True | answer to: c"
+    assert result.totals.model_calls == 4 and result.skipped == []
+
+
+async def test_a_false_condition_skips_the_call_and_those_that_need_it(
+    make_pipeline: PipelineFactory,
+) -> None:
+    models, budgets = FakeModels(), FakeBudgets()
+    topology = _graph(
+        **{
+            **DIAMOND,
+            "c": {"needs": ["a"], "when": "calls.a.answer.fake and event.tenant == 'acme'"},
+            "e": {"when": "'refund' in event.text"},
+        }
+    )
+    result = await make_pipeline(topology, models=models, budgets=budgets).handle(_event(), SOURCE)
+    assert isinstance(result, Output), result
+    assert [call.name for call in result.calls] == ["a", "b", "e"]
+    condition = "calls.a.answer.fake and event.tenant == 'acme'"
+    assert [s.model_dump() for s in result.skipped] == [
+        {"name": "c", "when": condition, "because": None},
+        {"name": "d", "when": condition, "because": "c"},
+    ]
+    assert sorted(asked.call for asked in models.asked) == ["a", "b", "e"]
+    assert result.totals.model_calls == 3 and len(budgets.charged) == 3  # skipped: free
+    acme = await make_pipeline(topology, models=FakeModels()).handle(
+        _event(id="e-2", tenant="acme"), SOURCE
+    )
+    assert isinstance(acme, Output) and [c.name for c in acme.calls] == ["a", "b", "c", "d", "e"]
+
+
+@pytest.mark.parametrize(
+    ("when", "kind"),
+    [
+        ("calls.a.answer.missing == 1", "UndefinedError"),
+        ("calls.a.answer.fake > 'x'", "TypeError"),
+        ("event.text.__class__", "SecurityError"),
+    ],
+)
+async def test_a_condition_that_cannot_be_evaluated_makes_a_dead_letter(
+    make_pipeline: PipelineFactory, when: str, kind: str
+) -> None:
+    models = FakeModels()
+    topology = _graph(a={"output_schema": {"type": "object"}}, b={"needs": ["a"], "when": when})
+    result = await make_pipeline(topology, models=models).handle(_event(), SOURCE)
+    assert isinstance(result, DeadLetter), result
+    assert (result.stage, result.error_kind) == ("prompt", kind)
+    assert result.message.startswith("call 'b', when: ")
+    assert [asked.call for asked in models.asked] == ["a"]
+
+
+async def test_a_redelivered_event_resumes_from_the_steps_paid_for(
+    make_pipeline: PipelineFactory,
+) -> None:
+    paid = FakePaid()
+    failing = FakeModels(fail={"d": ModelCallError("d", "http_400", "refused", transient=False)})
+    first = await make_pipeline(_graph(**DIAMOND), models=failing, paid=paid).handle(
+        _event(), SOURCE
+    )
+    assert isinstance(first, DeadLetter) and first.stage == "model"
+    assert sorted(paid.answers) == sorted(
+        call_id("e-1", _graph(**DIAMOND), call) for call in _graph(**DIAMOND).calls[:3]
+    )
+    models = FakeModels()
+    again = await make_pipeline(_graph(**DIAMOND), models=models, paid=paid).handle(
+        _event(), SOURCE
+    )
+    assert isinstance(again, Output), again
+    assert [asked.call for asked in models.asked] == ["d"]  # a, b and c were paid for
+    assert [call.reused for call in again.calls] == [True, True, True, False]
+    assert models.request("d").user == "d: answer to: b after True | answer to: c"
+
+
+async def test_a_failed_step_stops_the_steps_that_need_it(make_pipeline: PipelineFactory) -> None:
+    models = FakeModels(fail={"a": ModelCallError("a", "http_400", "refused", transient=False)})
+    result = await make_pipeline(_graph(**DIAMOND), models=models).handle(_event(), SOURCE)
+    assert isinstance(result, DeadLetter) and (result.stage, result.error_kind) == (
+        "model",
+        "http_400",
+    )
+    assert [asked.call for asked in models.asked] == ["a"]
+
+
 # --- answers paid for once, budgets ------------------------------------------------------
 
 
