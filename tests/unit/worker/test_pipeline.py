@@ -97,7 +97,11 @@ class FakeModels:
             self.running -= 1
         if call.name in self.fail:
             raise self.fail[call.name]
-        answer: Any = {"fake": True} if call.output_schema else f"answer to: {user}"
+        answer: Any = (
+            {"fake": True, **_sample(call.output_schema)}
+            if call.output_schema
+            else f"answer to: {user}"
+        )
         if call.kind == "embedding":
             answer = [1.0] * (call.dimensions or 8)
         return ModelCallResult(
@@ -118,6 +122,19 @@ class FakeModels:
         """The one request made for `call`."""
         (asked,) = [a for a in self.asked if a.call == call]
         return asked
+
+
+def _sample(schema: dict[str, Any]) -> Any:
+    """A value of `schema` (the first of an enum, true for a boolean): what a later call's
+    template reads from a structured answer."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        return {name: _sample(field) for name, field in schema.get("properties", {}).items()}
+    return {"boolean": True, "string": "text", "integer": 1, "number": 1.5, "array": []}.get(
+        str(kind)
+    )
 
 
 class FakeOrgData:
@@ -261,7 +278,12 @@ async def test_text_event_gets_every_answer_and_its_lineage(
         assert answered.call_id == call_id("e-1", pipeline.topology, call)
         assert models.request(call.name).call_id == answered.call_id
         assert models.request(call.name).image_urls == []
-    assert result.call("classify").answer == {"fake": True}
+    assert result.call("classify").answer == {
+        "fake": True,
+        "category": "billing",
+        "priority": "low",
+        "sentiment": "negative",
+    }
     assert result.call("summarize").answer == (
         "answer to: My invoice was charged twice and I need a refund today"
     )
@@ -296,7 +318,8 @@ async def test_calls_and_events_run_concurrently(make_pipeline: PipelineFactory)
         *(pipeline.handle(_event(id=f"e-{n}"), SOURCE) for n in range(20))
     )
     assert all(isinstance(r, Output) for r in results)
-    assert models.peak == 20 * 3  # every call of every event in flight at once
+    # Every event at once, with classify and summarize; draft_reply needs both.
+    assert models.peak == 20 * 2
 
 
 # --- dead letters, one per stage ---------------------------------------------------------
@@ -883,11 +906,24 @@ async def test_the_real_model_client_answers_chat_structured_and_vision_calls(
         images = make_pipeline(
             "product_images", models=simulated_client, orgdata=store, passages=Retriever(store)
         )
-        pictured = await images.handle(_image_event(_jpeg_b64((2048, 1024))), SOURCE)
-        assert isinstance(pictured, Output), pictured
-        alt_text = pictured.call("alt_text").answer
-        described = re.search(r"\[image 1024x512 RGB mean #(\w{6})\]", alt_text)
-        assert described is not None, alt_text
-        assert set(pictured.call("policy_check").answer) == {"compliant", "issues"}
+        # Caption and alt text follow a compliant policy check only: the simulator's
+        # verdict follows the input, so photos of a few sizes see both ways.
+        verdicts = []
+        for width in range(2048, 2048 + 8 * 64, 64):
+            pictured = await images.handle(_image_event(_jpeg_b64((width, 1024))), SOURCE)
+            assert isinstance(pictured, Output), pictured
+            assert set(pictured.call("policy_check").answer) == {"compliant", "issues"}
+            compliant = pictured.call("policy_check").answer["compliant"]
+            verdicts.append(compliant)
+            ran = [call.name for call in pictured.calls]
+            if not compliant:
+                assert ran == ["policy_check"]
+                assert [s.name for s in pictured.skipped] == ["caption", "alt_text"]
+                continue
+            assert ran == ["policy_check", "caption", "alt_text"] and pictured.skipped == []
+            alt_text = pictured.call("alt_text").answer
+            size = rf"\[image 1024x{1024 * 1024 // width} RGB mean #(\w{{6}})\]"
+            assert re.search(size, alt_text) is not None, alt_text
+        assert True in verdicts and False in verdicts, verdicts
     finally:
         store.close()
