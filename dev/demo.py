@@ -130,6 +130,9 @@ def _show(result: Result) -> str:
     for call in result.calls:
         text = call.answer if isinstance(call.answer, str) else str(call.answer)
         answers.append(f"      {call.name:<13} {call.model} {call.prompt_version}: {text[:100]}")
+    for skipped in result.skipped:
+        why = f"needs {skipped.because}, skipped" if skipped.because else "skipped"
+        answers.append(f"      {skipped.name:<13} {why}: when {skipped.when}")
     org = result.org_record
     lineage = f"{org.table}/{org.key}@{org.version}" if org else "-"
     head = (
@@ -231,13 +234,14 @@ def run_demo(events: int = 24, bad: int = 4) -> int:
 
     latencies = [o.totals.latency_ms for o in outputs]
     calls = sum(o.totals.model_calls for o in outputs)
+    skipped = sum(len(o.skipped) for o in outputs)
     print(
         "\nSummary\n"
         f"  events published   {good + bad_sent} ({good} good, {bad_sent} bad)\n"
         f"  outputs            {len(outputs)}\n"
         f"  dead letters       {len(dead)}\n"
         f"  parked             {len(parked)}\n"
-        f"  model calls        {calls}\n"
+        f"  model calls        {calls} ({skipped} skipped by a condition)\n"
         f"  tokens             {sum(o.totals.tokens_in for o in outputs)} in, "
         f"{sum(o.totals.tokens_out for o in outputs)} out, "
         f"{sum(o.totals.cost_usd for o in outputs):.6f} USD at list prices\n"
