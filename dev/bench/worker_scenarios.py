@@ -12,6 +12,8 @@ topics and consumer group:
 3. latency     - end-to-end p50/p95/p99 at 50% and 90% of the throughput of (1).
 4. scaling     - 1, 2 and 4 workers in one group: events/s and ratio to one worker.
 5. memory      - peak resident memory (VmHWM) of the worker at C=200, taken during (1).
+6. graph       - a graph of 4 calls (one, then two at once, then one) at C=50: each event's
+   time in the worker over the sum of the latencies on its critical path (target <= 1.1).
 
 Rates come from the outputs' own timestamps over the middle of each run (the first and last
 15% of its span are dropped), so start-up and drain do not count. Where a target is missed,
@@ -41,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from dev.bench.harness import (
@@ -87,7 +90,7 @@ ONE_CALL = ("summarize",)  # the one call kept when a run wants 1 call per event
 CONCURRENCY_TARGETS = {50: 0.90, 200: 0.80}
 OVERHEAD_TARGET = 0.5
 OVERHEAD_CONCURRENCY = 200
-SCENARIOS = ("concurrency", "overhead", "latency", "scaling", "memory")
+SCENARIOS = ("concurrency", "overhead", "latency", "scaling", "memory", "graph")
 
 
 @dataclass(frozen=True)
@@ -1189,6 +1192,110 @@ def memory(bench: Bench) -> dict[str, Any]:
     }
 
 
+# --- 6. graph -----------------------------------------------------------------------------------
+
+GRAPH_TARGET = 1.1
+GRAPH_CONCURRENCY = 50
+
+
+def _graph_call(name: str, user: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "model": "gpt-4o-mini", "prompt": {"version": "1", "user": user}, **extra}
+
+
+# classify; then summarize and extract at once; then a reply that uses both.
+GRAPH_CALLS = [
+    _graph_call(
+        "classify",
+        "{{ event.text }}",
+        output_schema={
+            "type": "object",
+            "required": ["priority"],
+            "properties": {"priority": {"type": "string", "enum": ["low", "high"]}},
+        },
+    ),
+    _graph_call(
+        "summarize", "{{ event.text }} {{ calls.classify.answer.priority }}", needs=["classify"]
+    ),
+    _graph_call("extract", "order number in: {{ event.text }}", needs=["classify"]),
+    _graph_call(
+        "reply",
+        "{{ calls.summarize.answer }} / {{ calls.extract.answer }}",
+        needs=["summarize", "extract"],
+    ),
+]
+
+
+def critical_path_ms(calls: dict[str, float]) -> float:
+    """The longest chain of `GRAPH_CALLS` by the latencies its calls took."""
+    return calls["classify"] + max(calls["summarize"], calls["extract"]) + calls["reply"]
+
+
+async def _graph(bench: Bench) -> dict[str, Any]:
+    topology = topology_copy(bench.run_dir, "graph")
+    spec = yaml.safe_load(topology.path.read_text())
+    spec.pop("retrieval", None)  # its query embedding would be a fifth call on every path
+    spec["calls"] = GRAPH_CALLS
+    topology.path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    events = math.ceil(GRAPH_CONCURRENCY / MODEL_LATENCY_S / 3 * bench.plan.run_s)
+    progress(f"graph: {events} events of 4 calls, 3 on the critical path")
+    with running_simulator(bench, LATENCY_MS, JITTER_MS) as sim:
+        result = await run_backlog(
+            bench,
+            label="graph",
+            topology=topology,
+            sim=sim,
+            concurrency=GRAPH_CONCURRENCY,
+            events=events,
+            cap_s=bench.plan.run_s * bench.plan.cap_factor * 2,
+        )
+    records = await read_topic(bench.bootstrap, topology.output_topic, PARTITIONS)
+    ratios, of_sum = [], []
+    for record in records:
+        output = json.loads(record.value)
+        latencies = {call["name"]: call["latency_ms"] for call in output["calls"]}
+        ratios.append(output["totals"]["latency_ms"] / critical_path_ms(latencies))
+        of_sum.append(output["totals"]["latency_ms"] / sum(latencies.values()))
+    if not ratios:
+        raise BenchError("the graph run produced no output")
+    ratios.sort()
+    of_sum.sort()
+    p50 = percentile(ratios, 0.5)
+    entry = ratio_entry(
+        "4-step graph, event time in the worker / its critical path's latencies, p50",
+        p50,
+        1.0,
+        GRAPH_TARGET,
+        "x",
+        better="lower",
+    )
+    progress(f"  time / critical path p50 {p50:.3f}, p95 {percentile(ratios, 0.95):.3f}")
+    return {
+        "scenario": "graph",
+        "title": "A graph of 4 model calls (200 ms model, C=50): time against the critical path",
+        "params": {
+            "calls": [call["name"] for call in GRAPH_CALLS],
+            "concurrency": GRAPH_CONCURRENCY,
+            "latency_ms": LATENCY_MS,
+            "jitter_ms": JITTER_MS,
+        },
+        "ratios": [entry],
+        "critical_path_ratio": {
+            "p50": num(p50),
+            "p95": num(percentile(ratios, 0.95)),
+            "max": num(ratios[-1]),
+        },
+        "time_over_sum_of_calls_p50": num(percentile(of_sum, 0.5)),
+        "outputs": len(ratios),
+        "run": result.as_dict(),
+        "misses": [entry["name"]] if missed(entry) else [],
+    }
+
+
+def graph(bench: Bench) -> dict[str, Any]:
+    """Scenario 6: a 4-step graph; its events' time over their critical path."""
+    return asyncio.run(_graph(bench))
+
+
 # --- command ------------------------------------------------------------------------------------
 
 
@@ -1306,6 +1413,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "latency": latency,
     "scaling": scaling,
     "memory": memory,
+    "graph": graph,
 }
 
 

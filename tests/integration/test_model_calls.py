@@ -248,10 +248,22 @@ def test_killed_worker_loses_nothing_and_pays_no_answer_twice(
     assert settled_before_kill == {}, (killed_at, settled_before_kill)
     reused = total(scrape(port), "llmflow_model_calls_total", status="reused")
     assert reused > 0, "the restarted worker should have reused stored answers"
+    # draft_reply needs classify and summarize: an event killed between the two steps goes
+    # on from the answers paid for.
+    resumed = [
+        r
+        for r in after
+        if isinstance(r, Output)
+        and r.call("classify").reused
+        and r.call("summarize").reused
+        and not r.call("draft_reply").reused
+    ]
+    assert resumed, "no event was resumed between its steps"
     _figures(
         capsys,
         f"\n[kill test] events {len(sent)}, raw duplicate results {duplicates}, "
-        f"calls paid twice {len(repaid)} (in flight at the kill), answers reused {reused:.0f}",
+        f"calls paid twice {len(repaid)} (in flight at the kill), answers reused {reused:.0f}, "
+        f"events resumed after their first steps {len(resumed)}",
     )
 
 

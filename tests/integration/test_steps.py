@@ -1,0 +1,91 @@
+"""Calls that need each other, on a real broker with the model simulator: a graph of four
+steps answers in the time of its critical path."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dev.launch import Child
+from llmflow.schemas.outputs import Output
+from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
+
+pytestmark = pytest.mark.integration
+
+LATENCY_MS = 300
+
+
+def _call(name: str, user: str, **extra: object) -> dict[str, object]:
+    return {"name": name, "model": "gpt-4o-mini", "prompt": {"version": "1", "user": user}, **extra}
+
+
+# classify, then summarize and extract at once, then reply with both.
+DIAMOND = [
+    _call(
+        "classify",
+        "{{ event.text }}",
+        output_schema={
+            "type": "object",
+            "required": ["priority"],
+            "properties": {"priority": {"type": "string", "enum": ["low", "high"]}},
+        },
+    ),
+    _call(
+        "summarize", "{{ event.text }} ({{ calls.classify.answer.priority }})", needs=["classify"]
+    ),
+    _call("extract", "order number in: {{ event.text }}", needs=["classify"]),
+    _call(
+        "reply",
+        "{{ calls.summarize.answer }} / {{ calls.extract.answer }}",
+        needs=["summarize", "extract"],
+    ),
+]
+
+
+def test_a_graph_of_four_steps_answers_in_the_time_of_its_critical_path(
+    kafka_bootstrap: str,
+    modelsim: Callable[..., Child],
+    topology_copy: Callable[[str], Path],
+    worker_env: Callable[[Child], dict[str, str]],
+    workers: Callable[..., Child],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = topology_copy("support_triage")
+    spec = yaml.safe_load(path.read_text())
+    spec.pop("retrieval")  # its query embedding would be a fifth call on the path
+    spec["calls"] = DIAMOND
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    sim = modelsim("--latency-ms", str(LATENCY_MS))
+    workers([path], worker_env(sim))
+
+    sent = [f"dag-{n}" for n in range(30)]
+    with EventProducer(kafka_bootstrap) as producer:
+        for event_id in sent:
+            text = f"{event_id}: order 1234 arrived broken"
+            producer.send(spec["input_topic"], text_event(text, key="C-1001", event_id=event_id))
+    with ResultConsumer(kafka_bootstrap, [spec["output_topic"], spec["dead_letter_topic"]]) as c:
+        results = list(c.results(idle_timeout_s=60, limit=len(sent)))
+    outputs = [r for r in results if isinstance(r, Output)]
+    assert sorted(o.event_id for o in outputs) == sorted(sent), results[:3]
+
+    ratios, overlaps = [], []
+    for output in outputs:
+        assert [call.name for call in output.calls] == [call["name"] for call in DIAMOND]
+        ms = {call.name: call.latency_ms for call in output.calls}
+        critical = ms["classify"] + max(ms["summarize"], ms["extract"]) + ms["reply"]
+        ratios.append(output.totals.latency_ms / critical)
+        overlaps.append(output.totals.latency_ms / sum(ms.values()))
+        assert output.call("reply").answer.count(" / ") == 1  # it saw both answers
+    # Each event's time is its critical path (three calls), not the sum of its four.
+    assert statistics.median(ratios) <= 1.1, ratios
+    assert max(overlaps) < 0.9, overlaps
+    with capsys.disabled():
+        print(
+            f"\n[graph test] 4 steps, {LATENCY_MS} ms a call: event time / critical path "
+            f"p50 {statistics.median(ratios):.3f}, max {max(ratios):.3f}; "
+            f"/ sum of the four calls p50 {statistics.median(overlaps):.3f}"
+        )
