@@ -30,10 +30,10 @@ def copy_topology(
     name: str, folder: Path, suffix: str, *, keep: Sequence[str] = ()
 ) -> TopologyCopy:
     """Write `topologies/<name>.yaml` to `folder/<name>.yaml` with `.<suffix>` added to all
-    four of its topics (input, output, dead letter, parked); with `keep`, only the named
-    calls stay, and no retrieval step (its query embedding is a call of its own). The
-    parked topic is written out explicitly: left to its default (`<input_topic>.parked`)
-    it would be unique too, but only by the accident of naming."""
+    of its topics (input, output, dead letter, parked, routes); with `keep`, only the named
+    calls stay, and no retrieval step (its query embedding is a call of its own) nor
+    routes. The parked topic is written out explicitly: left to its default
+    (`<input_topic>.parked`) it would be unique too, but only by the accident of naming."""
     shipped = load_topology(SHIPPED / f"{name}.yaml")
     spec: dict[str, Any] = yaml.safe_load((SHIPPED / f"{name}.yaml").read_text())
     spec |= {
@@ -42,8 +42,11 @@ def copy_topology(
         "dead_letter_topic": f"{shipped.dead_letter_topic}.{suffix}",
         "parked_topic": f"{shipped.parked}.{suffix}",
     }
+    for route in spec.get("routes", []):
+        route["topic"] = f"{route['topic']}.{suffix}"
     if keep:
         spec.pop("retrieval", None)
+        spec.pop("routes", None)  # their conditions may name calls left out
         spec["calls"] = [call for call in spec["calls"] if call["name"] in keep]
         if len(spec["calls"]) != len(set(keep)):
             raise LlmflowError(f"{name} has no call among {sorted(keep)}")

@@ -10,7 +10,7 @@ from llmflow.schemas._base import NUMBER, Contract, JsonBool, JsonFloat, JsonInt
 
 # 2: results carry `record_type`, so readers tell them apart without guessing from keys.
 # 3: the org record's offset, and the passages a retrieval step used (`retrieval`).
-# 4: calls a condition skipped (`skipped`).
+# 4: calls a condition skipped (`skipped`), the routes an output took (`routes`).
 OUTPUT_SCHEMA_VERSION: Final = 4
 
 
@@ -178,6 +178,8 @@ class Output(Contract):
     """One entry per model call that ran, in the topology's order."""
     skipped: list[SkippedCall] = Field(default_factory=list)
     """The calls a condition skipped, in the topology's order."""
+    routes: list[str] = Field(default_factory=list)
+    """The topology's routes whose topics also got this output, in its order."""
     totals: Totals
     """Token and latency totals."""
     worker: str

@@ -73,10 +73,14 @@ def cmd_topology_validate(args: argparse.Namespace) -> int:
             failed += 1
             print("\n".join(exc.problems), file=sys.stderr)
             continue
-        calls = ", ".join(f"{c.name}({c.kind}:{c.model})" for c in topology.calls)
+        calls = ", ".join(
+            f"{c.name}({c.kind}:{c.model}{' after ' + '+'.join(c.needs) if c.needs else ''})"
+            for c in topology.calls
+        )
+        routes = "".join(f" (+ {r.name}: {r.topic})" for r in topology.routes)
         print(
             f"{path}: ok - {topology.name} v{topology.version}: "
-            f"{topology.input_topic} -> [{calls}] -> {topology.output_topic}"
+            f"{topology.input_topic} -> [{calls}] -> {topology.output_topic}{routes}"
         )
     return 1 if failed else 0
 

@@ -6,11 +6,14 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template, meta, nodes
+from jinja2 import ChainableUndefined, StrictUndefined, Template, meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 # Sandboxed: templates come from topology files, which are configuration, not code.
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+# A route's condition: a name the event or an answer lacks is undefined (false), since the
+# output is done by then and must not fail for want of a field.
+_LENIENT = ImmutableSandboxedEnvironment(undefined=ChainableUndefined, autoescape=False)
 
 
 @lru_cache(maxsize=1024)
@@ -29,9 +32,16 @@ def condition_template(condition: str) -> str:
     return "{{ (" + condition + ") }}"
 
 
-def holds(condition: str, context: dict[str, Any]) -> bool:
-    """Whether the condition is true in `context`; raises jinja2 errors as `render` does."""
-    return bool(compile_condition(condition)(**context))
+@lru_cache(maxsize=1024)
+def _lenient_condition(source: str) -> Callable[..., Any]:
+    return _LENIENT.compile_expression(source, undefined_to_none=False)
+
+
+def holds(condition: str, context: dict[str, Any], *, lenient: bool = False) -> bool:
+    """Whether the condition is true in `context`; raises jinja2 errors as `render` does
+    (`lenient`: a missing name is undefined, and false, instead)."""
+    compiled = _lenient_condition(condition) if lenient else compile_condition(condition)
+    return bool(compiled(**context))
 
 
 def render(source: str, context: dict[str, Any]) -> str:

@@ -321,6 +321,24 @@ class Retrieval(_Spec):
         return filters
 
 
+class Route(_Spec):
+    """A further topic that also gets the output of the events a condition picks."""
+
+    name: str = Field(pattern=_NAME)
+    """Names the route in metrics and in the output's `routes`."""
+    topic: str = Field(pattern=_TOPIC)
+    """Where the output goes too (the same record, with the header `llmflow.route`)."""
+    when: str | None = None
+    """A condition (a Jinja expression over `event`, `org`, `record`, `docs` and `calls`,
+    the results of every call that ran); unset, every output goes. A name the event or an
+    answer lacks counts as undefined: the condition is false, not an error."""
+
+    @field_validator("when")
+    @classmethod
+    def _condition_compiles(cls, condition: str | None) -> str | None:
+        return _checked_condition(condition) if condition is not None else None
+
+
 class ImageOptions(_Spec):
     """How this topology prepares images before vision calls."""
 
@@ -331,8 +349,8 @@ class ImageOptions(_Spec):
 
 
 class Topology(_Spec):
-    """A declared pipeline: input topic -> enrich -> retrieve -> concurrent model calls ->
-    output topic."""
+    """A declared pipeline: input topic -> enrich -> retrieve -> a graph of model calls ->
+    output topic (and the routes' topics)."""
 
     name: str = Field(pattern=_NAME)
     """Unique among the topologies of a worker group; names its agent and state tables."""
@@ -358,6 +376,8 @@ class Topology(_Spec):
     """How images are prepared before vision calls."""
     calls: list[ModelCall] = Field(min_length=1)
     """The model calls, run as their `needs` allow; the output lists them in this order."""
+    routes: list[Route] = Field(default_factory=list)
+    """Further topics for the outputs their conditions pick (e.g. urgent tickets)."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -381,7 +401,10 @@ class Topology(_Spec):
         if duplicates:
             raise ValueError(f"call names must be unique; repeated: {', '.join(duplicates)}")
         if len(set(self.topics)) != len(self.topics):
-            raise ValueError("input, output, dead-letter and parked topics must differ")
+            raise ValueError("input, output, dead-letter, parked and route topics must differ")
+        routes = [route.name for route in self.routes]
+        if len(set(routes)) != len(routes):
+            raise ValueError("route names must be unique")
         has_vision = any(call.kind == "vision" for call in self.calls)
         if has_vision and self.accepts == ["text"]:
             raise ValueError("a vision call needs images, but the topology accepts only text")
@@ -405,6 +428,17 @@ class Topology(_Spec):
                     n,
                     "when" if in_when & set(undeclared) else "prompt",
                     f"uses the result of {listed}, which it does not list in needs",
+                )
+        for n, route in enumerate(self.routes):
+            unknown = sorted(called(condition_template(route.when or "1")) - names)
+            if unknown:
+                raise PydanticCustomError(
+                    "step",
+                    "{problem}",
+                    {
+                        "problem": f"uses the result of {', '.join(map(repr, unknown))}: no call",
+                        WITHIN: ("routes", n, "when"),
+                    },
                 )
         if self.retrieval is not None:
             templates = [self.retrieval.query, *self.retrieval.filters.values()]
@@ -436,8 +470,10 @@ class Topology(_Spec):
 
     @property
     def topics(self) -> list[str]:
-        """Every topic the topology reads or writes: input, output, dead letters, parked."""
-        return [self.input_topic, self.output_topic, self.dead_letter_topic, self.parked]
+        """Every topic the topology reads or writes: input, output, dead letters, parked,
+        routes."""
+        routed = [route.topic for route in self.routes]
+        return [self.input_topic, self.output_topic, self.dead_letter_topic, self.parked, *routed]
 
 
 def _step_error(n: int, field: str, problem: str) -> None:

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import faust
@@ -149,6 +149,7 @@ def add_agent(
         app.topic(topology.output_topic, **raw),
         app.topic(topology.dead_letter_topic, **raw),
         app.topic(topology.parked, **raw),
+        {route.name: app.topic(route.topic, **raw) for route in topology.routes},
     )
     app.agent(source, name=f"llmflow.{topology.name}", concurrency=concurrency)(
         agent_body(pipeline, answered, metrics, sinks, gate, max_holds)
@@ -359,6 +360,8 @@ def _drain_expired(timeout_s: float) -> None:
 def _count(metrics: Metrics, topology: str, result: Result, record_timestamp: float) -> None:
     if isinstance(result, Output):
         metrics.outputs.labels(topology).inc()
+        for route in result.routes:
+            metrics.routed.labels(topology, route).inc()
         for call in result.calls:
             if call.reused:
                 metrics.models.calls.labels(call.model, call.endpoint, "reused").inc()
@@ -378,12 +381,24 @@ class _Sinks:
     outputs: Any
     dead_letters: Any
     parked: Any
+    routes: dict[str, Any] = field(default_factory=dict)
+    """Route name -> its topic."""
 
 
 async def _publish(result: Result, key: bytes | None, sinks: _Sinks) -> None:
     value = result.model_dump_json().encode()
     if isinstance(result, Output):
+        # Routed copies first: every record is acked before the offset can commit, and
+        # one lost in a crash is sent again with the output (consumers dedupe by event id).
+        routed = [
+            await sinks.routes[name].send(
+                key=key, value=value, headers={"llmflow.route": name.encode()}
+            )
+            for name in result.routes
+        ]
         delivery = await sinks.outputs.send(key=key, value=value)
+        for copy in routed:
+            await copy
     elif isinstance(result, DeadLetter):
         log.warning(
             "dead letter: event=%s stage=%s kind=%s: %s",

@@ -19,6 +19,12 @@ class Metrics:
             "llmflow_events_in", "Events taken from Kafka.", ["topology"], registry=r
         )
         self.outputs = Counter("llmflow_outputs", "Outputs published.", ["topology"], registry=r)
+        self.routed = Counter(
+            "llmflow_routed",
+            "Outputs also published to a route's topic.",
+            ["topology", "route"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "llmflow_dead_letters", "Dead letters published.", ["topology", "stage"], registry=r
         )

@@ -437,6 +437,8 @@ class Pipeline:
         steps = await self._run_calls(event.id, tenant, context, image_urls)
         results = [step for step in steps if isinstance(step, ModelCallResult)]
         progress.stage = "output"
+        answers = {result.name: result.model_dump(mode="json") for result in results}
+        routes = self._routes(event.id, {**context, "calls": answers})
         return Output(
             event_id=event.id,
             event_key=event.key,
@@ -460,6 +462,7 @@ class Pipeline:
             ],
             calls=results,
             skipped=[step for step in steps if isinstance(step, SkippedCall)],
+            routes=routes,
             totals=Totals.of(
                 [*results, *([retrieved.embedding] if retrieved and retrieved.embedding else [])],
                 round((time.perf_counter() - started) * 1000, 3),
@@ -468,6 +471,24 @@ class Pipeline:
             received_at=received,
             produced_at=_now(),
         )
+
+    def _routes(self, event_id: str, context: dict[str, Any]) -> list[str]:
+        """The routes whose conditions hold. A condition that fails (`'a' < 1`) sends the
+        output nowhere more, with a warning: the output itself is done and paid for."""
+        taken = []
+        for route in self.topology.routes:
+            try:
+                if route.when is None or holds(route.when, context, lenient=True):
+                    taken.append(route.name)
+            except Exception as exc:
+                log.warning(
+                    "%s: route %s not taken for event %s: its condition failed: %s",
+                    self.topology.name,
+                    route.name,
+                    event_id,
+                    _exception_text(exc),
+                )
+        return taken
 
     async def _prepare_images(self, refs: list[ImageRef]) -> list[PreparedImage]:
         if not refs:
@@ -593,7 +614,7 @@ class Pipeline:
                 for call in self.topology.order:  # a call's needs have their tasks first
                     needed = [steps[name] for name in call.needs]
                     steps[call.name] = group.create_task(
-                        self._step(call, needed, event_id, tenant, context, image_urls)
+                        self._step(call, needed, event_id, tenant, context, image_urls, group)
                     )
         except* ModelCallError as group_error:
             errors = [e for e in group_error.exceptions if isinstance(e, ModelCallError)]
@@ -611,6 +632,7 @@ class Pipeline:
         tenant: str,
         context: dict[str, Any],
         image_urls: list[str],
+        storing: asyncio.TaskGroup,
     ) -> ModelCallResult | SkippedCall:
         answers: dict[str, Any] = {}
         for task in needed:
@@ -634,6 +656,7 @@ class Pipeline:
             system=system,
             user=user,
             image_urls=image_urls if call.kind == "vision" else [],
+            storing=storing,
         )
 
     async def _call_once(
@@ -645,15 +668,23 @@ class Pipeline:
         system: str | None,
         user: str,
         image_urls: list[str],
+        storing: asyncio.TaskGroup | None = None,
     ) -> ModelCallResult:
-        """Reuse an answer paid for before; otherwise call, then record it before moving on."""
+        """Reuse an answer paid for before; otherwise call, then record it: before moving
+        on, or, with `storing`, in a task of that group, so that the calls that need this
+        one start at once and the event waits for every record at the group's end. (The
+        records go to the event's partition in order: one that is stored has the answers
+        it was made from stored before it.)"""
         if self._paid is not None and (paid := self._paid.get(call_id)) is not None:
             return paid.model_copy(update={"reused": True, "attempts": 0, "latency_ms": 0.0})
         result = await self._models.run(
             call, call_id=call_id, system=system, user=user, image_urls=image_urls
         )
         if self._paid is not None:
-            await self._paid.put(result)  # durable before the event can go on
+            if storing is None:
+                await self._paid.put(result)  # durable before the event can go on
+            else:
+                storing.create_task(self._paid.put(result))
         if self._budgets is not None:
             self._budgets.charge(tenant, result.cost_usd)
         return result

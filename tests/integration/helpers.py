@@ -32,9 +32,10 @@ def org_copy(bootstrap: str, prefix: str, *tables: str) -> OrgDataStore:
 
 def keep_calls(path: Path, *names: str) -> dict[str, Any]:
     """Rewrite a topology copy so it runs only the named calls (and no retrieval step, whose
-    query embedding is a call of its own); returns the spec."""
+    query embedding is a call of its own, nor routes); returns the spec."""
     spec: dict[str, Any] = yaml.safe_load(path.read_text())
     spec.pop("retrieval", None)
+    spec.pop("routes", None)  # their conditions may name calls left out
     spec["calls"] = [call for call in spec["calls"] if call["name"] in names]
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec

@@ -150,3 +150,36 @@ def test_retrieval_runs_before_the_calls_and_cannot_use_them(tmp_path: Path) -> 
         f"{path}:8:3: retrieval: retrieval runs before the calls: its query and filters "
         "cannot use `calls`"
     ]
+
+
+ROUTES = """\
+routes:
+  - name: urgent
+    topic: {topic}
+    when: "calls.{call}.answer.priority == 'urgent'"
+"""
+
+
+@pytest.mark.parametrize(
+    ("topic", "call", "expected"),
+    [
+        ("escalations", "classify", None),
+        ("out", "classify", "(top level): Value error, input, output, dead-letter, parked and "
+         "route topics must differ"),
+        ("escalations", "clasify", "routes.0.when: uses the result of 'clasify': no call"),
+    ],
+)  # fmt: skip
+def test_a_route_names_its_own_topic_and_calls_of_the_topology(
+    tmp_path: Path, topic: str, call: str, expected: str | None
+) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(HEAD.replace("calls:\n", "") + ROUTES.format(topic=topic, call=call)
+                    + "calls:\n" + CLASSIFY)  # fmt: skip
+    if expected is None:
+        topology = load_topology(path)
+        assert topology.routes[0].topic == "escalations"
+        assert "escalations" in topology.topics
+        return
+    with pytest.raises(TopologyError) as info:
+        load_topology(path)
+    assert [p.split(": ", 1)[1] for p in info.value.problems] == [expected]

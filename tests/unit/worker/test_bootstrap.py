@@ -57,16 +57,18 @@ async def test_bootstrap_wires_every_topology(project_root: Path, tmp_path: Path
         ensure=ensure,
         org=no_org_data,
     )
-    # Every topic a topology reads or writes is created up front, the parked ones included.
+    # Every topic a topology reads or writes is created up front, parked and routes included.
     assert ensure.topics == [
         "support.tickets",
         "support.triaged",
         "support.tickets.dlq",
         "support.tickets.parked",
+        "support.escalations",
         "catalog.images",
         "catalog.images.enriched",
         "catalog.images.dlq",
         "catalog.images.parked",
+        "catalog.images.review",
     ]
     # So are the tables' changelogs, compacted, before faust looks them up.
     changelogs = [names for names, configs in ensure.calls[1:]]

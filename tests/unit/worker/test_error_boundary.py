@@ -48,6 +48,7 @@ from llmflow.services.worker.ports import Budgets, ModelRunner, OrgData, OverBud
 from llmflow.services.worker.settings import Settings
 from llmflow.topologies import ModelCall, Topology, load_topology
 from llmflow.topologies.collections import load_collections
+from llmflow.topologies.spec import Route
 from tests.unit.worker.test_pipeline import ORGDATA, FakeBudgets, FakeModels, FakePassages
 
 TOPOLOGIES = Path(__file__).resolve().parents[3] / "topologies"
@@ -583,6 +584,7 @@ class FakeTopic:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.sent: list[tuple[bytes | None, bytes]] = []
+        self.headers: list[dict[str, bytes] | None] = []
 
     async def send(
         self, key: bytes | None, value: bytes, headers: dict[str, bytes] | None = None
@@ -590,6 +592,7 @@ class FakeTopic:
         if self.fail:
             raise RuntimeError("MessageSizeTooLargeError: the broker said no")
         self.sent.append((key, value))
+        self.headers.append(headers)
         delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         delivered.set_result(None)
         return delivered
@@ -638,6 +641,32 @@ async def test_the_agent_publishes_one_result_per_event(make: PipelineFactory) -
     assert [x async for x in body(stream.as_stream())] == [None, None, None]
     assert len(outputs.sent) == 1 and len(dead.sent) == 2
     assert answered.marks == {"3:0": 1, "3:1": 1, "3:2": 1}
+
+
+async def test_an_output_goes_to_its_routes_too_and_each_is_counted(
+    make: PipelineFactory,
+) -> None:
+    topology = load_topology(TOPOLOGIES / "support_triage.yaml")
+    topology = topology.model_copy(
+        update={
+            "routes": [
+                Route(name="all", topic="routed.all"),
+                Route(name="never", topic="routed.never", when="event.text == ''"),
+            ]
+        }
+    )
+    outputs, routed, never, metrics = FakeTopic(), FakeTopic(), FakeTopic(), Metrics()
+    sinks = app_module._Sinks(outputs, FakeTopic(), FakeTopic(), {"all": routed, "never": never})
+    body = app_module.agent_body(make(topology), FakeMarks(), metrics, sinks)
+    stream = FakeStream([_raw(), _raw(id="e-2"), None])
+    assert [x async for x in body(stream.as_stream())] == [None, None, None]
+    assert len(outputs.sent) == 2 and never.sent == []
+    assert routed.sent == outputs.sent  # the same records, under the same keys
+    assert routed.headers == [{"llmflow.route": b"all"}] * 2
+    counted = metrics.registry.get_sample_value(
+        "llmflow_routed_total", {"topology": "support_triage", "route": "all"}
+    )
+    assert counted == 2
 
 
 async def test_what_escapes_the_agent_ends_the_worker_before_the_ack(

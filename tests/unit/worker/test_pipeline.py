@@ -45,7 +45,7 @@ from llmflow.services.worker.ports import (
 )
 from llmflow.topologies import ModelCall, Topology, load_topology
 from llmflow.topologies.collections import load_collections
-from llmflow.topologies.spec import Retrieval
+from llmflow.topologies.spec import Retrieval, Route
 from tests.unit.orgdata.helpers import apply_records
 
 SOURCE = SourceMeta("in", 0, 42)
@@ -566,6 +566,63 @@ async def test_a_failed_step_stops_the_steps_that_need_it(make_pipeline: Pipelin
         "http_400",
     )
     assert [asked.call for asked in models.asked] == ["a"]
+
+
+class SlowPaid(FakePaid):
+    """Stores an answer only after `delay_s`, as a write acked by the broker would."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    async def put(self, result: ModelCallResult) -> None:
+        await asyncio.sleep(self.delay_s)
+        await super().put(result)
+
+
+async def test_the_next_steps_start_while_an_answer_is_stored(
+    make_pipeline: PipelineFactory,
+) -> None:
+    """Storing an answer is off the critical path: the event waits for every answer to be
+    stored, at its end, not before each step that needs one."""
+    paid = SlowPaid(0.25)
+    models = FakeModels(latency_s=0.2)
+    started = asyncio.get_running_loop().time()
+    result = await make_pipeline(_graph(**DIAMOND), models=models, paid=paid).handle(
+        _event(), SOURCE
+    )
+    elapsed = asyncio.get_running_loop().time() - started
+    assert isinstance(result, Output), result
+    assert len(paid.answers) == 4  # all stored before the output
+    assert elapsed < 0.6 + 0.25 + 0.2  # 3 calls and the last store; not 3 x (0.2 + 0.25)
+
+
+def _routed(**routes: str | None) -> Topology:
+    topology = _graph(classify={"output_schema": {"type": "object"}}, summarize={})
+    return topology.model_copy(
+        update={
+            "routes": [
+                Route(name=name, topic=f"routed.{name}", when=when) for name, when in routes.items()
+            ]
+        }
+    )
+
+
+async def test_routes_whose_conditions_hold_are_listed_in_the_output(
+    make_pipeline: PipelineFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    topology = _routed(
+        every=None,
+        faked="calls.classify.answer.fake and 'refund' in event.text",
+        other="calls.classify.answer.fake == false",
+        missing="calls.classify.answer.priority == 'urgent'",  # no such field: false
+        unknown_call="calls.nothing.answer",  # a call that did not run: false
+        broken="calls.classify.answer.fake > 'x'",  # fails: not routed, with a warning
+    )
+    result = await make_pipeline(topology).handle(_event(), SOURCE)
+    assert isinstance(result, Output), result
+    assert result.routes == ["every", "faked"]
+    assert "route broken not taken for event e-1: its condition failed: TypeError" in caplog.text
 
 
 # --- answers paid for once, budgets ------------------------------------------------------
