@@ -123,6 +123,9 @@ def test_mixed_events_all_answered_once(
     with ResultConsumer(kafka_bootstrap, topics) as consumer:
         results.extend(consumer.results(idle_timeout_s=60, limit=300))
         late = list(consumer.results(idle_timeout_s=3))  # a duplicate would show up here
+    routes = [triage["routes"][0]["topic"], products["routes"][0]["topic"]]
+    with ResultConsumer(kafka_bootstrap, routes) as consumer:
+        routed = list(consumer.results(idle_timeout_s=5))
     assert worker.alive(), worker.log_tail()
 
     # Exactly one result per event: outputs + dead letters == events sent.
@@ -132,6 +135,7 @@ def test_mixed_events_all_answered_once(
     assert not [i for i, c in ids.items() if c > 1 and i is not None]
     dead = [r for r in results if isinstance(r, DeadLetter)]
     outputs = [r for r in results if isinstance(r, Output)]
+    by_id = {o.event_id: o for o in outputs}
     assert len(dead) == sum(1 for e in expected.values() if "dead" in e) >= 30
 
     store = org_copy(kafka_bootstrap, org_samples, "customers", "products")
@@ -144,6 +148,23 @@ def test_mixed_events_all_answered_once(
             continue
         assert (letter.stage, letter.error_kind) == expected[key]["dead"], letter
         assert letter.message
+    # Routes: urgent tickets and photos that failed their check, each once, as its output.
+    escalated = {
+        o.event_id
+        for o in outputs
+        if o.topology == "support_triage" and o.call("classify").answer["priority"] == "urgent"
+    }
+    to_review = {
+        o.event_id
+        for o in outputs
+        if o.topology == "product_images" and not o.call("policy_check").answer["compliant"]
+    }
+    assert escalated and to_review  # the simulator's answers take both ways
+    assert sorted(r.event_id or "" for r in routed) == sorted(escalated | to_review)
+    for copy in routed:
+        assert isinstance(copy, Output) and copy == by_id[copy.event_id]
+        assert copy.routes == (["escalations"] if copy.event_id in escalated else ["review"])
+    assert all(o.routes == [] for o in outputs if o.event_id not in escalated | to_review)
     captioned = 0
     for output in outputs:
         want = expected[output.event_id]
