@@ -54,3 +54,51 @@ def copy_topology(
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return TopologyCopy(path, load_topology(path))
+
+
+def _call(name: str, user: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "model": "gpt-4o-mini", "prompt": {"version": "1", "user": user}, **extra}
+
+
+GRAPH_CALLS: list[dict[str, Any]] = [
+    _call(
+        "classify",
+        "{{ event.text }}",
+        output_schema={
+            "type": "object",
+            "required": ["priority"],
+            "properties": {"priority": {"type": "string", "enum": ["low", "high"]}},
+        },
+    ),
+    _call(
+        "summarize", "{{ event.text }} ({{ calls.classify.answer.priority }})", needs=["classify"]
+    ),
+    _call("extract", "order number in: {{ event.text }}", needs=["classify"]),
+    _call(
+        "reply",
+        "{{ calls.summarize.answer }} / {{ calls.extract.answer }}",
+        needs=["summarize", "extract"],
+    ),
+]
+"""A graph of four calls: classify; then summarize and extract at once; then a reply that
+uses both. Three calls on its critical path."""
+
+
+def as_graph(path: Path) -> dict[str, Any]:
+    """Rewrite a topology copy to run `GRAPH_CALLS`, without retrieval (its query embedding
+    would be a fifth call on every path) nor routes; returns the spec."""
+    spec: dict[str, Any] = yaml.safe_load(path.read_text())
+    spec.pop("retrieval", None)
+    spec.pop("routes", None)
+    spec["calls"] = GRAPH_CALLS
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return spec
+
+
+def critical_path_ms(latencies: dict[str, float]) -> float:
+    """The longest chain of `GRAPH_CALLS`, by the latencies its calls took."""
+    return (
+        latencies["classify"]
+        + max(latencies["summarize"], latencies["extract"])
+        + latencies["reply"]
+    )

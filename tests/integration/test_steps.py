@@ -8,42 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 
 from dev.launch import Child
+from dev.topologies import GRAPH_CALLS, as_graph, critical_path_ms
 from llmflow.schemas.outputs import Output
 from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
 
 pytestmark = pytest.mark.integration
 
-LATENCY_MS = 300
-
-
-def _call(name: str, user: str, **extra: object) -> dict[str, object]:
-    return {"name": name, "model": "gpt-4o-mini", "prompt": {"version": "1", "user": user}, **extra}
-
-
-# classify, then summarize and extract at once, then reply with both.
-DIAMOND = [
-    _call(
-        "classify",
-        "{{ event.text }}",
-        output_schema={
-            "type": "object",
-            "required": ["priority"],
-            "properties": {"priority": {"type": "string", "enum": ["low", "high"]}},
-        },
-    ),
-    _call(
-        "summarize", "{{ event.text }} ({{ calls.classify.answer.priority }})", needs=["classify"]
-    ),
-    _call("extract", "order number in: {{ event.text }}", needs=["classify"]),
-    _call(
-        "reply",
-        "{{ calls.summarize.answer }} / {{ calls.extract.answer }}",
-        needs=["summarize", "extract"],
-    ),
-]
+LATENCY_MS = 500
 
 
 def test_a_graph_of_four_steps_answers_in_the_time_of_its_critical_path(
@@ -55,10 +28,7 @@ def test_a_graph_of_four_steps_answers_in_the_time_of_its_critical_path(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     path = topology_copy("support_triage")
-    spec = yaml.safe_load(path.read_text())
-    spec.pop("retrieval")  # its query embedding would be a fifth call on the path
-    spec["calls"] = DIAMOND
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    spec = as_graph(path)
     sim = modelsim("--latency-ms", str(LATENCY_MS))
     workers([path], worker_env(sim))
 
@@ -74,9 +44,9 @@ def test_a_graph_of_four_steps_answers_in_the_time_of_its_critical_path(
 
     ratios, overlaps = [], []
     for output in outputs:
-        assert [call.name for call in output.calls] == [call["name"] for call in DIAMOND]
+        assert [call.name for call in output.calls] == [call["name"] for call in GRAPH_CALLS]
         ms = {call.name: call.latency_ms for call in output.calls}
-        critical = ms["classify"] + max(ms["summarize"], ms["extract"]) + ms["reply"]
+        critical = critical_path_ms(ms)
         ratios.append(output.totals.latency_ms / critical)
         overlaps.append(output.totals.latency_ms / sum(ms.values()))
         assert output.call("reply").answer.count(" / ") == 1  # it saw both answers
