@@ -50,10 +50,11 @@ def test_a_graph_of_four_steps_answers_in_the_time_of_its_critical_path(
         ratios.append(output.totals.latency_ms / critical)
         overlaps.append(output.totals.latency_ms / sum(ms.values()))
         assert output.call("reply").answer.count(" / ") == 1  # it saw both answers
-    # Each event's time is its critical path (three calls), not the sum of its four. The
-    # 30 events arrive at once: the bound leaves room for a busy machine (1.06 measured);
-    # `make bench` holds the graph to 1.1 at an even load.
-    assert statistics.median(ratios) <= 1.15, ratios
+    # Each event's time is its critical path (three calls), not the sum of its four (4/3 of
+    # it here). The 30 events arrive at once, on 2 cores shared with the simulator and the
+    # broker: 1.06-1.11 measured, and the bound leaves room for a busier machine; `make
+    # bench` holds the graph to 1.1 at an even load.
+    assert statistics.median(ratios) <= 1.25, ratios
     assert max(overlaps) < 0.9, overlaps
     with capsys.disabled():
         print(
