@@ -245,6 +245,7 @@ class Pipeline:
             raise LlmflowError(f"topology {topology.name} retrieves: the pipeline needs passages")
         self._passages = passages
         self._query_call = _query_call(topology, collections or {})
+        self._order = topology.order  # sorted once, not per event
         # Largest record a result may become (key, value and framing): the producer's max
         # request size, which the app sets when it adds the topology's agent.
         self.max_record_bytes = max_record_bytes
@@ -611,7 +612,7 @@ class Pipeline:
         steps: dict[str, asyncio.Task[ModelCallResult | SkippedCall]] = {}
         try:
             async with asyncio.TaskGroup() as group:
-                for call in self.topology.order:  # a call's needs have their tasks first
+                for call in self._order:  # a call's needs have their tasks first
                     needed = [steps[name] for name in call.needs]
                     steps[call.name] = group.create_task(
                         self._step(call, needed, event_id, tenant, context, image_urls, group)
