@@ -240,6 +240,73 @@ def cmd_consume(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- replay and compare --------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from llmflow.services.shadow.ranges import parse_offsets, parse_time
+    from llmflow.services.shadow.replay import ReplayOptions, replay
+    from llmflow.topologies.loader import load_topology
+
+    candidate = load_topology(args.topology)
+    if args.offsets and (args.start or args.end):
+        raise LlmflowError("give --from/--to or --offsets, not both")
+    options = ReplayOptions(
+        start=parse_time(args.start) if args.start else None,
+        end=parse_time(args.end) if args.end else None,
+        offsets=parse_offsets(args.offsets) if args.offsets else None,
+        shadow_topic=args.shadow_topic,
+        group=args.group,
+        concurrency=args.concurrency,
+        quota_share=args.quota_share,
+        max_usd=args.max_usd,
+        progress_s=args.progress,
+    )
+    data_dir = args.data_dir or f".llmflow/replay-{candidate.name}"
+    settings = _settings(data_dir=data_dir)
+    progress = replay(
+        settings, candidate, options, lambda p: print(p.line(), file=sys.stderr, flush=True)
+    )
+    print(json.dumps(progress.summary()))
+    if progress.stopped:
+        print(f"llmflow replay: stopped early: {progress.stopped}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from llmflow.services.shadow.compare import JudgeOptions, compare_topics
+    from llmflow.services.shadow.replay import shadow_topic
+    from llmflow.services.shadow.report import chart, markdown
+    from llmflow.topologies.loader import load_topology
+
+    candidate = load_topology(args.topology)
+    if bool(args.judge_model) != bool(args.rubric):
+        raise LlmflowError("--judge-model and --rubric go together")
+    judge = None
+    if args.judge_model:
+        rubric = Path(args.rubric).read_text()
+        judge = JudgeOptions(args.judge_model, rubric, args.judge_endpoint, args.judge_limit)
+    live = args.live_topic or [
+        candidate.output_topic,
+        candidate.dead_letter_topic,
+        candidate.parked,
+    ]
+    shadow = args.shadow_topic or shadow_topic(candidate)
+    report = compare_topics(
+        _settings(), candidate, shadow_topic=shadow, live_topics=live, judge_with=judge
+    )
+    out = Path(args.out or f".llmflow/compare-{candidate.name}-{candidate.version}")
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(report)
+    (out / "report.md").write_text(text)
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    chart(report, out / "report.png")
+    print(text)
+    print(f"written: {out / 'report.md'}, {out / 'report.json'}, {out / 'report.png'}")
+    return 0 if report["events"]["compared"] else 4
+
+
 # --- schemas -------------------------------------------------------------------------------
 
 
@@ -335,6 +402,42 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--max", type=int)
     consume.add_argument("--idle-timeout", type=float, default=float("inf"))
     consume.set_defaults(func=cmd_consume)
+
+    replay = sub.add_parser(
+        "replay",
+        help="run a range of the live input through a candidate topology into a shadow topic",
+    )
+    replay.add_argument("--topology", required=True, help="the candidate's YAML file")
+    replay.add_argument("--from", dest="start", help="first record time, ISO 8601 (UTC default)")
+    replay.add_argument("--to", dest="end", help="records before this time, ISO 8601")
+    replay.add_argument(
+        "--offsets", help="PARTITION:FIRST-LAST,... or FIRST-LAST for every partition"
+    )
+    replay.add_argument("--shadow-topic", help="default: <output topic>.shadow.<version>")
+    replay.add_argument("--group", help="default: llmflow-replay.<name>.<version>")
+    replay.add_argument("--concurrency", type=int, default=20, help="events in flight")
+    replay.add_argument(
+        "--quota-share", type=float, default=0.25, help="share of each model's quota it takes"
+    )
+    replay.add_argument("--max-usd", type=float, help="stop once the replay has spent this")
+    replay.add_argument("--progress", type=float, default=2.0, help="seconds between reports")
+    replay.add_argument("--data-dir", help="its copy of the org data (.llmflow/replay-<name>)")
+    replay.set_defaults(func=cmd_replay)
+
+    compare = sub.add_parser(
+        "compare", help="report how a candidate's shadow outputs differ from the live ones"
+    )
+    compare.add_argument("--topology", required=True, help="the candidate's YAML file")
+    compare.add_argument("--shadow-topic", help="default: <output topic>.shadow.<version>")
+    compare.add_argument(
+        "--live-topic", action="append", help="default: the output, dead-letter, parked topics"
+    )
+    compare.add_argument("--out", help="folder for report.md/.json/.png")
+    compare.add_argument("--judge-model", help="score differing answers with this model")
+    compare.add_argument("--rubric", help="file: the judge's rubric (its system prompt)")
+    compare.add_argument("--judge-endpoint", default="default", help="named endpoint")
+    compare.add_argument("--judge-limit", type=int, default=50, help="pairs judged at most")
+    compare.set_defaults(func=cmd_compare)
 
     schemas = sub.add_parser("schemas", help="contracts")
     schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)

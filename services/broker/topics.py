@@ -35,3 +35,14 @@ def ensure_topics(
         return {topic["name"]: len(topic["partitions"]) for topic in described}
     finally:
         admin.close()
+
+
+def partition_counts(bootstrap_servers: str, names: Iterable[str]) -> dict[str, int]:
+    """The partition count of each of `names` that exists (no topic is created)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="llmflow-admin")
+    try:
+        present = sorted(set(names) & set(admin.list_topics()))
+        described = admin.describe_topics(present) if present else []
+        return {topic["name"]: len(topic["partitions"]) for topic in described}
+    finally:
+        admin.close()

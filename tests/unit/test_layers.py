@@ -1,5 +1,5 @@
 """Imports point one way, down the data flow: contracts <- topologies <- components <- worker
-<- command line. A module may import its own component and the layers below it, never a
+<- replay and compare <- command line. A module may import its own component and the layers below it, never a
 peer component of its own layer nor anything above; shipped code never imports `dev` or
 `tests`."""
 
@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
         "llmflow.services.broker",
     },
     {"llmflow.services.worker", "llmflow.services.modelsim"},
+    {"llmflow.services.shadow"},  # runs the worker's pipeline on a candidate
     {"llmflow.services.cli", "llmflow"},
 ]
 ROOT = "llmflow"  # the public surface: the root module alone, not everything below it

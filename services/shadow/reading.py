@@ -1,0 +1,57 @@
+"""Reading result topics to where they end now (not until they go quiet): a compare run
+reads a fixed set of records, however busy the live topics are."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, TopicPartition
+from pydantic import ValidationError
+
+from llmflow.services.sdk.consumer import Result, parse_result
+
+
+@dataclass(slots=True)
+class Unreadable:
+    """Records of the topics that are no result (another writer's, or damaged)."""
+
+    count: int = 0
+
+
+def read_results(
+    bootstrap_servers: str, topics: list[str], unreadable: Unreadable | None = None
+) -> Iterator[Result]:
+    """Every result in `topics` up to their end at the call, partition by partition in
+    offset order. Topics that do not exist read as empty."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="llmflow-compare",
+    )
+    try:
+        tps = [
+            TopicPartition(topic, p)
+            for topic in topics
+            for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not tps:
+            return
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        left = {tp for tp in tps if consumer.position(tp) < ends[tp]}
+        while left:
+            for tp, records in consumer.poll(timeout_ms=500).items():
+                for record in records:
+                    if record.offset >= ends[tp]:
+                        break
+                    try:
+                        yield parse_result(record.value)
+                    except (ValidationError, TypeError):
+                        if unreadable is not None:
+                            unreadable.count += 1
+            left = {tp for tp in left if consumer.position(tp) < ends[tp]}
+    finally:
+        consumer.close()

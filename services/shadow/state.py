@@ -1,0 +1,109 @@
+"""A replay's own pay-once state, in a compacted topic of its own (`<shadow topic>.state`).
+
+Two kinds of keys: `paid:<call id>` holds an answer paid for, `done:<partition>:<offset>` an
+event whose shadow result is published. A replay that is stopped or killed and started
+again reads them back: events already done are not replayed, and answers already paid for
+are reused. Both are deleted (tombstones) once the replay's consumer group has committed
+past their event, so the state holds what is in flight, not what was replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from contextvars import ContextVar
+from typing import Any
+
+from llmflow.schemas.outputs import ModelCallResult
+
+# The event (partition, offset) the current task replays: answers are filed under it.
+position: ContextVar[tuple[int, int]] = ContextVar("llmflow_replay_position")
+
+
+class ReplayState:
+    """Answers paid for and events done, kept in `topic` (one partition, compacted)."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self._producer = producer
+        self.topic = topic
+        self._paid: dict[str, ModelCallResult] = {}
+        self._done: set[tuple[int, int]] = set()
+        self._keys: dict[tuple[int, int], list[str]] = defaultdict(list)
+
+    async def load(self, bootstrap_servers: str) -> None:
+        """Read the topic to its end (what a previous run of this replay left)."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tp = TopicPartition(self.topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            while await consumer.position(tp) < end:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        self._apply(record.key.decode(), record.value)
+        finally:
+            await consumer.stop()
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        kind, _, rest = key.partition(":")
+        if kind == "paid":
+            if value is None:
+                self._paid.pop(rest, None)
+            else:
+                self._paid[rest] = ModelCallResult.model_validate_json(value)
+        elif kind == "done":
+            partition, _, offset = rest.partition(":")
+            event = (int(partition), int(offset))
+            if value is None:
+                self._done.discard(event)
+            else:
+                self._done.add(event)
+                self._keys[event].append(key)
+
+    def get(self, call_id: str) -> ModelCallResult | None:
+        paid = self._paid.get(call_id)
+        if paid is not None:
+            self._keys[position.get()].append(f"paid:{call_id}")
+        return paid
+
+    async def put(self, result: ModelCallResult) -> None:
+        key = f"paid:{result.call_id}"
+        self._keys[position.get()].append(key)
+        await self._send(key, result.model_dump_json().encode())
+        self._paid[result.call_id] = result
+
+    def done(self, partition: int, offset: int) -> bool:
+        return (partition, offset) in self._done
+
+    async def mark_done(self, partition: int, offset: int) -> None:
+        key = f"done:{partition}:{offset}"
+        self._keys[partition, offset].append(key)
+        await self._send(key, b"1")
+        self._done.add((partition, offset))
+
+    async def forget_below(self, partition: int, committed: int) -> None:
+        """The group committed `committed` on `partition`: drop what events before it left."""
+        events = [e for e in self._keys if e[0] == partition and e[1] < committed]
+        deliveries = []
+        for event in events:
+            self._done.discard(event)
+            for key in self._keys.pop(event):
+                if key.startswith("paid:"):
+                    self._paid.pop(key[5:], None)
+                deliveries.append(
+                    await self._producer.send(self.topic, key=key.encode(), value=None)
+                )
+        if deliveries:
+            await asyncio.gather(*deliveries)
+
+    @property
+    def size(self) -> int:
+        """Keys held: bounded by the events not yet committed."""
+        return len(self._paid) + len(self._done)
+
+    async def _send(self, key: str, value: bytes) -> None:
+        await (await self._producer.send(self.topic, key=key.encode(), value=value))
