@@ -56,6 +56,32 @@ def copy_topology(
     return TopologyCopy(path, load_topology(path))
 
 
+CANDIDATES = SHIPPED / "candidates"
+_TOPICS = ("input_topic", "output_topic", "dead_letter_topic", "parked_topic", "routes")
+
+
+def candidate_copy(
+    live: Path, folder: Path, candidate: Path | None = None, **changes: Any
+) -> TopologyCopy:
+    """A candidate for the topology copy `live`, reading and writing that copy's topics:
+    `candidate` (default `topologies/candidates/<name>.yaml`) with `changes` applied on top
+    (`version="2.0.1"`, or `classify={"prompt": {...}}` to replace a call's fields)."""
+    spec: dict[str, Any] = yaml.safe_load(live.read_text())
+    source = candidate or CANDIDATES / f"{spec['name']}.yaml"
+    wanted: dict[str, Any] = yaml.safe_load(source.read_text())
+    wanted |= {key: spec[key] for key in _TOPICS if key in spec}
+    calls = {call["name"]: call for call in wanted["calls"]}
+    for key, value in changes.items():
+        if key in calls:
+            calls[key] |= value
+        else:
+            wanted[key] = value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec['name']}-{wanted['version']}.yaml"
+    path.write_text(yaml.safe_dump(wanted, sort_keys=False))
+    return TopologyCopy(path, load_topology(path))
+
+
 def _call(name: str, user: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "model": "gpt-4o-mini", "prompt": {"version": "1", "user": user}, **extra}
 
