@@ -189,6 +189,12 @@ class Output(Contract):
     produced_at: Timestamp
     """When the output was ready."""
 
+    @property
+    def model_calls(self) -> list[ModelCallResult]:
+        """Every model call behind the output: its calls and the retrieval query's embedding."""
+        embedding = self.retrieval.embedding if self.retrieval else None
+        return [*self.calls, *([embedding] if embedding else [])]
+
     def call(self, name: str) -> ModelCallResult:
         """The result of the call named `name`."""
         for result in self.calls:

@@ -40,8 +40,33 @@ def _node_at(root: yaml.Node, loc: tuple[int | str, ...]) -> yaml.Node:
 
 
 def load_topology(path: str | Path) -> Topology:
-    """Parse and validate one topology file."""
+    """Parse and validate one topology file (and its shadow's candidate, if it names one)."""
     path = Path(path)
+    topology, root = _load(path)
+    if topology.shadow is None:
+        return topology
+    mark = _node_at(root, ("shadow", "topology")).start_mark
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}: shadow.topology"
+    candidate_path = path.parent / topology.shadow.topology
+    try:
+        candidate, _ = _load(candidate_path)
+    except TopologyError as exc:
+        raise TopologyError(path, [f"{where}: the candidate is invalid", *exc.problems]) from exc
+    problem = None
+    if candidate.name != topology.name or candidate.input_topic != topology.input_topic:
+        problem = "the candidate must have the same name and input topic"
+    elif candidate.shadow is not None:
+        problem = "the candidate must not name a shadow of its own"
+    elif candidate.version == topology.version:
+        problem = f"the candidate has this topology's version {topology.version!r}"
+    elif (topology.shadow.topic or "") in topology.topics:
+        problem = f"shadow.topic {topology.shadow.topic!r} is one of the live topics"
+    if problem:
+        raise TopologyError(path, [f"{where}: {candidate_path}: {problem}"])
+    return topology.with_candidate(candidate)
+
+
+def _load(path: Path) -> tuple[Topology, yaml.Node]:
     try:
         text = path.read_text()
     except OSError as exc:
@@ -56,7 +81,7 @@ def load_topology(path: str | Path) -> Topology:
     if root is None or not isinstance(data, dict):
         raise TopologyError(path, [f"{path}:1:1: a topology file must be a YAML mapping"])
     try:
-        return Topology.model_validate(data)
+        return Topology.model_validate(data), root
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 from contextvars import ContextVar
 from graphlib import CycleError, TopologicalSorter
@@ -13,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
+    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -339,6 +341,24 @@ class Route(_Spec):
         return _checked_condition(condition) if condition is not None else None
 
 
+class Shadow(_Spec):
+    """A candidate version the worker also runs, on a sampled share of the live events, into
+    a shadow topic: it never writes to the live topics, and spends within its own budget."""
+
+    topology: str = Field(min_length=1)
+    """The candidate's topology file, relative to this one's; same name and input topic."""
+    share: float = Field(gt=0, le=1)
+    """Share of the events it runs on (0.05: one in twenty), picked by the event's bytes,
+    so a redelivered event is picked again."""
+    budget_usd: float | None = Field(default=None, ge=0)
+    """What the whole group may spend on it per `period`; unset, no limit. Past it, events
+    are not shadowed until the next period."""
+    period: Literal["hour", "day", "month"] = "day"
+    """Calendar period (UTC) of `budget_usd`."""
+    topic: str | None = Field(default=None, pattern=_TOPIC)
+    """Where its results go; unset, `<output_topic>.shadow.<candidate version>`."""
+
+
 class ImageOptions(_Spec):
     """How this topology prepares images before vision calls."""
 
@@ -378,6 +398,20 @@ class Topology(_Spec):
     """The model calls, run as their `needs` allow; the output lists them in this order."""
     routes: list[Route] = Field(default_factory=list)
     """Further topics for the outputs their conditions pick (e.g. urgent tickets)."""
+    shadow: Shadow | None = None
+    """A candidate to run beside this version on a share of the events (see `Shadow`)."""
+    _candidate: Topology | None = PrivateAttr(default=None)
+
+    @property
+    def candidate(self) -> Topology | None:
+        """The shadow's topology, as the loader read it (None: no shadow)."""
+        return self._candidate
+
+    def with_candidate(self, candidate: Topology) -> Topology:
+        """This topology with its shadow's candidate loaded (see `loader`)."""
+        copy = self.model_copy()
+        copy._candidate = candidate
+        return copy
 
     @model_validator(mode="wrap")
     @classmethod
@@ -467,6 +501,12 @@ class Topology(_Spec):
     def parked(self) -> str:
         """The topic of parked events."""
         return self.parked_topic or f"{self.input_topic}.parked"
+
+    @property
+    def shadow_output_topic(self) -> str:
+        """Where this version's results go when it runs as a shadow (replayed, or beside
+        the live version): `<output_topic>.shadow.<version>`, made a legal topic name."""
+        return f"{self.output_topic}.shadow.{re.sub(r'[^A-Za-z0-9._-]', '_', self.version)}"
 
     @property
     def topics(self) -> list[str]:

@@ -267,6 +267,8 @@ def text_similarity(a: str, b: str) -> float:
 
 
 def cosine(a: list[float], b: list[float]) -> float:
+    if a == b:
+        return 1.0  # the same vector, even one without a direction (empty, all zeros)
     if len(a) != len(b):
         return 0.0
     norms = math.sqrt(sum(x * x for x in a)) * math.sqrt(sum(y * y for y in b))

@@ -58,7 +58,9 @@ def judge_call(model: str, endpoint: str, rubric: str) -> ModelCall:
         endpoint=endpoint,
         temperature=0,
         output_schema=VERDICT_SCHEMA,
-        prompt=Prompt(version=version, system=rubric, user="(per pair)"),
+        # The rubric is sent as it is written (`judge` passes it), never rendered: it may
+        # well hold braces of its own, e.g. an example answer in JSON.
+        prompt=Prompt(version=version, user="(per pair)"),
     )
 
 
@@ -82,7 +84,9 @@ async def judge(
                 )
             except ModelCallError:
                 return None
-        verdict = result.answer if isinstance(result.answer, dict) else {}
+        verdict = result.answer
+        if not isinstance(verdict, dict) or not {"live_score", "shadow_score"} <= set(verdict):
+            return None  # not the verdict its schema asks for: not scored
         return {**verdict, "cost_usd": result.cost_usd, "event": pair.event, "call": pair.call}
 
     verdicts = await asyncio.gather(*(one(pair) for pair in found))

@@ -43,18 +43,17 @@ from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
 from llmflow.services.worker.ports import OverBudget
 from llmflow.services.worker.settings import Settings
+from llmflow.services.worker.shadow import SHADOW_HEADER
 from llmflow.topologies.spec import Topology
 
 log = logging.getLogger(__name__)
 
-SHADOW_HEADER = "llmflow.shadow"
-"""Header of every shadow record: the candidate's version."""
 _TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def shadow_topic(topology: Topology) -> str:
     """`<output topic>.shadow.<version>`, the version made a legal topic name."""
-    return f"{topology.output_topic}.shadow.{_TOPIC_UNSAFE.sub('_', topology.version)}"
+    return topology.shadow_output_topic
 
 
 def replay_group(topology: Topology) -> str:

@@ -1,7 +1,8 @@
 """A replay's own pay-once state, in a compacted topic of its own (`<shadow topic>.state`).
 
-Two kinds of keys: `paid:<call id>` holds an answer paid for, `done:<partition>:<offset>` an
-event whose shadow result is published. A replay that is stopped or killed and started
+Two kinds of keys: `paid:<partition>:<offset>:<call id>` holds an answer paid for while
+replaying the event at that place, `done:<partition>:<offset>` an event whose shadow result
+is published. A replay that is stopped or killed and started
 again reads them back: events already done are not replayed, and answers already paid for
 are reused. Both are deleted (tombstones) once the replay's consumer group has committed
 past their event, so the state holds what is in flight, not what was replayed.
@@ -10,11 +11,14 @@ past their event, so the state holds what is in flight, not what was replayed.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from contextvars import ContextVar
 from typing import Any
 
 from llmflow.schemas.outputs import ModelCallResult
+
+log = logging.getLogger(__name__)
 
 # The event (partition, offset) the current task replays: answers are filed under it.
 position: ContextVar[tuple[int, int]] = ContextVar("llmflow_replay_position")
@@ -26,9 +30,9 @@ class ReplayState:
     def __init__(self, producer: Any, topic: str) -> None:
         self._producer = producer
         self.topic = topic
-        self._paid: dict[str, ModelCallResult] = {}
+        self._paid: dict[str, tuple[str, ModelCallResult]] = {}  # call id -> (key, answer)
         self._done: set[tuple[int, int]] = set()
-        self._keys: dict[tuple[int, int], list[str]] = defaultdict(list)
+        self._keys: dict[tuple[int, int], set[str]] = defaultdict(set)  # event -> its keys
 
     async def load(self, bootstrap_servers: str) -> None:
         """Read the topic to its end (what a previous run of this replay left)."""
@@ -44,44 +48,52 @@ class ReplayState:
             while await consumer.position(tp) < end:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
-                        self._apply(record.key.decode(), record.value)
+                        try:
+                            self._apply(record.key.decode(), record.value)
+                        except (AttributeError, ValueError):  # not a key this state writes
+                            log.warning(
+                                "replay state %s: record %s skipped", self.topic, record.offset
+                            )
         finally:
             await consumer.stop()
 
     def _apply(self, key: str, value: bytes | None) -> None:
-        kind, _, rest = key.partition(":")
-        if kind == "paid":
-            if value is None:
-                self._paid.pop(rest, None)
+        kind, partition, offset, call_id = [*key.split(":", 3), ""][:4]
+        event = (int(partition), int(offset))
+        if value is None:
+            self._keys.get(event, set()).discard(key)
+            if kind == "paid":
+                self._paid.pop(call_id, None)
             else:
-                self._paid[rest] = ModelCallResult.model_validate_json(value)
-        elif kind == "done":
-            partition, _, offset = rest.partition(":")
-            event = (int(partition), int(offset))
-            if value is None:
                 self._done.discard(event)
-            else:
-                self._done.add(event)
-                self._keys[event].append(key)
+            return
+        self._keys[event].add(key)
+        if kind == "paid":
+            self._paid[call_id] = (key, ModelCallResult.model_validate_json(value))
+        else:
+            self._done.add(event)
 
     def get(self, call_id: str) -> ModelCallResult | None:
-        paid = self._paid.get(call_id)
-        if paid is not None:
-            self._keys[position.get()].append(f"paid:{call_id}")
+        found = self._paid.get(call_id)
+        if found is None:
+            return None
+        key, paid = found
+        self._keys[position.get()].add(key)  # whichever event commits first drops it
         return paid
 
     async def put(self, result: ModelCallResult) -> None:
-        key = f"paid:{result.call_id}"
-        self._keys[position.get()].append(key)
+        partition, offset = position.get()
+        key = f"paid:{partition}:{offset}:{result.call_id}"
+        self._keys[partition, offset].add(key)
         await self._send(key, result.model_dump_json().encode())
-        self._paid[result.call_id] = result
+        self._paid[result.call_id] = (key, result)
 
     def done(self, partition: int, offset: int) -> bool:
         return (partition, offset) in self._done
 
     async def mark_done(self, partition: int, offset: int) -> None:
         key = f"done:{partition}:{offset}"
-        self._keys[partition, offset].append(key)
+        self._keys[partition, offset].add(key)
         await self._send(key, b"1")
         self._done.add((partition, offset))
 
@@ -91,9 +103,9 @@ class ReplayState:
         deliveries = []
         for event in events:
             self._done.discard(event)
-            for key in self._keys.pop(event):
+            for key in sorted(self._keys.pop(event)):
                 if key.startswith("paid:"):
-                    self._paid.pop(key[5:], None)
+                    self._paid.pop(key.split(":", 3)[3], None)
                 deliveries.append(
                     await self._producer.send(self.topic, key=key.encode(), value=None)
                 )

@@ -48,6 +48,7 @@ from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
 from llmflow.services.worker.ports import AnsweredMarks
 from llmflow.services.worker.settings import Settings
+from llmflow.services.worker.shadow import ShadowRun
 from llmflow.services.worker.state import CHANGELOG_CONFIG, Committed, TableAnsweredMarks
 from llmflow.topologies.spec import Topology
 
@@ -139,8 +140,10 @@ def add_agent(
     concurrency: int,
     gate: OutageGate | None = None,
     max_holds: int = 5,
+    shadow: Callable[[Any], ShadowRun] | None = None,
 ) -> None:
-    """The topology's agent: `concurrency` instances share its input topic."""
+    """The topology's agent: `concurrency` instances share its input topic. `shadow` makes
+    the topology's shadow run from the faust topic of its results."""
     topology = pipeline.topology
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes}
     raw |= {"key_serializer": "raw", "value_serializer": "raw"}
@@ -151,8 +154,12 @@ def add_agent(
         app.topic(topology.parked, **raw),
         {route.name: app.topic(route.topic, **raw) for route in topology.routes},
     )
+    candidate = pipeline.topology.candidate
+    runner = None
+    if shadow is not None and candidate is not None and topology.shadow is not None:
+        runner = shadow(app.topic(topology.shadow.topic or candidate.shadow_output_topic, **raw))
     app.agent(source, name=f"llmflow.{topology.name}", concurrency=concurrency)(
-        agent_body(pipeline, answered, metrics, sinks, gate, max_holds)
+        agent_body(pipeline, answered, metrics, sinks, gate, max_holds, runner)
     )
 
 
@@ -163,12 +170,15 @@ def agent_body(
     sinks: _Sinks,
     gate: OutageGate | None = None,
     max_holds: int = 5,
+    shadow: ShadowRun | None = None,
 ) -> Callable[[faust.StreamT[bytes]], AsyncIterator[None]]:
     """The agent function of a topology: each event answered, published and recorded.
 
     An event that finds a model endpoint down waits at the `gate` and is tried again
     once the endpoint answers; after `max_holds` such waits it is dead-lettered (an event
     that fails on an endpoint that answers everyone else is, after all, the event's fault).
+    A sampled event is also answered by the `shadow` candidate, at the same time; the event
+    is marked answered once both results are published.
     """
     name = pipeline.topology.name
 
@@ -198,11 +208,18 @@ def agent_body(
         key = message.key
         meta = SourceMeta(message.topic, message.partition, message.offset, len(key or b""))
         metrics.in_flight.labels(name).inc()
+        shadowed = None
+        if shadow is not None and shadow.sampled(value):
+            shadowed = asyncio.create_task(shadow.run(value, key, meta))
         try:
             result = await handle(value, meta)
             await _publish(result, key, sinks)
+            if shadowed is not None:
+                await shadowed  # never raises: a shadow cannot fail its live event
         finally:
             metrics.in_flight.labels(name).dec()
+            if shadowed is not None and not shadowed.done():
+                shadowed.cancel()  # the live event is cancelled (rebalance, shutdown)
         await answered.mark(message.partition, message.offset)  # durable before the ack
         _count(metrics, name, result, message.timestamp)
         return True
@@ -362,7 +379,7 @@ def _count(metrics: Metrics, topology: str, result: Result, record_timestamp: fl
         metrics.outputs.labels(topology).inc()
         for route in result.routes:
             metrics.routed.labels(topology, route).inc()
-        for call in result.calls:
+        for call in result.model_calls:  # the retrieval query's embedding too
             if call.reused:
                 metrics.models.calls.labels(call.model, call.endpoint, "reused").inc()
             else:

@@ -8,9 +8,10 @@ components never build each other, so each can be tested with small fakes of the
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import faust
 
@@ -22,6 +23,7 @@ from llmflow.services.models.metrics import ModelMetrics
 from llmflow.services.models.quotas import QuotaRegistry
 from llmflow.services.orgdata.search import Retriever
 from llmflow.services.worker.app import (
+    Tables,
     add_agent,
     close_on_shutdown,
     committed_offsets,
@@ -31,12 +33,14 @@ from llmflow.services.worker.app import (
     follow_spend,
     reread_marks_on_rebalance,
 )
-from llmflow.services.worker.budgets import SpendView
+from llmflow.services.worker.budgets import Budget, SpendView
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.orgdata import OrgDataSource, org_data
 from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import Pipeline
+from llmflow.services.worker.ports import Budgets
 from llmflow.services.worker.settings import Settings
+from llmflow.services.worker.shadow import ShadowBudget, ShadowRun
 from llmflow.services.worker.state import (
     CHANGELOG_CONFIG,
     TableAnsweredMarks,
@@ -44,7 +48,7 @@ from llmflow.services.worker.state import (
     TablePaidCalls,
 )
 from llmflow.topologies.loader import load_topology
-from llmflow.topologies.spec import Topology
+from llmflow.topologies.spec import Shadow, Topology
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,32 @@ def model_client(config: ModelsConfig, metrics: ModelMetrics | None = None) -> M
     )
 
 
+def _shadow_topics(spec: Topology) -> list[str]:
+    if spec.shadow is None or spec.candidate is None:
+        return []
+    return [spec.shadow.topic or spec.candidate.shadow_output_topic]
+
+
+def _shadow(
+    shadow: Shadow,
+    candidate: Topology,
+    tables: Tables,
+    spend: SpendView,
+    metrics: Metrics,
+    pipeline_of: Callable[[Topology, Budgets], Pipeline],
+) -> Callable[[Any], ShadowRun]:
+    """The factory of a topology's shadow run, given the faust topic of its results."""
+    label = f"shadow:{candidate.name}:{candidate.version}"
+    limits = (
+        {}
+        if shadow.budget_usd is None
+        else {label: Budget(usd=shadow.budget_usd, period=shadow.period)}
+    )
+    budget = ShadowBudget(TableBudgets(limits, tables.spend, spend), label)
+    pipeline = pipeline_of(candidate, budget)
+    return lambda sink: ShadowRun(pipeline, sink, shadow.share, budget, metrics)
+
+
 def bootstrap(
     settings: Settings,
     topologies: Sequence[Topology | str | Path],
@@ -84,7 +114,7 @@ def bootstrap(
     specs = [t if isinstance(t, Topology) else load_topology(t) for t in topologies]
     partitions = ensure(
         settings.kafka_bootstrap_servers,
-        [topic for spec in specs for topic in spec.topics],
+        [topic for spec in specs for topic in [*spec.topics, *_shadow_topics(spec)]],
         settings.topic_partitions,
         settings.topic_replication_factor,
         None,
@@ -93,7 +123,8 @@ def bootstrap(
     if settings.metrics_port is not None:
         metrics.serve(settings.metrics_port, settings.metrics_host)
     models = model_client(settings.models_config(), metrics.models)
-    orgdata, follower = org(settings, specs, ensure)
+    candidates = [spec.candidate for spec in specs if spec.candidate is not None]
+    orgdata, follower = org(settings, [*specs, *candidates], ensure)
     executor = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="images")
     spend = SpendView()
 
@@ -101,6 +132,7 @@ def bootstrap(
     changelogs: dict[str, int] = {}
     marks: list[TableAnsweredMarks] = []
     gates: list[OutageGate] = []
+    follow_any_spend = bool(settings.budgets)
     for spec in specs:
         count = partitions[spec.input_topic]
         tables = declare_tables(app, spec, count)
@@ -117,19 +149,30 @@ def bootstrap(
         answered = TableAnsweredMarks(
             tables.answered, committed_offsets(app, spec.input_topic), paid
         )
-        pipeline = Pipeline(
-            spec,
-            models=models,
-            orgdata=orgdata,
-            image_limits=settings.image_limits(spec),
-            executor=executor,
-            worker_id=settings.worker_id,
-            paid=paid,
-            budgets=TableBudgets(settings.budgets, tables.spend, spend),
-            max_record_bytes=settings.max_record_bytes,
-            passages=Retriever(orgdata),
-            collections=orgdata.collections,
-        )
+        budgets = TableBudgets(settings.budgets, tables.spend, spend)
+
+        def pipeline_of(
+            topology: Topology, budgets: Budgets, paid: TablePaidCalls = paid
+        ) -> Pipeline:
+            return Pipeline(
+                topology,
+                models=models,
+                orgdata=orgdata,
+                image_limits=settings.image_limits(topology),
+                executor=executor,
+                worker_id=settings.worker_id,
+                paid=paid,
+                budgets=budgets,
+                max_record_bytes=settings.max_record_bytes,
+                passages=Retriever(orgdata),
+                collections=orgdata.collections,
+            )
+
+        pipeline = pipeline_of(spec, budgets)
+        shadow = None
+        if spec.shadow is not None and spec.candidate is not None:
+            shadow = _shadow(spec.shadow, spec.candidate, tables, spend, metrics, pipeline_of)
+            follow_any_spend = follow_any_spend or spec.shadow.budget_usd is not None
         gate = OutageGate(
             spec.name,
             probe=models.probe,
@@ -139,14 +182,21 @@ def bootstrap(
         )
         gates.append(gate)
         add_agent(
-            app, pipeline, answered, metrics, settings.concurrency, gate, settings.outage_max_holds
+            app,
+            pipeline,
+            answered,
+            metrics,
+            settings.concurrency,
+            gate,
+            settings.outage_max_holds,
+            shadow,
         )
         marks.append(answered)
         changelogs[tables.spend_changelog] = count
     inputs = {spec.input_topic: partitions[spec.input_topic] for spec in specs}
     divide_quotas_on_rebalance(app, models.quotas, metrics, inputs)
     reread_marks_on_rebalance(app, marks)
-    if settings.budgets:
+    if follow_any_spend:
         follow_spend(app, settings.kafka_bootstrap_servers, spend, changelogs)
 
     async def close() -> None:

@@ -40,6 +40,19 @@ class Metrics:
         self.cost = Counter(
             "llmflow_cost_usd", "Cost of model calls in USD.", ["model", "tenant"], registry=r
         )
+        self.shadow_events = Counter(
+            "llmflow_shadow_events",
+            "Events the shadow candidate ran on, by outcome (output, dead_letter, parked, "
+            "over_budget, endpoint_down, failed).",
+            ["topology", "version", "outcome"],
+            registry=r,
+        )
+        self.shadow_cost = Counter(
+            "llmflow_shadow_cost_usd",
+            "What the shadow candidate's model calls cost, in USD (not in llmflow_cost_usd).",
+            ["topology", "version"],
+            registry=r,
+        )
         # An event takes a little longer than its calls: shared buckets keep them comparable.
         self.event_seconds = Histogram(
             "llmflow_event_seconds",

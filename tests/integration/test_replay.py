@@ -16,17 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from dev.launch import Child, spawn
-from dev.probes import simulator_log
+from dev.probes import scrape, simulator_log, total
 from dev.topologies import candidate_copy
 from llmflow.schemas.outputs import Output
+from llmflow.services.broker.local import free_port
 from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
 from llmflow.services.sdk.consumer import parse_result
-from llmflow.services.shadow.replay import SHADOW_HEADER, shadow_topic
+from llmflow.services.shadow.replay import shadow_topic
 from llmflow.services.worker.bootstrap import model_client
 from llmflow.services.worker.settings import Settings
+from llmflow.services.worker.shadow import SHADOW_HEADER, sampled
 from llmflow.topologies.loader import load_topology
 from llmflow.topologies.prompts import render
 from llmflow.topologies.spec import Topology
@@ -296,3 +299,93 @@ def test_a_killed_replay_goes_on_where_it_was_and_pays_no_answer_twice(
             f"shadow results {duplicates}, calls paid twice {len(repaid)} (in flight at the "
             f"kill), answers reused {summary['calls_reused']}"
         )
+
+
+def _with_shadow(path: Path, run_dir: Path, **shadow: object) -> Path:
+    """The topology copy at `path` with a shadow: the shipped candidate on its topics."""
+    candidate = candidate_copy(path, run_dir / "candidates")
+    spec = yaml.safe_load(path.read_text())
+    relative = candidate.path.relative_to(path.parent)
+    spec["shadow"] = {"topology": str(relative), **shadow}
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def test_the_live_worker_shadows_a_sampled_share_into_the_shadow_topic_only(
+    kafka_bootstrap: str,
+    run_dir: Path,
+    modelsim: Callable[..., Child],
+    topology_copy: Callable[[str], Path],
+    worker_env: Callable[[Child], dict[str, str]],
+    workers: Callable[..., Child],
+) -> None:
+    path = _with_shadow(topology_copy("support_triage"), run_dir, share=0.5)
+    live = load_topology(path)
+    assert live.candidate is not None
+    sim = modelsim()
+    port = free_port()
+    workers([path], {**worker_env(sim), "LLMFLOW_METRICS_PORT": str(port)})
+    events = [
+        text_event(f"ticket {n}: refund please", key=f"C-100{n % 3 + 1}", event_id=f"sh-{n}")
+        for n in range(40)
+    ]
+    with EventProducer(kafka_bootstrap) as producer:
+        for event in events:
+            producer.send(live.input_topic, event)
+    with ResultConsumer(kafka_bootstrap, [live.output_topic]) as consumer:
+        outputs = list(consumer.results(idle_timeout_s=60, limit=len(events)))
+    assert {o.event_id for o in outputs} == {e.id for e in events}
+    assert {o.topology_version for o in outputs} == {live.version}
+
+    inputs = _records(kafka_bootstrap, live.input_topic)
+    picked = {(r.partition, r.offset) for r in inputs if sampled(r.value, 0.5)}
+    assert 5 <= len(picked) <= 35  # about half of 40
+    shadow = _records(kafka_bootstrap, live.candidate.shadow_output_topic)
+    results = [parse_result(r.value) for r in shadow]
+    assert {(r.source_partition, r.source_offset) for r in results} == picked
+    assert len(results) == len(picked)
+    assert {r.topology_version for r in results} == {live.candidate.version}
+    assert all(isinstance(r, Output) for r in results)
+    assert {dict(r.headers)[SHADOW_HEADER] for r in shadow} == {live.candidate.version.encode()}
+    samples = scrape(port)
+    shadowed = total(samples, "llmflow_shadow_events_total", outcome="output")
+    assert shadowed == len(picked)
+    assert total(samples, "llmflow_shadow_cost_usd_total") > 0
+
+
+def test_a_shadow_stops_at_its_budget_and_the_live_version_goes_on(
+    kafka_bootstrap: str,
+    run_dir: Path,
+    modelsim: Callable[..., Child],
+    topology_copy: Callable[[str], Path],
+    worker_env: Callable[[Child], dict[str, str]],
+    workers: Callable[..., Child],
+) -> None:
+    # One shadowed event costs about 0.00014 USD here: the budget lasts a few events.
+    path = _with_shadow(topology_copy("support_triage"), run_dir, share=1.0, budget_usd=0.0005)
+    live = load_topology(path)
+    assert live.candidate is not None
+    sim = modelsim()
+    port = free_port()
+    env = {**worker_env(sim), "LLMFLOW_METRICS_PORT": str(port), "LLMFLOW_CONCURRENCY": "2"}
+    workers([path], env)
+    with EventProducer(kafka_bootstrap) as producer:
+        for n in range(30):
+            producer.send(
+                live.input_topic, text_event(f"ticket {n}", key="C-1001", event_id=f"b-{n}")
+            )
+    with ResultConsumer(kafka_bootstrap, [live.output_topic]) as consumer:
+        assert len(list(consumer.results(idle_timeout_s=60, limit=30))) == 30
+    shadow = [
+        parse_result(r.value) for r in _records(kafka_bootstrap, live.candidate.shadow_output_topic)
+    ]
+    samples = scrape(port)
+    over = total(samples, "llmflow_shadow_events_total", outcome="over_budget")
+    assert 1 <= len(shadow) < 30 and over == 30 - len(shadow), (len(shadow), over)
+    spent = sum(r.totals.cost_usd for r in shadow if isinstance(r, Output))
+    # Spend stops within what was in flight when the budget ran out (2 events at a time).
+    assert (
+        0.0005
+        <= spent
+        < 0.0005 + 3 * max(r.totals.cost_usd for r in shadow if isinstance(r, Output))
+    )

@@ -1,7 +1,7 @@
 """Imports point one way, down the data flow: contracts <- topologies <- components <- worker
-<- replay and compare <- command line. A module may import its own component and the layers below it, never a
-peer component of its own layer nor anything above; shipped code never imports `dev` or
-`tests`."""
+<- replay and compare <- command line. A module may import its own component and the layers
+below it, never a peer component of its own layer nor anything above; shipped code never
+imports `dev` or `tests`."""
 
 from __future__ import annotations
 

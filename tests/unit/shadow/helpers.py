@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from llmflow.schemas.dead_letter import DeadLetter
@@ -12,6 +13,7 @@ from llmflow.schemas.parked import Parked
 
 WHEN = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SHA = "0" * 64
+TOPOLOGY = Path(__file__).resolve().parents[3] / "topologies" / "support_triage.yaml"
 
 
 def call(
