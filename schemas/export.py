@@ -12,6 +12,7 @@ from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.events import EVENT_ADAPTER
 from llmflow.schemas.outputs import Output
 from llmflow.schemas.parked import Parked
+from llmflow.schemas.projections import Projection
 from llmflow.schemas.results import RESULT_ADAPTER
 
 JSON_DIR = Path(__file__).parent / "json"
@@ -46,6 +47,7 @@ def schema_documents() -> dict[str, dict[str, Any]]:
         "output.schema.json": _document("output", _written(Output)),
         "dead_letter.schema.json": _document("dead_letter", _written(DeadLetter)),
         "parked.schema.json": _document("parked", _written(Parked)),
+        "projection.schema.json": _document("projection", _written(Projection)),
         "result.schema.json": _document(
             "result",
             RESULT_ADAPTER.json_schema(mode="serialization"),

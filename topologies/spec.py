@@ -21,7 +21,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from llmflow.schemas.events import ImageEvent, TextEvent, TextImageEvent
-from llmflow.schemas.outputs import ModelCallResult, OrgRecordRef
+from llmflow.schemas.outputs import ModelCallResult, OrgRecordRef, Output
 from llmflow.topologies.output_schemas import InvalidSchema, check_schema, schema_of_output_model
 from llmflow.topologies.prompts import (
     VariablePath,
@@ -335,10 +335,40 @@ class Route(_Spec):
     the results of every call that ran); unset, every output goes. A name the event or an
     answer lacks counts as undefined: the condition is false, not an error."""
 
+    fields: dict[str, str] | None = None
+    """Send a projection instead of the whole output: name -> dotted path into the output,
+    e.g. `{priority: calls.classify.answer.priority, summary: calls.summarize.answer}`
+    (`calls.<name>` is that call's result). The projection keeps the event's identity and
+    every call's lineage; unset, the route gets the whole output."""
+
     @field_validator("when")
     @classmethod
     def _condition_compiles(cls, condition: str | None) -> str | None:
         return _checked_condition(condition) if condition is not None else None
+
+    @field_validator("fields")
+    @classmethod
+    def _paths_name_output_fields(cls, fields: dict[str, str] | None) -> dict[str, str] | None:
+        if fields is None:
+            return None
+        if not fields:
+            raise ValueError("name at least one field, or leave `fields` out")
+        for name, path in fields.items():
+            parts = path.split(".")
+            if not name.isidentifier():
+                raise ValueError(f"field name {name!r} must be an identifier")
+            if not all(parts) or parts[0] not in PROJECTABLE:
+                raise ValueError(
+                    f"{name}: {path!r} must be a dotted path starting with one of "
+                    f"{', '.join(sorted(PROJECTABLE))}"
+                )
+            if parts[0] == "calls" and len(parts) < 2:
+                raise ValueError(f"{name}: {path!r} must name a call (calls.<name>...)")
+        return fields
+
+
+PROJECTABLE = frozenset(set(Output.model_fields) - {"record_type", "schema_version"})
+"""What a route's `fields` may start with: the output's fields."""
 
 
 class Shadow(_Spec):
@@ -465,6 +495,16 @@ class Topology(_Spec):
                 )
         for n, route in enumerate(self.routes):
             unknown = sorted(called(condition_template(route.when or "1")) - names)
+            projected = {
+                p.split(".")[1] for p in (route.fields or {}).values() if p.startswith("calls.")
+            }
+            if projected - names:
+                missing = ", ".join(map(repr, sorted(projected - names)))
+                raise PydanticCustomError(
+                    "step",
+                    "{problem}",
+                    {"problem": f"projects {missing}: no call", WITHIN: ("routes", n, "fields")},
+                )
             if unknown:
                 raise PydanticCustomError(
                     "step",

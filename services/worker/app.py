@@ -47,6 +47,7 @@ from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
 from llmflow.services.worker.ports import AnsweredMarks
+from llmflow.services.worker.projection import project
 from llmflow.services.worker.settings import Settings
 from llmflow.services.worker.shadow import ShadowRun
 from llmflow.services.worker.state import CHANGELOG_CONFIG, Committed, TableAnsweredMarks
@@ -153,6 +154,7 @@ def add_agent(
         app.topic(topology.dead_letter_topic, **raw),
         app.topic(topology.parked, **raw),
         {route.name: app.topic(route.topic, **raw) for route in topology.routes},
+        {route.name: route.fields for route in topology.routes if route.fields},
     )
     candidate = pipeline.topology.candidate
     runner = None
@@ -400,6 +402,13 @@ class _Sinks:
     parked: Any
     routes: dict[str, Any] = field(default_factory=dict)
     """Route name -> its topic."""
+    projections: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Route name -> the fields it sends instead of the whole output."""
+
+
+def _routed(output: Output, route: str, fields: dict[str, str] | None) -> bytes | None:
+    """The projection a route sends instead of the output (None: the output itself)."""
+    return project(output, route, fields).model_dump_json().encode() if fields else None
 
 
 async def _publish(result: Result, key: bytes | None, sinks: _Sinks) -> None:
@@ -409,7 +418,9 @@ async def _publish(result: Result, key: bytes | None, sinks: _Sinks) -> None:
         # one lost in a crash is sent again with the output (consumers dedupe by event id).
         routed = [
             await sinks.routes[name].send(
-                key=key, value=value, headers={"llmflow.route": name.encode()}
+                key=key,
+                value=_routed(result, name, sinks.projections.get(name)) or value,
+                headers={"llmflow.route": name.encode()},
             )
             for name in result.routes
         ]

@@ -19,11 +19,14 @@ from PIL import Image
 from dev.launch import Child
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
+from llmflow.schemas.projections import Projection
 from llmflow.services.sdk import EventProducer, ResultConsumer, image_event, text_event
 from llmflow.services.sdk.consumer import Result
 from tests.integration.helpers import org_copy
 
 pytestmark = pytest.mark.integration
+
+VERSIONS = {"support_triage": "2.0.1", "product_images": "2.0.0"}
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (40, 60, 210)}
 
@@ -123,8 +126,12 @@ def test_mixed_events_all_answered_once(
     with ResultConsumer(kafka_bootstrap, topics) as consumer:
         results.extend(consumer.results(idle_timeout_s=60, limit=300))
         late = list(consumer.results(idle_timeout_s=3))  # a duplicate would show up here
-    routes = [triage["routes"][0]["topic"], products["routes"][0]["topic"]]
-    with ResultConsumer(kafka_bootstrap, routes) as consumer:
+    # Escalations get a projection (the route names its fields), review the whole output.
+    with ResultConsumer(kafka_bootstrap, [triage["routes"][0]["topic"]]) as consumer:
+        escalations = [
+            Projection.model_validate_json(r.value) for r in consumer.records(idle_timeout_s=5)
+        ]
+    with ResultConsumer(kafka_bootstrap, [products["routes"][0]["topic"]]) as consumer:
         routed = list(consumer.results(idle_timeout_s=5))
     assert worker.alive(), worker.log_tail()
 
@@ -160,16 +167,32 @@ def test_mixed_events_all_answered_once(
         if o.topology == "product_images" and not o.call("policy_check").answer["compliant"]
     }
     assert escalated and to_review  # the simulator's answers take both ways
-    assert sorted(r.event_id or "" for r in routed) == sorted(escalated | to_review)
+    assert sorted(r.event_id or "" for r in routed) == sorted(to_review)
     for copy in routed:
         assert isinstance(copy, Output) and copy == by_id[copy.event_id]
-        assert copy.routes == (["escalations"] if copy.event_id in escalated else ["review"])
+        assert copy.routes == ["review"]
+    assert sorted(p.event_id for p in escalations) == sorted(escalated)
+    for projection in escalations:
+        output = by_id[projection.event_id]
+        assert output.routes == ["escalations"] and projection.route == "escalations"
+        assert projection.fields == {
+            "priority": "urgent",
+            "category": output.call("classify").answer["category"],
+            "summary": output.call("summarize").answer,
+            "reply": output.call("draft_reply").answer,
+        }
+        assert [c.call_id for c in projection.lineage] == [c.call_id for c in output.model_calls]
+        assert projection.topology_version == output.topology_version
+        assert (projection.source_partition, projection.source_offset) == (
+            output.source_partition,
+            output.source_offset,
+        )
     assert all(o.routes == [] for o in outputs if o.event_id not in escalated | to_review)
     captioned = 0
     for output in outputs:
         want = expected[output.event_id]
         assert output.topology == want["topology"]
-        assert output.topology_version == "2.0.0"
+        assert output.topology_version == VERSIONS[output.topology]
         assert output.event_key == want["key"]
         # The calls that ran (product photos: caption and alt text only when compliant),
         # and the retrieval query's embedding.

@@ -74,7 +74,7 @@ def test_topology_validate_reports_ok_and_errors(
 ) -> None:
     good = str(project_root / "topologies" / "support_triage.yaml")
     assert main(["topology", "validate", good]) == 0
-    assert "ok - support_triage v2.0.0" in capsys.readouterr().out
+    assert "ok - support_triage v2.0.1" in capsys.readouterr().out
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: Bad Name\n")
     assert main(["topology", "validate", str(bad)]) == 1

@@ -32,6 +32,7 @@ PUBLIC: dict[str, list[str]] = {
         "text_image_event",
     ],
     "llmflow.schemas": [
+        "CallLineage",
         "DeadLetter",
         "Event",
         "ImageEvent",
@@ -41,6 +42,7 @@ PUBLIC: dict[str, list[str]] = {
         "OrgRecordRef",
         "Output",
         "Parked",
+        "Projection",
         "Result",
         "Stage",
         "TextEvent",

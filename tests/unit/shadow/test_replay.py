@@ -34,7 +34,7 @@ def topology() -> Topology:
 
 
 def test_shadow_topic(topology: Topology) -> None:
-    assert shadow_topic(topology) == "support.triaged.shadow.2.0.0"
+    assert shadow_topic(topology) == "support.triaged.shadow.2.0.1"
 
 
 def test_shadow_topic_makes_the_version_a_legal_name(topology: Topology) -> None:
@@ -46,7 +46,7 @@ def test_shadow_topic_makes_the_version_a_legal_name(topology: Topology) -> None
 
 
 def test_replay_group(topology: Topology) -> None:
-    assert replay_group(topology) == "llmflow-replay.support_triage.2.0.0"
+    assert replay_group(topology) == "llmflow-replay.support_triage.2.0.1"
     candidate = topology.model_copy(update={"version": "3+rc1"})
     assert replay_group(candidate) == "llmflow-replay.support_triage.3_rc1"
     assert replay_group(candidate) != replay_group(topology)

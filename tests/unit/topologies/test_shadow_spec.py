@@ -40,7 +40,7 @@ def test_the_candidate_is_read_relative_to_the_topology(tmp_path: Path) -> None:
     [
         ({"share": 0.1}, {"name": "other"}, "same name and input topic"),
         ({"share": 0.1}, {"input_topic": "elsewhere"}, "same name and input topic"),
-        ({"share": 0.1}, {"version": "2.0.0"}, "this topology's version"),
+        ({"share": 0.1}, {"version": "2.0.1"}, "this topology's version"),
         (
             {"share": 0.1},
             {"shadow": {"topology": "x.yaml", "share": 1}},

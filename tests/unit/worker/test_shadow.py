@@ -86,7 +86,7 @@ def test_a_sampled_event_is_answered_by_both_and_the_shadow_writes_to_its_topic_
     outputs, shadow, marks, metrics, asked = _shadowed([_raw(), _raw(id="e-2")])
     live = [parse_result(value) for _, value in outputs.sent]
     shadowed = [parse_result(value) for _, value in shadow.sent]
-    assert [r.topology_version for r in live] == ["2.0.0", "2.0.0"]
+    assert [r.topology_version for r in live] == ["2.0.1", "2.0.1"]
     assert [r.topology_version for r in shadowed] == ["2.1.0", "2.1.0"]
     assert sorted(r.event_id or "" for r in shadowed) == ["e-1", "e-2"]
     assert shadow.headers == [{SHADOW_HEADER: b"2.1.0"}] * 2
