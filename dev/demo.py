@@ -5,12 +5,14 @@ Starts what is not given (Kafka unless KAFKA_BOOTSTRAP_SERVERS is set, the model
 simulator unless OPENAI_BASE_URL is set), publishes the sample org data to its topics
 (the policies embedded through the model endpoint), runs a worker with both shipped
 topologies, publishes a mixed batch with a few bad events, prints every result as it
-arrives, and stops everything it started.
+arrives, then tries the shipped candidate of support_triage on those tickets (replay into
+its shadow topic, compare with the live outputs), and stops everything it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -26,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from dev.launch import Child, start_modelsim, start_worker, worker_env
 from dev.samples import CAPTIONS, TICKETS
-from dev.topologies import TopologyCopy, copy_topology
+from dev.topologies import TopologyCopy, candidate_copy, copy_topology
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.events import AnyEvent
 from llmflow.schemas.outputs import Output
@@ -36,6 +38,9 @@ from llmflow.services.broker.topics import ensure_topics
 from llmflow.services.sdk import EventProducer, ResultConsumer, image_event, text_event
 from llmflow.services.sdk.consumer import Result
 from llmflow.services.sdk.events import text_image_event
+from llmflow.services.shadow.compare import compare_topics
+from llmflow.services.shadow.replay import ReplayOptions, replay
+from llmflow.services.shadow.report import chart, markdown
 from llmflow.services.worker.orgdata import publish_samples
 from llmflow.services.worker.settings import Settings
 from llmflow.topologies.spec import Topology
@@ -231,13 +236,33 @@ def run_demo(events: int = 24, bad: int = 4) -> int:
         elapsed = time.monotonic() - started
         if not worker.alive():
             print(f"worker died:\n{worker.log_tail()}")
+        _summary(good, bad_sent, outputs, dead, parked, elapsed)
+        ok = len(outputs) == good and len(dead) == bad_sent
+        tried = ok and _try_candidate(settings, copies[0], run_dir)
+    if not ok:
+        print("\nDemo INCOMPLETE: not every event was answered once (see above).")
+    elif not tried:
+        print("\nDemo INCOMPLETE: the candidate's replay or comparison failed (see above).")
+    else:
+        print("\nDemo complete: every event answered once, the candidate replayed and compared.")
+    ok = ok and tried
+    return 0 if ok else 1
 
+
+def _summary(
+    good: int,
+    bad: int,
+    outputs: list[Output],
+    dead: list[DeadLetter],
+    parked: list[Parked],
+    elapsed: float,
+) -> None:
     latencies = [o.totals.latency_ms for o in outputs]
     calls = sum(o.totals.model_calls for o in outputs)
     skipped = sum(len(o.skipped) for o in outputs)
     print(
         "\nSummary\n"
-        f"  events published   {good + bad_sent} ({good} good, {bad_sent} bad)\n"
+        f"  events published   {good + bad} ({good} good, {bad} bad)\n"
         f"  outputs            {len(outputs)}\n"
         f"  dead letters       {len(dead)}\n"
         f"  parked             {len(parked)}\n"
@@ -249,9 +274,47 @@ def run_demo(events: int = 24, bad: int = 4) -> int:
         f"p95 {_percentile(latencies, 95):.0f} ms\n"
         f"  wall time          {elapsed:.1f} s"
     )
-    ok = len(outputs) == good and len(dead) == bad_sent
-    print("\nDemo " + ("complete: every event answered once." if ok else "INCOMPLETE: see above."))
-    return 0 if ok else 1
+
+
+def _try_candidate(settings: Settings, live: TopologyCopy, run_dir: Path) -> bool:
+    """Replay the tickets just answered through `topologies/candidates/support_triage.yaml`
+    into its shadow topic, and compare the two versions (README: "Trying a candidate")."""
+    candidate = candidate_copy(live.path, run_dir / "candidates")
+    spec = candidate.topology
+    print(
+        f"\nCandidate: replaying {live.topology.input_topic} through {spec.name} "
+        f"v{spec.version} (topologies/candidates/) into {spec.shadow_output_topic} ..."
+    )
+    progress = replay(
+        settings.model_copy(update={"data_dir": run_dir / "replay"}),
+        spec,
+        ReplayOptions(offsets={None: (None, None)}),
+    )
+    print(f"  {progress.line()}")
+    topics = [spec.output_topic, spec.dead_letter_topic, spec.parked]
+    report = compare_topics(
+        settings, spec, shadow_topic=spec.shadow_output_topic, live_topics=topics
+    )
+    out = run_dir / "compare"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(markdown(report))
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    chart(report, out / "report.png")
+    sides = report["sides"]
+    print(
+        f"  compared {report['events']['compared']} events, live v{report['head']['live_version']}"
+        f" against shadow v{spec.version}; cost {sides['live']['cost_usd']:.6f} -> "
+        f"{sides['shadow']['cost_usd']:.6f} USD, escalations "
+        f"{sides['live']['routes'].get('escalations', 0)} -> "
+        f"{sides['shadow']['routes'].get('escalations', 0)}"
+    )
+    for name, call in report["calls"].items():
+        agreement = ", ".join(f"{f} {v:.0%}" for f, v in call["field_agreement"].items())
+        similar = call["similarity_mean"]
+        said = agreement or (f"text similarity {similar:.2f}" if similar is not None else "")
+        print(f"    {name:<12} {call['exact_match']:.0%} identical; {said}")
+    print(f"  report: {out}/report.md, report.json, report.png")
+    return progress.done == progress.total and report["events"]["compared"] > 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
