@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -453,9 +454,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # kafka-python logs every failed connection attempt; a broker out of reach is reported
+    # once, below, with the setting to fix.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    from aiokafka.errors import KafkaConnectionError
+    from kafka.errors import KafkaTimeoutError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except (KafkaTimeoutError, KafkaConnectionError) as exc:
+        servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)")
+        print(
+            f"llmflow: error: cannot reach Kafka at {servers} (KAFKA_BOOTSTRAP_SERVERS): {exc}",
+            file=sys.stderr,
+        )
+        return 2
     except LlmflowError as exc:
         print(f"llmflow: error: {exc}", file=sys.stderr)
         return 2

@@ -82,7 +82,9 @@ def _embedder(settings: Settings, collection: Collection) -> AsyncOpenAI:
         raise ConfigError(
             f"collection {collection.name}: no endpoint {endpoint!r} (LLMFLOW_ENDPOINTS)"
         )
-    return AsyncOpenAI(base_url=connection.base_url, api_key=connection.api_key.get_secret_value())
+    # An endpoint without a key (a local one) gets a placeholder: the SDK refuses none.
+    key = connection.api_key.get_secret_value() or "unset"
+    return AsyncOpenAI(base_url=connection.base_url, api_key=key)
 
 
 def org_data(
