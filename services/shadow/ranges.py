@@ -43,7 +43,7 @@ def parse_offsets(text: str) -> dict[int | None, tuple[int | None, int | None]]:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         match = _OFFSETS.match(part)
         if match is None:
-            raise RangeError(f"offsets {part!r}: write PARTITION:START-END or START-END")
+            raise RangeError(f"offsets {part!r}: write PARTITION:FIRST-LAST or FIRST-LAST")
         partition = None if match["partition"] is None else int(match["partition"])
         start = None if match["start"] is None else int(match["start"])
         end = None if match["end"] is None else int(match["end"])

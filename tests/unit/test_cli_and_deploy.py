@@ -146,3 +146,28 @@ def test_make_help_lists_every_target(project_root: Path) -> None:
     assert phony is not None
     assert targets == documented and set(targets) == set(phony.group(1).split())
     assert "python -m dev.demo" in makefile and "python -m dev.bench.run" in makefile
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--offsets", "0-", "--from", "2026-11-20T00:00Z"], "not both"),
+        (["--offsets", "0:9-3"], "the end comes before the start"),
+        (["--offsets", "a-b"], "write PARTITION:FIRST-LAST"),
+        (["--from", "yesterday"], "write it as ISO 8601"),
+    ],
+)
+def test_replay_refuses_a_range_it_cannot_read_before_touching_kafka(
+    project_root: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    candidate = str(project_root / "topologies" / "candidates" / "support_triage.yaml")
+    assert main(["replay", "--topology", candidate, *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_compare_wants_a_judge_and_its_rubric_together(
+    project_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    candidate = str(project_root / "topologies" / "candidates" / "support_triage.yaml")
+    assert main(["compare", "--topology", candidate, "--judge-model", "gpt-4o"]) == 2
+    assert "--judge-model and --rubric go together" in capsys.readouterr().err

@@ -91,10 +91,10 @@ def test_open_sides_and_spaces(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("abc", "write PARTITION:START-END"),
-        ("0:100", "write PARTITION:START-END"),
-        ("0:1-2-3", "write PARTITION:START-END"),
-        ("x:1-2", "write PARTITION:START-END"),
+        ("abc", "write PARTITION:FIRST-LAST"),
+        ("0:100", "write PARTITION:FIRST-LAST"),
+        ("0:1-2-3", "write PARTITION:FIRST-LAST"),
+        ("x:1-2", "write PARTITION:FIRST-LAST"),
         ("200-100", "the end comes before the start"),
         ("0:5-4", "the end comes before the start"),
         ("0:1-2,0:5-6", "partition given twice"),
