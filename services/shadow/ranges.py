@@ -55,7 +55,7 @@ def parse_offsets(text: str) -> dict[int | None, tuple[int | None, int | None]]:
     if not ranges:
         raise RangeError("offsets: nothing given")
     if None in ranges and len(ranges) > 1:
-        raise RangeError("offsets: give START-END for every partition, or PARTITION:START-END")
+        raise RangeError("offsets: give FIRST-LAST for every partition, or PARTITION:FIRST-LAST")
     return ranges
 
 
