@@ -17,7 +17,7 @@ import difflib
 import math
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -328,8 +328,19 @@ def compare_topics(
     """Read both sides from Kafka and compare them (the `llmflow compare` report)."""
     servers = settings.kafka_bootstrap_servers
     unreadable = Unreadable()
-    live = list(read_results(servers, live_topics, unreadable))
-    shadow = list(read_results(servers, [shadow_topic], unreadable))
+    # The shadow first: only the live results of its events are kept, so memory follows
+    # the replayed range, not the live topics' whole history.
+    shadow = list(_last_by_event(read_results(servers, [shadow_topic], unreadable)).values())
+    wanted = {_event_key(result) for result in shadow}
+    read = Counter[str]()
+
+    def of_shadowed_events() -> Iterator[Result]:
+        for result in read_results(servers, live_topics, unreadable):
+            read["live"] += 1
+            if _event_key(result) in wanted:
+                yield result
+
+    live = list(_last_by_event(of_shadowed_events()).values())
     enums = {call.name: enum_fields(call.output_schema) for call in candidate.calls}
     report = compare(live, shadow, enums=enums)
     versions = Counter(r.topology_version for r in live if isinstance(r, Output))
@@ -340,6 +351,7 @@ def compare_topics(
             "shadow_version": candidate.version,
             "live_topics": live_topics,
             "shadow_topic": shadow_topic,
+            "live_records_read": read["live"],
             "unreadable_records": unreadable.count,
         },
         **report,

@@ -17,10 +17,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"# {head['topology']}: live v{head['live_version']} against "
         f"shadow v{head['shadow_version']}",
         "",
-        f"{events['compared']} events compared ({events['live_results']} live results read "
-        f"from {', '.join(head['live_topics'])}; {events['shadow_results']} shadow results "
-        f"from {head['shadow_topic']}, {events['only_in_shadow']} of them without a live "
-        "result yet).",
+        f"{events['compared']} events compared: {events['shadow_results']} in the shadow "
+        f"topic {head['shadow_topic']}, {events['only_in_shadow']} of them without a live "
+        f"result yet (live topics {', '.join(head['live_topics'])}: "
+        f"{head.get('live_records_read', events['live_results'])} records read).",
         "",
         "| | live | shadow |",
         "|---|---:|---:|",

@@ -457,3 +457,47 @@ def test_enum_fields_of_a_real_topology() -> None:
         "summarize": set(),
         "draft_reply": set(),
     }
+
+
+def test_compare_topics_keeps_only_the_live_results_of_shadowed_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from collections.abc import Iterator
+
+    from llmflow.services.shadow import compare as compare_module
+    from llmflow.services.shadow.reading import Unreadable
+    from llmflow.services.worker.settings import Settings
+    from llmflow.topologies.loader import load_topology
+    from tests.unit.shadow.helpers import TOPOLOGY
+
+    topics: dict[str, list[Any]] = {
+        "live": [
+            output(f"e{n}", [call("summarize", f"old {n}")], version="2.0.1") for n in range(50)
+        ],
+        "shadow": [
+            output(f"e{n}", [call("summarize", f"new {n}")], version="2.1.0") for n in (3, 7, 99)
+        ],
+    }
+    kept: list[int] = []
+
+    def fake_read(
+        servers: str, names: list[str], unreadable: Unreadable | None = None
+    ) -> Iterator[Any]:
+        yield from topics[names[0]]
+
+    real_last = compare_module._last_by_event
+
+    def counting_last(results: Any) -> Any:
+        found = real_last(results)
+        kept.append(len(found))
+        return found
+
+    monkeypatch.setattr(compare_module, "read_results", fake_read)
+    monkeypatch.setattr(compare_module, "_last_by_event", counting_last)
+    report = compare_module.compare_topics(
+        Settings(), load_topology(TOPOLOGY), shadow_topic="shadow", live_topics=["live"]
+    )
+    assert report["head"]["live_records_read"] == 50
+    assert report["head"]["live_version"] == "2.0.1"
+    assert report["events"]["compared"] == 2 and report["events"]["only_in_shadow"] == 1
+    assert max(kept) == 3  # never the 50 live results: only those of shadowed events

@@ -65,9 +65,9 @@ def test_markdown_headline_and_event_counts() -> None:
     lines = text.splitlines()
     assert lines[0] == "# support_triage: live v1.0.0 against shadow v2.0.0"
     assert (
-        "3 events compared (4 live results read from support.triaged, support.tickets.dlq; "
-        "5 shadow results from support.triaged.shadow.2.0.0, 2 of them without a live "
-        "result yet)."
+        "3 events compared: 5 in the shadow topic support.triaged.shadow.2.0.0, 2 of them "
+        "without a live result yet (live topics support.triaged, support.tickets.dlq: 4 "
+        "records read)."
     ) in text
     assert text.endswith("\n")
 
