@@ -325,6 +325,14 @@ class _Replay:
                 consumer.pause(tp)
         slots = asyncio.Semaphore(self.options.concurrency)
         tasks: set[asyncio.Task[None]] = set()
+        failed: list[BaseException] = []
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                failed.append(error)
+
         reading = {p for p, tp in tps.items() if tp not in consumer.paused()}
         last_report = last_commit = time.monotonic()
         try:
@@ -336,12 +344,15 @@ class _Replay:
                             if record.offset >= wanted[tp.partition].end:
                                 break
                             await slots.acquire()
+                            if self.budgets.exhausted:  # spent while waiting for a slot
+                                slots.release()
+                                break  # not taken: read again by the next run
                             self.offsets.take(tp.partition, record.offset)
                             task = asyncio.create_task(
                                 self._one(record, producer, pipeline, state, gate, slots)
                             )
                             tasks.add(task)
-                            task.add_done_callback(tasks.discard)
+                            task.add_done_callback(finished)
                     for p in list(reading):  # offsets may have gaps: look where it stands
                         if await consumer.position(tps[p]) >= wanted[p].end:
                             consumer.pause(tps[p])
@@ -353,7 +364,8 @@ class _Replay:
                             "run it again with a larger --max-usd to go on"
                         )
                         reading.clear()
-                    await asyncio.wait(tasks, timeout=0.2)
+                    if tasks:
+                        await asyncio.wait(tasks, timeout=0.2)
                 now = time.monotonic()
                 if now - last_commit >= 1.0:
                     await self._commit(consumer, state, tps)
@@ -361,8 +373,8 @@ class _Replay:
                 if now - last_report >= self.options.progress_s:
                     self.report(self.progress)
                     last_report = now
-                for task in [t for t in tasks if t.done()]:
-                    task.result()  # a bug in _one ends the replay (uncommitted: redone)
+                if failed:  # publishing failed for good, or a bug: end, uncommitted (redone)
+                    raise failed[0]
         finally:
             for task in tasks:
                 task.cancel()

@@ -389,3 +389,39 @@ def test_a_shadow_stops_at_its_budget_and_the_live_version_goes_on(
         <= spent
         < 0.0005 + 3 * max(r.totals.cost_usd for r in shadow if isinstance(r, Output))
     )
+
+
+def test_a_replay_stops_at_its_budget_and_goes_on_when_run_again(
+    kafka_bootstrap: str,
+    run_dir: Path,
+    modelsim: Callable[..., Child],
+    topology_copy: Callable[[str], Path],
+    worker_env: Callable[[Child], dict[str, str]],
+) -> None:
+    path = topology_copy("support_triage")
+    live = load_topology(path)
+    env = worker_env(modelsim())
+    with EventProducer(kafka_bootstrap) as producer:
+        for n in range(40):
+            producer.send(
+                live.input_topic, text_event(f"ticket {n}", key="C-1001", event_id=f"m-{n}")
+            )
+    candidate = candidate_copy(path, run_dir / "candidate")
+    args = ["replay", "--topology", str(candidate.path), "--offsets", "0-", "--concurrency", "2"]
+    # About 0.00015 USD an event: the cap lasts a few events.
+    capped = _llmflow(*args, "--max-usd", "0.0006", env=env, cwd=run_dir)
+    assert capped.returncode == 3, capped.stderr[-3000:]
+    assert "budget of $0.0006 is spent" in capped.stderr
+    first = json.loads(capped.stdout.strip().splitlines()[-1])
+    assert 4 <= first["outputs"] < 40 and first["cost_usd"] >= 0.0006, first
+    # Within what was in flight when the cap was reached (2 events at a time).
+    assert first["cost_usd"] < 0.0006 + 3 * first["cost_usd"] / first["outputs"], first
+
+    rest = _llmflow(*args, env=env, cwd=run_dir)
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    second = json.loads(rest.stdout.strip().splitlines()[-1])
+    assert second["done"] == 40 and second["resumed"] == first["outputs"], (first, second)
+    shadow = [
+        parse_result(r.value) for r in _records(kafka_bootstrap, shadow_topic(candidate.topology))
+    ]
+    assert sorted(r.event_id or "" for r in shadow) == sorted(f"m-{n}" for n in range(40))
