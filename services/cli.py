@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -250,12 +251,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from llmflow.topologies.loader import load_topology
 
     candidate = load_topology(args.topology)
-    if args.offsets and (args.start or args.end):
+    if args.offsets is not None and (args.start or args.end):
         raise LlmflowError("give --from/--to or --offsets, not both")
+    start = parse_time(args.start) if args.start else None
+    end = parse_time(args.end) if args.end else None
+    if start and end and start >= end:
+        raise LlmflowError(f"--from {args.start} is not before --to {args.end}")
     options = ReplayOptions(
-        start=parse_time(args.start) if args.start else None,
-        end=parse_time(args.end) if args.end else None,
-        offsets=parse_offsets(args.offsets) if args.offsets else None,
+        start=start,
+        end=end,
+        offsets=parse_offsets(args.offsets) if args.offsets is not None else None,
         shadow_topic=args.shadow_topic,
         group=args.group,
         concurrency=args.concurrency,
@@ -285,6 +290,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if bool(args.judge_model) != bool(args.rubric):
         raise LlmflowError("--judge-model and --rubric go together")
     judge = None
+    settings = _settings()
+    if args.judge_model and args.judge_endpoint not in settings.models_config().connections:
+        raise LlmflowError(
+            f"--judge-endpoint {args.judge_endpoint!r}: no such endpoint (LLMFLOW_ENDPOINTS)"
+        )
     if args.judge_model:
         rubric = Path(args.rubric).read_text()
         judge = JudgeOptions(args.judge_model, rubric, args.judge_endpoint, args.judge_limit)
@@ -295,7 +305,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     ]
     shadow = args.shadow_topic or shadow_topic(candidate)
     report = compare_topics(
-        _settings(), candidate, shadow_topic=shadow, live_topics=live, judge_with=judge
+        settings, candidate, shadow_topic=shadow, live_topics=live, judge_with=judge
     )
     out = Path(args.out or f".llmflow/compare-{candidate.name}-{candidate.version}")
     out.mkdir(parents=True, exist_ok=True)
@@ -320,6 +330,27 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
 
 
 # --- parser --------------------------------------------------------------------------------
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text}: a positive amount")
+    return value
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: a share above 0 and at most 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -416,11 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--shadow-topic", help="default: <output topic>.shadow.<version>")
     replay.add_argument("--group", help="default: llmflow-replay.<name>.<version>")
-    replay.add_argument("--concurrency", type=int, default=20, help="events in flight")
+    replay.add_argument("--concurrency", type=_at_least_one, default=20, help="events in flight")
     replay.add_argument(
-        "--quota-share", type=float, default=0.25, help="share of each model's quota it takes"
+        "--quota-share", type=_share, default=0.25, help="share of each model's quota it takes"
     )
-    replay.add_argument("--max-usd", type=float, help="stop once the replay has spent this")
+    replay.add_argument("--max-usd", type=_positive, help="stop once this run has spent this (USD)")
     replay.add_argument("--progress", type=float, default=2.0, help="seconds between reports")
     replay.add_argument("--data-dir", help="its copy of the org data (.llmflow/replay-<name>)")
     replay.set_defaults(func=cmd_replay)
@@ -437,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--judge-model", help="score differing answers with this model")
     compare.add_argument("--rubric", help="file: the judge's rubric (its system prompt)")
     compare.add_argument("--judge-endpoint", default="default", help="named endpoint")
-    compare.add_argument("--judge-limit", type=int, default=50, help="pairs judged at most")
+    compare.add_argument(
+        "--judge-limit", type=_at_least_one, default=50, help="pairs judged at most"
+    )
     compare.set_defaults(func=cmd_compare)
 
     schemas = sub.add_parser("schemas", help="contracts")

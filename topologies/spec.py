@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import types
 from contextvars import ContextVar
@@ -373,7 +374,8 @@ PROJECTABLE = frozenset(set(Output.model_fields) - {"record_type", "schema_versi
 
 class Shadow(_Spec):
     """A candidate version the worker also runs, on a sampled share of the live events, into
-    a shadow topic: it never writes to the live topics, and spends within its own budget."""
+    a shadow topic: on its own (the live version never waits for it), never writing to the
+    live topics, spending within its own budget."""
 
     topology: str = Field(min_length=1)
     """The candidate's topology file, relative to this one's; same name and input topic."""
@@ -387,6 +389,9 @@ class Shadow(_Spec):
     """Calendar period (UTC) of `budget_usd`."""
     topic: str | None = Field(default=None, pattern=_TOPIC)
     """Where its results go; unset, `<output_topic>.shadow.<candidate version>`."""
+    max_in_flight: int = Field(default=20, ge=1, le=5000)
+    """Shadowed events running at once per worker; one picked while all run is not shadowed
+    (the live version never waits for its shadow)."""
 
 
 class ImageOptions(_Spec):
@@ -546,7 +551,7 @@ class Topology(_Spec):
     def shadow_output_topic(self) -> str:
         """Where this version's results go when it runs as a shadow (replayed, or beside
         the live version): `<output_topic>.shadow.<version>`, made a legal topic name."""
-        return f"{self.output_topic}.shadow.{re.sub(r'[^A-Za-z0-9._-]', '_', self.version)}"
+        return f"{self.output_topic}.shadow.{topic_safe(self.version)}"
 
     @property
     def topics(self) -> list[str]:
@@ -554,6 +559,13 @@ class Topology(_Spec):
         routes."""
         routed = [route.topic for route in self.routes]
         return [self.input_topic, self.output_topic, self.dead_letter_topic, self.parked, *routed]
+
+
+def topic_safe(text: str) -> str:
+    """`text` as part of a topic or group name: characters Kafka refuses become `_`, and
+    then a hash of the original is added, so `1.0+a` and `1.0_a` stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", text)
+    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:6]}"
 
 
 def _step_error(n: int, field: str, problem: str) -> None:

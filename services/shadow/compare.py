@@ -1,13 +1,14 @@
 """`llmflow compare`: live and shadow results of the same events, side by side.
 
-Results are joined by the event they answer (its id; where it had none, the input record it
-came from). Only events in both are compared: the shadow holds the replayed range, the live
-topics everything. Per call it reports, for each side, how often it answered and was
-skipped, tokens, cost and latency (p50/p95 of the calls made, reused answers left out); and
-for the events both sides answered: per field of a structured answer the share that agrees
-(with a confusion table for fields of few values), for free text the similarity of the two
-texts (difflib's ratio, 1.0 when equal), and for vectors their cosine. Events: dead-letter,
-parked and route rates per side, and the events whose answers changed most.
+Results are joined by the input record they answer (partition and offset of the live input
+topic, which a replay and a shadow read too; the event id is shown). Only events in both are
+compared: the shadow holds the replayed range, the live topics everything. Per call it
+reports, for each side, how often it answered and was skipped, tokens, cost and latency
+(p50/p95 of the calls made, reused answers left out); and for the events both sides
+answered: per field of a structured answer the share that agrees (with a confusion table
+for fields of few values), for free text the similarity of the two texts (difflib's ratio,
+1.0 when equal), and for vectors their cosine. Events: dead-letter, parked and route rates
+per side, and the events whose answers changed most.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import ModelCallResult, Output
-from llmflow.schemas.parked import Parked
-from llmflow.services.sdk.consumer import Result, identity
+from llmflow.services.sdk.consumer import Result
 from llmflow.services.shadow.reading import Unreadable, read_results
 from llmflow.services.worker.settings import Settings
 from llmflow.topologies.spec import Topology
@@ -32,8 +31,9 @@ from llmflow.topologies.spec import Topology
 ENUM_MAX_VALUES = 12
 """A string field with at most this many values (both sides together) gets a confusion
 table, unless the candidate's output schema says which fields are enums."""
-TEXT_MAX_CHARS = 20_000
-"""Texts are compared on their first characters only: difflib is quadratic."""
+TEXT_MAX_CHARS = 4_000
+"""Texts are compared on their first characters only: difflib is quadratic (4,000 take
+about 40 ms a pair at worst, 20,000 about a second)."""
 CHANGED_SHOWN = 10
 
 
@@ -207,11 +207,11 @@ def _last_by_event(results: Iterable[Result]) -> dict[str, Result]:
 
 
 def _event_key(result: Result) -> str:
-    if result.event_id is not None or isinstance(result, Output):
-        return identity(result)
-    assert isinstance(result, DeadLetter | Parked)
-    # Undecodable: the input record it came from (shadow and live read the same topic).
-    return f"at:{result.source_partition}:{result.source_offset}"
+    """The input record a result answers: both sides read the same input topic, so its
+    partition and offset name it exactly (two records may carry the same event id), with
+    the event id, when there is one, to show."""
+    where = f"{result.source_partition}:{result.source_offset}"
+    return f"id:{result.event_id}@{where}" if result.event_id is not None else f"at:{where}"
 
 
 def _compare_calls(
@@ -330,7 +330,17 @@ def compare_topics(
     unreadable = Unreadable()
     # The shadow first: only the live results of its events are kept, so memory follows
     # the replayed range, not the live topics' whole history.
-    shadow = list(_last_by_event(read_results(servers, [shadow_topic], unreadable)).values())
+    others = Counter[str]()
+
+    def of_candidate() -> Iterator[Result]:
+        """A shadow topic may be shared (a fixed `shadow.topic`): this version's only."""
+        for result in read_results(servers, [shadow_topic], unreadable):
+            if (result.topology, result.topology_version) == (candidate.name, candidate.version):
+                yield result
+            else:
+                others[f"{result.topology} v{result.topology_version}"] += 1
+
+    shadow = list(_last_by_event(of_candidate()).values())
     wanted = {_event_key(result) for result in shadow}
     read = Counter[str]()
 
@@ -352,6 +362,7 @@ def compare_topics(
             "live_topics": live_topics,
             "shadow_topic": shadow_topic,
             "live_records_read": read["live"],
+            "other_versions_in_shadow_topic": dict(others),
             "unreadable_records": unreadable.count,
         },
         **report,

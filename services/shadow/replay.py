@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,12 +43,10 @@ from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
 from llmflow.services.worker.ports import OverBudget
 from llmflow.services.worker.settings import Settings
-from llmflow.services.worker.shadow import SHADOW_HEADER
-from llmflow.topologies.spec import Topology
+from llmflow.services.worker.shadow import SHADOW_HEADER, shadow_topic_problem
+from llmflow.topologies.spec import Topology, topic_safe
 
 log = logging.getLogger(__name__)
-
-_TOPIC_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def shadow_topic(topology: Topology) -> str:
@@ -56,8 +54,25 @@ def shadow_topic(topology: Topology) -> str:
     return topology.shadow_output_topic
 
 
-def replay_group(topology: Topology) -> str:
-    return f"llmflow-replay.{topology.name}.{_TOPIC_UNSAFE.sub('_', topology.version)}"
+def replay_group(topology: Topology, options: ReplayOptions | None = None) -> str:
+    """`llmflow-replay.<name>.<version>.<range>`: a run of the same range goes on where the
+    last one stopped; another range is another replay (its committed offsets would mean
+    nothing for this one)."""
+    return f"llmflow-replay.{topology.name}.{topic_safe(topology.version)}.{_range_id(options)}"
+
+
+def _range_id(options: ReplayOptions | None) -> str:
+    if options is None:
+        return "all"
+    offsets = sorted(
+        ((-1 if p is None else p), lo, hi) for p, (lo, hi) in (options.offsets or {}).items()
+    )
+    asked = [
+        options.start.isoformat() if options.start else None,
+        options.end.isoformat() if options.end else None,
+        offsets if options.offsets is not None else None,
+    ]
+    return hashlib.sha256(repr(asked).encode()).hexdigest()[:8]
 
 
 @dataclass(slots=True)
@@ -177,10 +192,9 @@ def replay(
 ) -> Progress:
     """Run the replay to the end of its range (or its budget); returns what it did."""
     topic = options.shadow_topic or shadow_topic(candidate)
-    live = {candidate.output_topic, candidate.dead_letter_topic, candidate.parked}
-    live |= {route.topic for route in candidate.routes} | {candidate.input_topic}
-    if topic in live:
-        raise LlmflowError(f"shadow topic {topic!r} is one of the topology's live topics")
+    problem = shadow_topic_problem(topic, set(candidate.topics), settings.orgdata_topic_prefix)
+    if problem:
+        raise LlmflowError(problem)
     servers = settings.kafka_bootstrap_servers
     partitions = partition_counts(servers, [candidate.input_topic]).get(candidate.input_topic)
     if partitions is None:
@@ -224,7 +238,7 @@ class _Replay:
 
         settings, options = self.settings, self.options
         servers = settings.kafka_bootstrap_servers
-        group = options.group or replay_group(self.candidate)
+        group = options.group or replay_group(self.candidate, options)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=servers,
             group_id=group,
@@ -240,7 +254,7 @@ class _Replay:
         executor = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="images")
         await producer.start()
         await consumer.start()
-        state = ReplayState(producer, f"{self.topic}.state")
+        state = ReplayState(producer, f"{self.topic}.state", owner=group)
         gate = OutageGate(
             self.candidate.name,
             probe=models.probe,
@@ -334,7 +348,19 @@ class _Replay:
                 failed.append(error)
 
         reading = {p for p, tp in tps.items() if tp not in consumer.paused()}
-        last_report = last_commit = time.monotonic()
+
+        async def tick() -> None:
+            """Commits and progress on their own: the reading loop may wait long for a
+            slot (a model outage) without holding them back."""
+            last_report = time.monotonic()
+            while True:
+                await asyncio.sleep(1.0)
+                await self._commit(consumer, state, tps)
+                if time.monotonic() - last_report >= self.options.progress_s:
+                    self.report(self.progress)
+                    last_report = time.monotonic()
+
+        ticker = asyncio.create_task(tick())
         try:
             while reading or tasks:
                 if reading and not self.budgets.exhausted:
@@ -360,26 +386,26 @@ class _Replay:
                 else:
                     if self.budgets.exhausted and not self.progress.stopped:
                         self.progress.stopped = (
-                            f"the replay's budget of ${self.options.max_usd} is spent; "
-                            "run it again with a larger --max-usd to go on"
+                            f"the replay's budget of ${self.options.max_usd} is spent (with "
+                            "what was in flight); run it again to go on: --max-usd caps each run"
                         )
                         reading.clear()
                     if tasks:
                         await asyncio.wait(tasks, timeout=0.2)
-                now = time.monotonic()
-                if now - last_commit >= 1.0:
-                    await self._commit(consumer, state, tps)
-                    last_commit = now
-                if now - last_report >= self.options.progress_s:
-                    self.report(self.progress)
-                    last_report = now
                 if failed:  # publishing failed for good, or a bug: end, uncommitted (redone)
                     raise failed[0]
+                if ticker.done():
+                    ticker.result()  # committing failed: end, as a failed event does
         finally:
+            ticker.cancel()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(ticker, *tasks, return_exceptions=True)
         await self._commit(consumer, state, tps)
+        if not self.progress.stopped:
+            # Read to the end of the range: every record in it is done. Offsets the total
+            # counted may hold no record (transaction markers, compacted records).
+            self.progress.total = self.progress.done
 
     async def _commit(self, consumer: Any, state: ReplayState, tps: dict[int, Any]) -> None:
         committable = self.offsets.committable()

@@ -27,9 +27,11 @@ position: ContextVar[tuple[int, int]] = ContextVar("llmflow_replay_position")
 class ReplayState:
     """Answers paid for and events done, kept in `topic` (one partition, compacted)."""
 
-    def __init__(self, producer: Any, topic: str) -> None:
+    def __init__(self, producer: Any, topic: str, owner: str = "") -> None:
         self._producer = producer
         self.topic = topic
+        # Keys of one replay (its consumer group): replays of other ranges share the topic.
+        self._prefix = f"{owner}|" if owner else ""
         self._paid: dict[str, tuple[str, ModelCallResult]] = {}  # call id -> (key, answer)
         self._done: set[tuple[int, int]] = set()
         self._keys: dict[tuple[int, int], set[str]] = defaultdict(set)  # event -> its keys
@@ -48,8 +50,11 @@ class ReplayState:
             while await consumer.position(tp) < end:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
+                        key = record.key.decode() if record.key else ""
+                        if not key.startswith(self._prefix) or "|" in key[len(self._prefix) :]:
+                            continue  # another replay's
                         try:
-                            self._apply(record.key.decode(), record.value)
+                            self._apply(key[len(self._prefix) :], record.value)
                         except (AttributeError, ValueError):  # not a key this state writes
                             log.warning(
                                 "replay state %s: record %s skipped", self.topic, record.offset
@@ -107,7 +112,7 @@ class ReplayState:
                 if key.startswith("paid:"):
                     self._paid.pop(key.split(":", 3)[3], None)
                 deliveries.append(
-                    await self._producer.send(self.topic, key=key.encode(), value=None)
+                    await self._producer.send(self.topic, key=self._key(key), value=None)
                 )
         if deliveries:
             await asyncio.gather(*deliveries)
@@ -118,4 +123,7 @@ class ReplayState:
         return len(self._paid) + len(self._done)
 
     async def _send(self, key: str, value: bytes) -> None:
-        await (await self._producer.send(self.topic, key=key.encode(), value=value))
+        await (await self._producer.send(self.topic, key=self._key(key), value=value))
+
+    def _key(self, key: str) -> bytes:
+        return f"{self._prefix}{key}".encode()

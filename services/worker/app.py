@@ -179,8 +179,7 @@ def agent_body(
     An event that finds a model endpoint down waits at the `gate` and is tried again
     once the endpoint answers; after `max_holds` such waits it is dead-lettered (an event
     that fails on an endpoint that answers everyone else is, after all, the event's fault).
-    A sampled event is also answered by the `shadow` candidate, at the same time; the event
-    is marked answered once both results are published.
+    A sampled event is also answered by the `shadow` candidate, on its own (see `shadow`).
     """
     name = pipeline.topology.name
 
@@ -210,18 +209,13 @@ def agent_body(
         key = message.key
         meta = SourceMeta(message.topic, message.partition, message.offset, len(key or b""))
         metrics.in_flight.labels(name).inc()
-        shadowed = None
-        if shadow is not None and shadow.sampled(value):
-            shadowed = asyncio.create_task(shadow.run(value, key, meta))
+        if shadow is not None:
+            shadow.offer(value, key, meta)  # runs on its own: the event never waits for it
         try:
             result = await handle(value, meta)
             await _publish(result, key, sinks)
-            if shadowed is not None:
-                await shadowed  # never raises: a shadow cannot fail its live event
         finally:
             metrics.in_flight.labels(name).dec()
-            if shadowed is not None and not shadowed.done():
-                shadowed.cancel()  # the live event is cancelled (rebalance, shutdown)
         await answered.mark(message.partition, message.offset)  # durable before the ack
         _count(metrics, name, result, message.timestamp)
         return True

@@ -15,6 +15,7 @@ from typing import Any
 
 import faust
 
+from llmflow.errors import ConfigError
 from llmflow.services.broker.topics import EnsureTopics, ensure_topics
 from llmflow.services.models.breaker import CircuitBreaker
 from llmflow.services.models.client import ModelClient, make_openai_client
@@ -40,7 +41,7 @@ from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import Pipeline
 from llmflow.services.worker.ports import Budgets
 from llmflow.services.worker.settings import Settings
-from llmflow.services.worker.shadow import ShadowBudget, ShadowRun
+from llmflow.services.worker.shadow import ShadowBudget, ShadowRun, shadow_topic_problem
 from llmflow.services.worker.state import (
     CHANGELOG_CONFIG,
     TableAnsweredMarks,
@@ -85,9 +86,12 @@ def _shadow(
     tables: Tables,
     spend: SpendView,
     metrics: Metrics,
-    pipeline_of: Callable[[Topology, Budgets], Pipeline],
+    pipeline_of: Callable[[Topology, Budgets, TablePaidCalls | None], Pipeline],
+    started: list[ShadowRun],
 ) -> Callable[[Any], ShadowRun]:
-    """The factory of a topology's shadow run, given the faust topic of its results."""
+    """The factory of a topology's shadow run, given the faust topic of its results; the
+    runs it makes are added to `started` (to be closed with the worker). No pay-once table:
+    a shadow outlives its event's commit, when the event's answers are dropped."""
     label = f"shadow:{candidate.name}:{candidate.version}"
     limits = (
         {}
@@ -95,8 +99,14 @@ def _shadow(
         else {label: Budget(usd=shadow.budget_usd, period=shadow.period)}
     )
     budget = ShadowBudget(TableBudgets(limits, tables.spend, spend), label)
-    pipeline = pipeline_of(candidate, budget)
-    return lambda sink: ShadowRun(pipeline, sink, shadow.share, budget, metrics)
+    pipeline = pipeline_of(candidate, budget, None)
+
+    def make(sink: Any) -> ShadowRun:
+        run = ShadowRun(pipeline, sink, shadow.share, budget, metrics, shadow.max_in_flight)
+        started.append(run)
+        return run
+
+    return make
 
 
 def bootstrap(
@@ -112,6 +122,12 @@ def bootstrap(
     here rather than left to auto-creation, and the tables can be co-partitioned.
     """
     specs = [t if isinstance(t, Topology) else load_topology(t) for t in topologies]
+    taken = {topic for spec in specs for topic in spec.topics}
+    for spec in specs:
+        for topic in _shadow_topics(spec):
+            problem = shadow_topic_problem(topic, taken, settings.orgdata_topic_prefix)
+            if problem:
+                raise ConfigError(f"topology {spec.name}: {problem}")
     partitions = ensure(
         settings.kafka_bootstrap_servers,
         [topic for spec in specs for topic in [*spec.topics, *_shadow_topics(spec)]],
@@ -132,6 +148,7 @@ def bootstrap(
     changelogs: dict[str, int] = {}
     marks: list[TableAnsweredMarks] = []
     gates: list[OutageGate] = []
+    shadows: list[ShadowRun] = []
     follow_any_spend = bool(settings.budgets)
     for spec in specs:
         count = partitions[spec.input_topic]
@@ -152,7 +169,7 @@ def bootstrap(
         budgets = TableBudgets(settings.budgets, tables.spend, spend)
 
         def pipeline_of(
-            topology: Topology, budgets: Budgets, paid: TablePaidCalls = paid
+            topology: Topology, budgets: Budgets, paid: TablePaidCalls | None = paid
         ) -> Pipeline:
             return Pipeline(
                 topology,
@@ -171,7 +188,9 @@ def bootstrap(
         pipeline = pipeline_of(spec, budgets)
         shadow = None
         if spec.shadow is not None and spec.candidate is not None:
-            shadow = _shadow(spec.shadow, spec.candidate, tables, spend, metrics, pipeline_of)
+            shadow = _shadow(
+                spec.shadow, spec.candidate, tables, spend, metrics, pipeline_of, shadows
+            )
             follow_any_spend = follow_any_spend or spec.shadow.budget_usd is not None
         gate = OutageGate(
             spec.name,
@@ -202,6 +221,8 @@ def bootstrap(
     async def close() -> None:
         for gate in gates:
             await gate.close()
+        for run in shadows:
+            await run.close()
         await models.close()
         executor.shutdown(wait=False, cancel_futures=True)
         follower.stop()

@@ -1,15 +1,19 @@
 """A topology's shadow: its candidate version, run beside it on a sampled share of the events.
 
-The candidate runs at the same time as the live version, on the same record, and its result
-(output, dead letter or parked event alike) goes to the shadow topic only. Nothing of the
-shadow can hold up or fail the live event: whatever goes wrong is logged and counted. It
-pays once like the live version (its answers are in the same `paid` table, under call ids
-of its own version) and spends within its own budget, shared by the group through the
-spend table under the name `shadow:<name>:<version>`.
+The candidate runs on its own, next to the live version: the live event neither waits for
+it nor fails with it, and is committed when its own result is published. The shadow's
+result (output, dead letter or parked event alike) goes to the shadow topic only. At most
+`max_in_flight` shadowed events run at once; an event picked while they all run is not
+shadowed (counted as `busy`), so a slow or failing candidate costs shadow samples, never
+live throughput. A shadow is a sample: one in flight when the worker stops or crashes is
+lost, and an event redelivered after a crash may be shadowed (and paid) again. It spends
+within its own budget, shared by the group through the spend table under the name
+`shadow:<name>:<version>`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import Any
@@ -23,6 +27,18 @@ log = logging.getLogger(__name__)
 
 SHADOW_HEADER = "llmflow.shadow"
 """Header of every shadow record: the candidate's version."""
+
+
+def shadow_topic_problem(topic: str, taken: set[str], orgdata_prefix: str) -> str | None:
+    """Why a shadow may not write to `topic` (None: it may): a topic a topology reads or
+    writes, an org-data table, or one of Kafka's own."""
+    if topic in taken:
+        return f"shadow topic {topic!r} is a topic a topology reads or writes"
+    if orgdata_prefix and topic.startswith(orgdata_prefix):
+        return f"shadow topic {topic!r} is an org-data table's topic ({orgdata_prefix}*)"
+    if topic.startswith("__"):
+        return f"shadow topic {topic!r} is one of Kafka's own (__*)"
+    return None
 
 
 def sampled(value: bytes | None, share: float) -> bool:
@@ -57,17 +73,46 @@ class ShadowRun:
         share: float,
         budget: ShadowBudget | None,
         metrics: Metrics,
+        max_in_flight: int = 20,
     ) -> None:
         self.pipeline = pipeline
         self._sink = sink
         self._share = share
         self._budget = budget
         self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._running: set[asyncio.Task[None]] = set()
         topology = pipeline.topology
         self._labels = (topology.name, topology.version)
 
     def sampled(self, value: bytes | None) -> bool:
         return sampled(value, self._share)
+
+    def offer(self, value: bytes | None, key: bytes | None, meta: SourceMeta) -> None:
+        """Shadow the record if it is picked and a slot is free; returns at once."""
+        if not self.sampled(value):
+            return
+        if len(self._running) >= self._max_in_flight:
+            self._metrics.shadow_events.labels(*self._labels, "busy").inc()
+            return
+        task = asyncio.create_task(self.run(value, key, meta))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def drain(self) -> None:
+        """Wait for the shadowed events still running (tests, and a stop that can wait)."""
+        while self._running:
+            await asyncio.gather(*list(self._running), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Cancel what still runs: a stopping worker does not wait for its samples."""
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*list(self._running), return_exceptions=True)
 
     async def run(self, value: bytes | None, key: bytes | None, meta: SourceMeta) -> None:
         """Answer the record with the candidate and publish the result; never raises (but

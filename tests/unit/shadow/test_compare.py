@@ -68,7 +68,7 @@ def test_the_last_result_of_an_event_wins() -> None:
     # The other order: the earlier live answer agreed, the last one does not.
     report = compare(list(reversed(live)), shadow)
     assert report["calls"]["classify"]["exact_match"] == 0.0
-    assert [c["event"] for c in report["changed_most"]] == ["id:e1"]
+    assert [c["event"] for c in report["changed_most"]] == ["id:e1@0:0"]
 
 
 def test_shadow_duplicates_count_once() -> None:
@@ -133,7 +133,7 @@ def test_change_of_a_structured_answer_is_the_share_of_fields_that_differ() -> N
     live = [_classify("e1", a="x", b="y", c="z", d="w")]
     shadow = [_classify("e1", a="x", b="y", c="z", d="other")]
     changed = compare(live, shadow)["changed_most"]
-    assert changed == [{"event": "id:e1", "change": 0.25, "calls": {"classify": 0.25}}]
+    assert changed == [{"event": "id:e1@0:0", "change": 0.25, "calls": {"classify": 0.25}}]
 
 
 def test_confusion_table_of_a_declared_enum_field() -> None:
@@ -201,7 +201,7 @@ def test_text_answers_are_compared_by_similarity() -> None:
     assert summarize["similarity_mean"] == pytest.approx((ratio + 1.0) / 2, abs=1e-6)
     assert summarize["exact_match"] == 0.5
     assert summarize["field_agreement"] == {} and summarize["confusion"] == {}
-    assert [c["event"] for c in report["changed_most"]] == ["id:e1"]
+    assert [c["event"] for c in report["changed_most"]] == ["id:e1@0:0"]
     assert report["changed_most"][0]["change"] == pytest.approx(1 - ratio, abs=1e-6)
 
 
@@ -235,7 +235,7 @@ def test_a_call_answered_on_one_side_only_changed_entirely() -> None:
     shadow = [output("e1", [call("classify", "x")], skipped=["draft"])]
     report = compare(live, shadow)
     assert report["changed_most"] == [
-        {"event": "id:e1", "change": 0.5, "calls": {"classify": 0.0, "draft": 1.0}}
+        {"event": "id:e1@0:0", "change": 0.5, "calls": {"classify": 0.0, "draft": 1.0}}
     ]
     draft = report["calls"]["draft"]
     assert draft["pairs"] == 0 and draft["exact_match"] is None
@@ -380,10 +380,10 @@ def test_changed_most_is_ordered_by_change_and_leaves_unchanged_events_out() -> 
     ]
     changed = compare(live, shadow)["changed_most"]
     assert [(c["event"], c["change"]) for c in changed] == [
-        ("id:c", 1.0),
-        ("id:d", 0.5),
-        ("id:e", 0.5),
-        ("id:a", 0.25),
+        ("id:c@0:0", 1.0),
+        ("id:d@0:0", 0.5),
+        ("id:e@0:0", 0.5),
+        ("id:a@0:0", 0.25),
     ]
 
 
@@ -393,7 +393,7 @@ def test_changed_most_shows_at_most_a_few_events() -> None:
     shadow = [output(f"e{i:02}", [call("c", "y")]) for i in range(n)]
     changed = compare(live, shadow)["changed_most"]
     assert len(changed) == CHANGED_SHOWN
-    assert changed[0]["event"] == "id:e00"
+    assert changed[0]["event"] == "id:e00@0:0"
 
 
 def test_an_event_change_is_the_mean_over_its_calls() -> None:
@@ -494,9 +494,14 @@ def test_compare_topics_keeps_only_the_live_results_of_shadowed_events(
 
     monkeypatch.setattr(compare_module, "read_results", fake_read)
     monkeypatch.setattr(compare_module, "_last_by_event", counting_last)
+    # The helpers' outputs are topology "t"; the candidate is v2.1.0 of it. A result of
+    # another version in the shadow topic is left out and counted.
+    candidate = load_topology(TOPOLOGY).model_copy(update={"name": "t", "version": "2.1.0"})
+    topics["shadow"].append(output("e5", [call("summarize", "other")], version="9"))
     report = compare_module.compare_topics(
-        Settings(), load_topology(TOPOLOGY), shadow_topic="shadow", live_topics=["live"]
+        Settings(), candidate, shadow_topic="shadow", live_topics=["live"]
     )
+    assert report["head"]["other_versions_in_shadow_topic"] == {"t v9": 1}
     assert report["head"]["live_records_read"] == 50
     assert report["head"]["live_version"] == "2.0.1"
     assert report["events"]["compared"] == 2 and report["events"]["only_in_shadow"] == 1

@@ -11,6 +11,7 @@ import pytest
 
 from llmflow.services.shadow.replay import (
     Progress,
+    ReplayOptions,
     ShadowBudgets,
     _Offsets,
     replay_group,
@@ -40,16 +41,35 @@ def test_shadow_topic(topology: Topology) -> None:
 def test_shadow_topic_makes_the_version_a_legal_name(topology: Topology) -> None:
     candidate = topology.model_copy(update={"version": "2.1.0+exp/b 7"})
     topic = shadow_topic(candidate)
-    assert topic == "support.triaged.shadow.2.1.0_exp_b_7"
+    assert topic.startswith("support.triaged.shadow.2.1.0_exp_b_7-")
     assert LEGAL_TOPIC.match(topic)
     assert topic not in {topology.output_topic, topology.input_topic, topology.dead_letter_topic}
+    # Versions that read alike once made legal still get topics of their own.
+    alike = topology.model_copy(update={"version": "2.1.0_exp_b_7"})
+    assert shadow_topic(alike) == "support.triaged.shadow.2.1.0_exp_b_7" != topic
 
 
 def test_replay_group(topology: Topology) -> None:
-    assert replay_group(topology) == "llmflow-replay.support_triage.2.0.1"
+    assert replay_group(topology) == "llmflow-replay.support_triage.2.0.1.all"
     candidate = topology.model_copy(update={"version": "3+rc1"})
-    assert replay_group(candidate) == "llmflow-replay.support_triage.3_rc1"
+    assert replay_group(candidate).startswith("llmflow-replay.support_triage.3_rc1-")
     assert replay_group(candidate) != replay_group(topology)
+    alike = topology.model_copy(update={"version": "3_rc1"})
+    assert replay_group(alike) != replay_group(candidate)
+
+
+def test_each_range_is_a_replay_of_its_own(topology: Topology) -> None:
+    """A run of the same range goes on where the last stopped; another range starts anew
+    (the committed offsets of one range mean nothing for another)."""
+    narrow = ReplayOptions(offsets={0: (10, 20)})
+    wide = ReplayOptions(offsets={0: (0, 20)})
+    by_time = ReplayOptions(start=datetime(2026, 11, 20, tzinfo=UTC))
+    later = ReplayOptions(start=datetime(2026, 11, 21, tzinfo=UTC))
+    groups = {replay_group(topology, o) for o in (narrow, wide, by_time, later)}
+    assert len(groups) == 4
+    assert replay_group(topology, ReplayOptions(offsets={0: (10, 20)})) == replay_group(
+        topology, narrow
+    )
 
 
 # --- budgets ------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_markdown_events_that_changed_most() -> None:
     lines = markdown(_triage()).splitlines()
     at = lines.index("## Events that changed most")
     assert lines[at + 2] == "| event | change | by call |"
-    assert lines[at + 4].startswith("| `id:e2` | ")
+    assert lines[at + 4].startswith("| `id:e2@0:0` | ")
     assert "classify 0.50, summarize 0." in lines[at + 4]
     assert len(lines) == at + 5  # e1 did not change, e3 has no shadow output
 

@@ -4,6 +4,7 @@ into the shadow topic only, and nothing of the shadow can fail or hold up the li
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def _shadowed(
         async def drain() -> None:
             async for _ in body(FakeStream(values).as_stream()):
                 pass
+            await shadow.drain()
 
         asyncio.run(drain())
     return outputs, shadow_sink, marks, metrics, candidate_models
@@ -85,6 +87,7 @@ def test_a_share_of_distinct_events_is_sampled_and_a_redelivery_alike() -> None:
 def test_a_sampled_event_is_answered_by_both_and_the_shadow_writes_to_its_topic_only() -> None:
     outputs, shadow, marks, metrics, asked = _shadowed([_raw(), _raw(id="e-2")])
     live = [parse_result(value) for _, value in outputs.sent]
+    assert len(live) == 2
     shadowed = [parse_result(value) for _, value in shadow.sent]
     assert [r.topology_version for r in live] == ["2.0.1", "2.0.1"]
     assert [r.topology_version for r in shadowed] == ["2.1.0", "2.1.0"]
@@ -145,3 +148,47 @@ def test_source_meta_of_the_shadow_is_the_live_record() -> None:
     result = parse_result(shadow.sent[0][1])
     assert (result.source_topic, result.source_partition, result.source_offset) == ("in", 3, 0)
     assert SourceMeta("in", 3, 0).offset == 0
+
+
+def test_the_live_event_never_waits_for_its_shadow_and_a_busy_shadow_skips() -> None:
+    """A candidate whose calls take 2 s: the live events are answered and marked at once,
+    two shadowed events run (max_in_flight), the others are counted busy."""
+    outputs, shadow_sink, marks, metrics = FakeTopic(), FakeTopic(), FakeMarks(), Metrics()
+    slow = FakeModels(latency_s=2.0)
+    values: list[bytes | None] = [_raw(id=f"e-{n}") for n in range(6)]
+    with ThreadPoolExecutor(2) as pool:
+        live = _pipeline(LIVE, FakeModels(), pool, None)
+        candidate = _pipeline(CANDIDATE, slow, pool, None)
+        shadow = ShadowRun(candidate, shadow_sink, 1.0, None, metrics, max_in_flight=2)
+        sinks = app_module._Sinks(outputs, FakeTopic(), FakeTopic())
+        body = app_module.agent_body(live, marks, metrics, sinks, shadow=shadow)
+
+        async def run() -> tuple[float, int]:
+            started = time.monotonic()
+            async for _ in body(FakeStream(values).as_stream()):
+                pass
+            answered_in = time.monotonic() - started
+            running = shadow.in_flight
+            await shadow.drain()
+            return answered_in, running
+
+        answered_in, running = asyncio.run(run())
+    assert answered_in < 1.0 and len(outputs.sent) == 6 and len(marks.marks) == 6
+    assert running == 2 and len(shadow_sink.sent) == 2
+    assert _outcomes(metrics, "busy") == 4 and _outcomes(metrics, "output") == 2
+
+
+def test_a_stopping_worker_cancels_its_shadows() -> None:
+    async def run() -> int:
+        with ThreadPoolExecutor(2) as pool:
+            candidate = _pipeline(CANDIDATE, FakeModels(latency_s=30.0), pool, None)
+            sink = FakeTopic()
+            shadow = ShadowRun(candidate, sink, 1.0, None, Metrics())
+            shadow.offer(_raw(), b"k", SourceMeta("in", 0, 1))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await shadow.close()
+            assert time.monotonic() - started < 1.0
+            return len(sink.sent) + shadow.in_flight
+
+    assert asyncio.run(run()) == 0
