@@ -40,9 +40,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {label} | {_cell(ours[key], shape)} | {_cell(theirs[key], shape)} |")
     for route in sorted(set(ours["routes"]) | set(theirs["routes"])):
         counts = ours["routes"].get(route, 0), theirs["routes"].get(route, 0)
-        lines.append(f"| route {route} | {counts[0]} | {counts[1]} |")
+        lines.append(f"| route {_text(route)} | {counts[0]} | {counts[1]} |")
     for name, call in report["calls"].items():
-        lines += ["", f"## {name}", "", _agreement_line(call), ""]
+        lines += ["", f"## {_text(name)}", "", _agreement_line(call), ""]
         lines += ["| | live | shadow |", "|---|---:|---:|"]
         for label, key, shape in [
             ("answered", "answered", "{}"),
@@ -58,7 +58,9 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {label} | {live} | {shadow} |")
         if call["field_agreement"]:
             lines += ["", "| field | agreement |", "|---|---:|"]
-            lines += [f"| {f} | {share:.1%} |" for f, share in call["field_agreement"].items()]
+            lines += [
+                f"| {_text(f)} | {share:.1%} |" for f, share in call["field_agreement"].items()
+            ]
         for field_name, table in call["confusion"].items():
             lines += ["", *_confusion(field_name, table)]
     judged = report.get("judge")
@@ -83,8 +85,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Events that changed most", "", "| event | change | by call |"]
         lines.append("|---|---:|---|")
         for changed in report["changed_most"]:
-            by_call = ", ".join(f"{k} {v:.2f}" for k, v in changed["calls"].items())
-            lines.append(f"| `{changed['event']}` | {changed['change']:.2f} | {by_call} |")
+            by_call = ", ".join(f"{_text(k)} {v:.2f}" for k, v in changed["calls"].items())
+            event = _text(changed["event"]).replace("`", "'")
+            lines.append(f"| `{event}` | {changed['change']:.2f} | {by_call} |")
     return "\n".join(lines) + "\n"
 
 
@@ -102,14 +105,22 @@ def _agreement_line(call: dict[str, Any]) -> str:
 def _confusion(name: str, table: dict[str, dict[str, int]]) -> list[str]:
     columns = sorted({shadow for row in table.values() for shadow in row})
     lines = [
-        f"`{name}`: live (rows) against shadow (columns)",
+        f"`{_text(name)}`: live (rows) against shadow (columns)",
         "",
-        "| live \\ shadow | " + " | ".join(columns) + " |",
+        "| live \\ shadow | " + " | ".join(map(_text, columns)) + " |",
         "|---|" + "---:|" * len(columns),
     ]
     for live, row in sorted(table.items()):
-        lines.append(f"| {live} | " + " | ".join(str(row.get(c, 0)) for c in columns) + " |")
+        counts = " | ".join(str(row.get(c, 0)) for c in columns)
+        lines.append(f"| {_text(live)} | {counts} |")
     return lines
+
+
+def _text(value: str, limit: int = 80) -> str:
+    """A value from the records (an answer, an event id) as one table cell: no line break,
+    no `|` that would end the cell, and not too long."""
+    text = " ".join(str(value).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 def _cell(value: Any, shape: str) -> str:

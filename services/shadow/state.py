@@ -50,20 +50,26 @@ class ReplayState:
             while await consumer.position(tp) < end:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
-                        key = record.key.decode() if record.key else ""
-                        if not key.startswith(self._prefix) or "|" in key[len(self._prefix) :]:
-                            continue  # another replay's
-                        try:
-                            self._apply(key[len(self._prefix) :], record.value)
-                        except (AttributeError, ValueError):  # not a key this state writes
-                            log.warning(
-                                "replay state %s: record %s skipped", self.topic, record.offset
-                            )
+                        self.take(record.key, record.value)
         finally:
             await consumer.stop()
 
+    def take(self, key: bytes | None, value: bytes | None) -> None:
+        """A record of the state topic, read back: this replay's keys only (replays of
+        other ranges share the topic); a key no replay writes is skipped."""
+        text = key.decode(errors="replace") if key else ""
+        own = text[len(self._prefix) :]
+        if not text.startswith(self._prefix) or "|" in own:
+            return
+        try:
+            self._apply(own, value)
+        except (IndexError, ValueError):
+            log.warning("replay state %s: a record with key %r skipped", self.topic, text[:80])
+
     def _apply(self, key: str, value: bytes | None) -> None:
         kind, partition, offset, call_id = [*key.split(":", 3), ""][:4]
+        if kind not in ("paid", "done"):
+            raise ValueError(kind)
         event = (int(partition), int(offset))
         if value is None:
             self._keys.get(event, set()).discard(key)

@@ -155,6 +155,8 @@ def test_make_help_lists_every_target(project_root: Path) -> None:
         (["--offsets", "0:9-3"], "the end comes before the start"),
         (["--offsets", "a-b"], "write PARTITION:FIRST-LAST"),
         (["--from", "yesterday"], "write it as ISO 8601"),
+        (["--from", "2026-11-21T00:00Z", "--to", "2026-11-20T00:00Z"], "is not before --to"),
+        (["--offsets", ""], "offsets: nothing given"),
     ],
 )
 def test_replay_refuses_a_range_it_cannot_read_before_touching_kafka(
@@ -171,3 +173,37 @@ def test_compare_wants_a_judge_and_its_rubric_together(
     candidate = str(project_root / "topologies" / "candidates" / "support_triage.yaml")
     assert main(["compare", "--topology", candidate, "--judge-model", "gpt-4o"]) == 2
     assert "--judge-model and --rubric go together" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--concurrency", "0"],
+        ["--concurrency", "-1"],
+        ["--quota-share", "0"],
+        ["--quota-share", "5"],
+        ["--max-usd", "0"],
+        ["--max-usd", "-1"],
+        ["--max-usd", "nan"],
+        ["--max-usd", "inf"],
+    ],
+)
+def test_replay_refuses_amounts_it_cannot_use(
+    project_root: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    candidate = str(project_root / "topologies" / "candidates" / "support_triage.yaml")
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", "--topology", candidate, "--offsets", "0-", *args])
+    assert exited.value.code == 2
+    assert f"argument {args[0]}" in capsys.readouterr().err
+
+
+def test_compare_names_a_judge_endpoint_that_is_not_configured(
+    project_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    candidate = str(project_root / "topologies" / "candidates" / "support_triage.yaml")
+    rubric = tmp_path / "rubric.md"
+    rubric.write_text("Be fair.")
+    argv = ["compare", "--topology", candidate, "--judge-model", "m", "--rubric", str(rubric)]
+    assert main([*argv, "--judge-endpoint", "nope"]) == 2
+    assert "--judge-endpoint 'nope': no such endpoint" in capsys.readouterr().err

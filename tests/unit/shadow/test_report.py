@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -217,3 +218,26 @@ def test_chart_of_a_report_without_calls(tmp_path: Path) -> None:
     path = chart(_report(live, live), tmp_path / "empty.png")
     with Image.open(path) as image:
         assert image.size == (900, 2 * 16 + 22 * (2 + 2 + 2))
+
+
+def test_values_from_the_records_cannot_break_the_tables() -> None:
+    hostile = "a|b\n## injected\r\n|"
+    live: list[Result] = [output(hostile, [call("classify", {"priority": hostile})])]
+    shadow: list[Result] = [output(hostile, [call("classify", {"priority": "x|y"})])]
+    lines = markdown(_report(live, shadow, enums={"classify": {"priority"}})).splitlines()
+    assert "## injected" not in [line.strip() for line in lines]
+
+    def cells(line: str) -> int:
+        return len(re.split(r"(?<!\\)\|", line)) - 2
+
+    # Each table's rows have as many cells as its header.
+    header = 0
+    for line in lines:
+        if not line.startswith("|"):
+            header = 0
+        elif header == 0:
+            header = cells(line)
+        else:
+            assert cells(line) == header, line
+    changed = lines[lines.index("## Events that changed most") + 4]
+    assert changed.startswith("| `id:a\\|b ## injected \\|@0:0` |")

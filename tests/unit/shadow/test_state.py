@@ -257,3 +257,23 @@ async def test_a_restarted_replay_forgets_answers_of_events_done_before() -> Non
         "paid:0:5:c5",
     ]
     assert again.size == 0
+
+
+async def test_replays_of_other_ranges_share_the_topic_but_not_their_state() -> None:
+    first = FakeProducer()
+    mine = ReplayState(first, TOPIC, owner="g1")
+    await _run(mine, 0, 3, "c3")
+    assert [s.key for s in first.sent] == [b"g1|paid:0:3:c3", b"g1|done:0:3"]
+    other = FakeProducer()
+    theirs = ReplayState(other, TOPIC, owner="g2")
+    await _run(theirs, 0, 4, "c4")
+    # Read back, each replay sees its own keys only; hostile keys are skipped.
+    again = ReplayState(FakeProducer(), TOPIC, owner="g1")
+    for record in [*first.sent, *other.sent]:
+        again.take(record.key, record.value)
+    for key in [None, b"g1|", b"g1|nonsense", b"g1|paid:x:y:c", b"g1|done:1", b"\xff\xfe"]:
+        again.take(key, b"1")
+    position.set((0, 9))
+    assert again.done(0, 3) and not again.done(0, 4)
+    assert again.get("c3") is not None and again.get("c4") is None
+    assert again.size == 2
