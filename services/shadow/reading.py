@@ -3,13 +3,32 @@ reads a fixed set of records, however busy the live topics are."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from llmflow.services.sdk.consumer import Result, parse_result
+
+
+class Stored(Mapping[str, Result]):
+    """Results by key, kept as the bytes they were read from and parsed when looked up."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        self._data[key] = value
+
+    def __getitem__(self, key: str) -> Result:
+        return parse_result(self._data[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
 @dataclass(slots=True)
@@ -24,6 +43,15 @@ def read_results(
 ) -> Iterator[Result]:
     """Every result in `topics` up to their end at the call, partition by partition in
     offset order. Topics that do not exist read as empty."""
+    for result, _ in read_with_bytes(bootstrap_servers, topics, unreadable):
+        yield result
+
+
+def read_with_bytes(
+    bootstrap_servers: str, topics: list[str], unreadable: Unreadable | None = None
+) -> Iterator[tuple[Result, bytes]]:
+    """`read_results`, each with the bytes it was read from (a reader that keeps many
+    results keeps their bytes: a tenth of the memory of the parsed models)."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,
@@ -48,7 +76,7 @@ def read_results(
                     if record.offset >= ends[tp]:
                         break
                     try:
-                        yield parse_result(record.value)
+                        yield parse_result(record.value), record.value
                     except (ValidationError, TypeError):
                         if unreadable is not None:
                             unreadable.count += 1

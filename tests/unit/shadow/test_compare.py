@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any
 
@@ -192,7 +191,7 @@ def test_values_of_both_sides_count_towards_the_guess() -> None:
 
 def test_text_answers_are_compared_by_similarity() -> None:
     a, b = "The customer wants a refund.", "The customer asks for a refund."
-    ratio = difflib.SequenceMatcher(None, a, b).ratio()
+    ratio = _lcs_ratio(a, b)
     live = [output("e1", [call("summarize", a)]), output("e2", [call("summarize", "same")])]
     shadow = [output("e1", [call("summarize", b)]), output("e2", [call("summarize", "same")])]
     report = compare(live, shadow)
@@ -429,9 +428,27 @@ def test_text_similarity() -> None:
     assert text_similarity("", "") == 1.0
     assert text_similarity("abc", "xyz") == 0.0
     a, b = "kitten sitting", "sitting kitten"
-    expected = difflib.SequenceMatcher(None, a, b).ratio()
+    expected = _lcs_ratio(a, b)
     assert 0.0 < text_similarity(a, b) < 1.0
     assert text_similarity(a, b) == pytest.approx(expected, abs=1e-6)
+    # Long texts of the same words in another order stay similar (difflib's autojunk
+    # dropped the frequent characters past 200 and scored such texts near 0.1).
+    words = ["refund", "invoice", "charged", "twice", "login", "broken", "order", "delayed"]
+    long_a = " ".join(words[i % 8] for i in range(300))
+    long_b = " ".join(words[(i * 3) % 8] for i in range(300))
+    assert text_similarity(long_a, long_b) == pytest.approx(_lcs_ratio(long_a, long_b), abs=1e-6)
+    assert text_similarity(long_a, long_b) > 0.5
+
+
+def _lcs_ratio(a: str, b: str) -> float:
+    """2 * LCS / (len a + len b), by the textbook dynamic programme."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        row = [0]
+        for j, y in enumerate(b):
+            row.append(previous[j] + 1 if x == y else max(previous[j + 1], row[j]))
+        previous = row
+    return 2 * previous[-1] / (len(a) + len(b)) if a or b else 1.0
 
 
 @pytest.mark.parametrize(
@@ -465,39 +482,40 @@ def test_compare_topics_keeps_only_the_live_results_of_shadowed_events(
     from collections.abc import Iterator
 
     from llmflow.services.shadow import compare as compare_module
-    from llmflow.services.shadow.reading import Unreadable
+    from llmflow.services.shadow.reading import Stored, Unreadable
     from llmflow.services.worker.settings import Settings
     from llmflow.topologies.loader import load_topology
     from tests.unit.shadow.helpers import TOPOLOGY
 
     topics: dict[str, list[Any]] = {
         "live": [
-            output(f"e{n}", [call("summarize", f"old {n}")], version="2.0.1") for n in range(50)
+            output(f"e{n}", [call("summarize", f"old {n}")], version="2.0.1", offset=n)
+            for n in range(50)
         ],
         "shadow": [
-            output(f"e{n}", [call("summarize", f"new {n}")], version="2.1.0") for n in (3, 7, 99)
+            output(f"e{n}", [call("summarize", f"new {n}")], version="2.1.0", offset=n)
+            for n in (3, 7, 99)
         ],
     }
-    kept: list[int] = []
+    stores: list[dict[str, bytes]] = []
+
+    class Kept(Stored):
+        def __init__(self) -> None:
+            super().__init__()
+            stores.append(self._data)
 
     def fake_read(
         servers: str, names: list[str], unreadable: Unreadable | None = None
-    ) -> Iterator[Any]:
-        yield from topics[names[0]]
+    ) -> Iterator[tuple[Any, bytes]]:
+        for result in topics[names[0]]:
+            yield result, result.model_dump_json().encode()
 
-    real_last = compare_module._last_by_event
-
-    def counting_last(results: Any) -> Any:
-        found = real_last(results)
-        kept.append(len(found))
-        return found
-
-    monkeypatch.setattr(compare_module, "read_results", fake_read)
-    monkeypatch.setattr(compare_module, "_last_by_event", counting_last)
+    monkeypatch.setattr(compare_module, "read_with_bytes", fake_read)
+    monkeypatch.setattr(compare_module, "Stored", Kept)
     # The helpers' outputs are topology "t"; the candidate is v2.1.0 of it. A result of
     # another version in the shadow topic is left out and counted.
     candidate = load_topology(TOPOLOGY).model_copy(update={"name": "t", "version": "2.1.0"})
-    topics["shadow"].append(output("e5", [call("summarize", "other")], version="9"))
+    topics["shadow"].append(output("e5", [call("summarize", "other")], version="9", offset=5))
     report = compare_module.compare_topics(
         Settings(), candidate, shadow_topic="shadow", live_topics=["live"]
     )
@@ -505,4 +523,6 @@ def test_compare_topics_keeps_only_the_live_results_of_shadowed_events(
     assert report["head"]["live_records_read"] == 50
     assert report["head"]["live_version"] == "2.0.1"
     assert report["events"]["compared"] == 2 and report["events"]["only_in_shadow"] == 1
-    assert max(kept) == 3  # never the 50 live results: only those of shadowed events
+    # Never the 50 live results: only those of the shadowed events, kept as bytes.
+    assert [len(kept) for kept in stores] == [3, 2]
+    assert report["calls"]["summarize"]["pairs"] == 2
