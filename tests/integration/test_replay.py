@@ -165,11 +165,19 @@ def test_replay_writes_one_shadow_result_per_event_and_compare_reports_the_chang
 
     # Compare: the unchanged prompt agrees everywhere, classify as the simulator implies.
     out = run_dir / "report"
+    rubric = run_dir / "rubric.md"
+    rubric.write_text('Prefer the answer that triages better. Answer as {"live_score": 1, ...}.')
+    judged = ["--judge-model", "gpt-4o-mini", "--rubric", str(rubric), "--judge-limit", "5"]
     compared = _llmflow(
-        "compare", "--topology", str(cand_file), "--out", str(out), env=env, cwd=run_dir
+        "compare", "--topology", str(cand_file), "--out", str(out), *judged, env=env, cwd=run_dir
     )
     assert compared.returncode == 0, compared.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
+    # The judge scored 5 pairs of differing answers through the model client, priced.
+    judge = report["judge"]
+    assert (judge["pairs"], judge["failed"]) == (5, 0) and judge["cost_usd"] > 0, judge
+    scored = sum(c["pairs"] for c in judge["calls"].values())
+    assert scored == 5 and "## Judge (gpt-4o-mini" in (out / "report.md").read_text()
     outputs = [parse_result(x.value) for x in shadow]
     replayed = {o.event_id for o in outputs if isinstance(o, Output)}
     assert report["events"]["compared"] == len(wanted)
