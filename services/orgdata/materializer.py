@@ -84,6 +84,12 @@ class Materializer:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def follows_tables(self) -> bool:
+        """Whether there is anything to follow (a worker whose topologies name no table
+        has nothing to catch up with)."""
+        return bool(self._tables)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="orgdata", daemon=True)
         self._thread.start()

@@ -37,12 +37,14 @@ from typing import Any, NoReturn
 
 import faust
 from faust.types import TP
+from prometheus_client import CollectorRegistry
 
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
 from llmflow.services.models.quotas import QuotaRegistry, share_of
 from llmflow.services.worker.budgets import SpendView, follow_changelog
 from llmflow.services.worker.commits import commit_only_what_was_acked
+from llmflow.services.worker.health import GroupMembership, Readiness, health_app, serve
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
@@ -291,6 +293,34 @@ def divide_quotas_on_rebalance(
 
     app.on_partitions_revoked.connect(revoked)
     app.on_partitions_assigned.connect(assigned)
+
+
+def track_membership(app: faust.App, membership: GroupMembership) -> None:
+    """`membership` holds while the worker's partitions are assigned (none counts too)."""
+
+    async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        membership.assigned = False
+
+    async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        membership.assigned = True
+
+    app.on_partitions_revoked.connect(revoked)
+    app.on_partitions_assigned.connect(assigned)
+
+
+def serve_http(
+    app: faust.App, registry: CollectorRegistry, readiness: Readiness, host: str, port: int
+) -> None:
+    """`/metrics`, `/healthz` and `/readyz` from the worker's own event loop (`health`)."""
+
+    async def run() -> None:
+        runner = await serve(health_app(registry, readiness), host, port)
+        try:
+            await asyncio.Event().wait()  # until the worker stops (the task is cancelled)
+        finally:
+            await runner.cleanup()
+
+    app.task(run)
 
 
 def reread_marks_on_rebalance(app: faust.App, marks: list[TableAnsweredMarks]) -> None:

@@ -22,6 +22,7 @@ from llmflow.services.models.client import ModelClient, make_openai_client
 from llmflow.services.models.config import ModelsConfig
 from llmflow.services.models.metrics import ModelMetrics
 from llmflow.services.models.quotas import QuotaRegistry
+from llmflow.services.orgdata.materializer import Materializer
 from llmflow.services.orgdata.search import Retriever
 from llmflow.services.worker.app import (
     Tables,
@@ -33,8 +34,11 @@ from llmflow.services.worker.app import (
     divide_quotas_on_rebalance,
     follow_spend,
     reread_marks_on_rebalance,
+    serve_http,
+    track_membership,
 )
 from llmflow.services.worker.budgets import Budget, SpendView
+from llmflow.services.worker.health import GroupMembership, Readiness
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.orgdata import OrgDataSource, org_data
 from llmflow.services.worker.outage import OutageGate
@@ -109,6 +113,25 @@ def _shadow(
     return make
 
 
+def _org_data_check(follower: Materializer) -> Callable[[], str | None]:
+    def check() -> str | None:
+        if not follower.follows_tables or follower.ready:
+            return None
+        return "org data not caught up with its topics yet"
+
+    return check
+
+
+def _gates_check(gates: list[OutageGate]) -> Callable[[], str | None]:
+    def check() -> str | None:
+        paused = [gate.topology for gate in gates if gate.paused]
+        if not paused:
+            return None
+        return f"paused, a model endpoint they need is down: {', '.join(paused)}"
+
+    return check
+
+
 def bootstrap(
     settings: Settings,
     topologies: Sequence[Topology | str | Path],
@@ -136,8 +159,6 @@ def bootstrap(
         None,
     )
     metrics = Metrics()
-    if settings.metrics_port is not None:
-        metrics.serve(settings.metrics_port, settings.metrics_host)
     models = model_client(settings.models_config(), metrics.models)
     candidates = [spec.candidate for spec in specs if spec.candidate is not None]
     orgdata, follower = org(settings, [*specs, *candidates], ensure)
@@ -212,6 +233,11 @@ def bootstrap(
         )
         marks.append(answered)
         changelogs[tables.spend_changelog] = count
+    if settings.metrics_port is not None:
+        membership = GroupMembership()
+        track_membership(app, membership)
+        readiness = Readiness([membership.check, _org_data_check(follower), _gates_check(gates)])
+        serve_http(app, metrics.registry, readiness, settings.metrics_host, settings.metrics_port)
     inputs = {spec.input_topic: partitions[spec.input_topic] for spec in specs}
     divide_quotas_on_rebalance(app, models.quotas, metrics, inputs)
     reread_marks_on_rebalance(app, marks)

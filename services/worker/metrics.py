@@ -1,8 +1,8 @@
-"""Prometheus metrics of one worker process, served over HTTP by prometheus-client."""
+"""Prometheus metrics of one worker process (served with its health by `health`)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from llmflow.services.models.metrics import SECONDS_BUCKETS, ModelMetrics
 
@@ -75,7 +75,3 @@ class Metrics:
             "Share of the group's model quotas this worker holds.",
             registry=r,
         )
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        """Serve /metrics from a daemon thread."""
-        start_http_server(port, addr=host, registry=self.registry)

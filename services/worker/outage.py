@@ -54,6 +54,10 @@ class OutageGate:
         self._endpoints: set[str] = set()
 
     @property
+    def topology(self) -> str:
+        return self._topology
+
+    @property
     def paused(self) -> bool:
         return not self._open.is_set()
 

@@ -111,9 +111,11 @@ class Settings(BaseSettings):
     """On SIGTERM, how long the worker may finish its events in flight; then it exits
     without committing the unfinished ones (they are redelivered)."""
     metrics_port: int | None = None
-    """Serve Prometheus metrics on this port (unset: no metrics server)."""
+    """Serve `/metrics` (Prometheus), `/healthz` (the event loop answers) and `/readyz`
+    (partitions assigned, org data caught up, no topology paused for a model endpoint) on
+    this port; unset, no HTTP server."""
     metrics_host: str = "127.0.0.1"
-    """Address the metrics server binds to (0.0.0.0 inside containers)."""
+    """Address that HTTP server binds to (0.0.0.0 inside containers)."""
     worker_id: str = Field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     """Recorded in every output."""
     preflight: bool = True

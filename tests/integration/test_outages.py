@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,6 +70,11 @@ def test_a_model_outage_pauses_the_topology_and_dead_letters_nothing(
                 break
             time.sleep(0.5)
         assert paused == 1, worker.log_tail()
+        # Not ready while paused: a rollout waits, traffic stays where it is.
+        status, text = _http(metrics_port, "/readyz")
+        assert status == 503, text
+        assert "paused, a model endpoint they need is down: support_triage" in text
+        assert _http(metrics_port, "/healthz") == (200, "ok\n")  # alive all along
         during = list(
             consumer.results(idle_timeout_s=max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
         )
@@ -87,6 +94,16 @@ def test_a_model_outage_pauses_the_topology_and_dead_letters_nothing(
     assert "resumed after" in log
     assert total(scrape(metrics_port), "llmflow_topology_paused", topology="support_triage") == 0
     assert worker.alive()
+    assert _http(metrics_port, "/readyz") == (200, "ready\n")
+
+
+def _http(port: int, path: str) -> tuple[int, str]:
+    """Status and body of GET http://127.0.0.1:<port><path> (errors included)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 def test_sigterm_ends_a_worker_within_its_drain_time_and_loses_nothing(
