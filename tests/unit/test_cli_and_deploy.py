@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import re
 import runpy
 import shlex
@@ -39,6 +40,92 @@ def test_compose_commands_are_valid_for_their_entry_points(project_root: Path) -
         for topology in getattr(args, "topology", None) or []:
             assert (project_root / topology).is_file(), topology
     assert compose["services"]["kafka"]["image"].startswith("apache/kafka:4.")
+
+
+def test_compose_runs_on_old_compose_and_checks_worker_health(project_root: Path) -> None:
+    """Debian's docker-compose 1.29 refuses a top-level `name`; the worker's healthcheck
+    asks the port and path the worker serves; every LLMFLOW_/KAFKA_/OPENAI_ variable is
+    a setting; the broker answers the host on the port it advertises."""
+    from llmflow.services.worker.health import Readiness, health_app
+    from llmflow.services.worker.metrics import Metrics
+    from llmflow.services.worker.settings import Settings
+
+    compose = yaml.safe_load((project_root / "docker-compose.yml").read_text())
+    assert set(compose) == {"x-llmflow", "services"}
+    worker = compose["services"]["worker"]
+    env = worker["environment"]
+    check = " ".join(worker["healthcheck"]["test"])
+    url = re.search(r"http://127\.0\.0\.1:(\d+)(/\w+)", check)
+    assert url is not None and url.group(1) == env["LLMFLOW_METRICS_PORT"]
+    paths = {
+        r.resource.canonical
+        for r in health_app(Metrics().registry, Readiness()).router.routes()
+        if r.resource
+    }
+    assert url.group(2) in paths and env["LLMFLOW_METRICS_HOST"] == "0.0.0.0"
+    names = set()
+    for name, field in Settings.model_fields.items():
+        names.add(f"LLMFLOW_{name.upper()}")
+        alias = field.validation_alias
+        names |= set(getattr(alias, "choices", ()))
+    for service in compose["services"].values():
+        for variable in service.get("environment", {}):
+            if (
+                variable.startswith(("LLMFLOW_", "OPENAI_"))
+                or variable == "KAFKA_BOOTSTRAP_SERVERS"
+            ):
+                assert variable in names, variable
+    kafka = compose["services"]["kafka"]
+    advertised = kafka["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    host_port = re.search(r"EXTERNAL://127\.0\.0\.1:(\d+)", advertised)
+    assert host_port is not None
+    assert f"127.0.0.1:{host_port.group(1)}:{host_port.group(1)}" in kafka["ports"]
+    # The stop grace outlasts the drain (LLMFLOW_DRAIN_TIMEOUT_S, 30 s by default).
+    assert int(worker["stop_grace_period"].removesuffix("s")) > Settings().drain_timeout_s
+
+
+def _ignored(path: str, patterns: list[str]) -> bool:
+    """Whether a .dockerignore pattern takes `path` or a folder above it (the patterns
+    here: names, folder paths, `**/` prefixes and `*` globs)."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    for pattern in patterns:
+        anywhere = pattern.startswith("**/")
+        glob = pattern.removeprefix("**/")
+        for prefix in prefixes:
+            name = prefix.rsplit("/", 1)[-1] if anywhere or "/" not in glob else prefix
+            if fnmatch.fnmatchcase(name, glob):
+                return True
+    return False
+
+
+def test_the_image_context_leaves_out_what_a_checkout_grows(project_root: Path) -> None:
+    patterns = [
+        line.strip()
+        for line in (project_root / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for grown in [
+        ".venv/lib/x.py",
+        ".llmflow/demo/kafka/log",
+        "deploy/kafka/lib/kafka.jar",
+        ".git/HEAD",
+        "services/worker/__pycache__/app.cpython-311.pyc",
+        "tests/x.py",
+    ]:
+        assert _ignored(grown, patterns), grown
+    # What the Dockerfile copies stays in.
+    dockerfile = (project_root / "deploy" / "docker" / "Dockerfile").read_text()
+    copied = [
+        word
+        for line in dockerfile.splitlines()
+        if line.startswith("COPY ")
+        for word in line.split()[1:-1]
+    ]
+    assert "llmflow" in copied and "deploy/kafka/pom.xml" in copied
+    for source in copied:
+        assert not _ignored(source, patterns), source
+    assert "USER 10001" in dockerfile  # not root
 
 
 def test_entry_points_are_declared(project_root: Path) -> None:
