@@ -189,14 +189,25 @@ def cmd_produce(args: argparse.Namespace) -> int:
             raise LlmflowError("--key is required without --file")
         common = {"key": args.key, "source": args.source, "tenant": args.tenant}
         events: list[Any]
-        if args.image and args.text:
-            events = [text_image_event(args.text, args.image, **common)]
-        elif args.image:
-            events = [image_event(image, **common) for image in args.image]
-        elif args.text:
-            events = [text_event(args.text, **common)]
-        else:
-            raise LlmflowError("give --text, --image or --file")
+        try:
+            if args.image and args.text:
+                events = [text_image_event(args.text, args.image, **common)]
+            elif args.image:
+                events = [image_event(image, **common) for image in args.image]
+            elif args.text:
+                events = [text_event(args.text, **common)]
+            else:
+                raise LlmflowError("give --text, --image or --file")
+        except OSError as exc:
+            raise LlmflowError(f"--image {exc.filename}: {exc.strerror}") from exc
+        for event in events:
+            for image in getattr(event, "images", None) or [getattr(event, "image", None)]:
+                if image is not None and (image.url or "").startswith("file://"):
+                    print(
+                        f"llmflow produce: {image.url} is too large to send inline: workers "
+                        "read it only inside their LLMFLOW_IMAGE_ROOT",
+                        file=sys.stderr,
+                    )
         batch = [(b"", event) for event in events]
     with EventProducer(_settings().kafka_bootstrap_servers) as producer:
         for line, event in batch:
@@ -332,6 +343,15 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llmflow")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def _at_least_one(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -355,6 +375,12 @@ def _share(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llmflow {_version()}")
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT,...",
+        help="the Kafka cluster, for every command (default: KAFKA_BOOTSTRAP_SERVERS)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     kafka = sub.add_parser("kafka", help="local Apache Kafka (KRaft) for development and tests")
@@ -494,6 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kafka.errors import KafkaTimeoutError
 
     args = build_parser().parse_args(argv)
+    if args.bootstrap_servers:
+        # Every command reads its settings from the environment (`Settings`).
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap_servers
     try:
         return int(args.func(args))
     except (KafkaTimeoutError, KafkaConnectionError) as exc:

@@ -294,3 +294,48 @@ def test_compare_names_a_judge_endpoint_that_is_not_configured(
     argv = ["compare", "--topology", candidate, "--judge-model", "m", "--rubric", str(rubric)]
     assert main([*argv, "--judge-endpoint", "nope"]) == 2
     assert "--judge-endpoint 'nope': no such endpoint" in capsys.readouterr().err
+
+
+def test_version_and_bootstrap_servers_for_every_command(
+    project_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out.startswith("llmflow ")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-env:9092")
+    good = str(project_root / "topologies" / "support_triage.yaml")
+    assert main(["--bootstrap-servers", "flag:9092", "topology", "validate", good]) == 0
+    from llmflow.services.worker.settings import Settings
+
+    assert Settings().kafka_bootstrap_servers == "flag:9092"
+
+
+def test_produce_names_a_missing_image_and_warns_of_one_sent_as_a_file_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import llmflow.services.sdk as sdk
+
+    sent: list[tuple[str, object]] = []
+
+    class Producer:
+        def __init__(self, servers: str) -> None:
+            pass
+
+        def __enter__(self) -> Producer:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def send(self, topic: str, event: object) -> None:
+            sent.append((topic, event))
+
+    monkeypatch.setattr(sdk, "EventProducer", Producer)
+    missing = tmp_path / "nope.jpg"
+    assert main(["produce", "--topic", "t", "--key", "k", "--image", str(missing)]) == 2
+    assert f"--image {missing}: No such file or directory" in capsys.readouterr().err
+    assert sent == []
+    large = tmp_path / "large.jpg"
+    large.write_bytes(b"\xff" * (600 * 1024))  # over the 512 KiB sent inline
+    assert main(["produce", "--topic", "t", "--key", "k", "--image", str(large)]) == 0
+    assert "LLMFLOW_IMAGE_ROOT" in capsys.readouterr().err and len(sent) == 1
