@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--offsets", help="PARTITION:FIRST-LAST,... or FIRST-LAST for every partition"
     )
     replay.add_argument("--shadow-topic", help="default: <output topic>.shadow.<version>")
-    replay.add_argument("--group", help="default: llmflow-replay.<name>.<version>")
+    replay.add_argument("--group", help="default: llmflow-replay.<name>.<version>.<range>")
     replay.add_argument("--concurrency", type=_at_least_one, default=20, help="events in flight")
     replay.add_argument(
         "--quota-share", type=_share, default=0.25, help="share of each model's quota it takes"

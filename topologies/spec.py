@@ -548,6 +548,13 @@ class Topology(_Spec):
         return self.parked_topic or f"{self.input_topic}.parked"
 
     @property
+    def shadow_topic(self) -> str | None:
+        """Where this topology's shadow writes (None: it has none, or no candidate loaded)."""
+        if self.shadow is None or self._candidate is None:
+            return None
+        return self.shadow.topic or self._candidate.shadow_output_topic
+
+    @property
     def shadow_output_topic(self) -> str:
         """Where this version's results go when it runs as a shadow (replayed, or beside
         the live version): `<output_topic>.shadow.<version>`, made a legal topic name."""

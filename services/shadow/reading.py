@@ -38,20 +38,13 @@ class Unreadable:
     count: int = 0
 
 
-def read_results(
-    bootstrap_servers: str, topics: list[str], unreadable: Unreadable | None = None
-) -> Iterator[Result]:
-    """Every result in `topics` up to their end at the call, partition by partition in
-    offset order. Topics that do not exist read as empty."""
-    for result, _ in read_with_bytes(bootstrap_servers, topics, unreadable):
-        yield result
-
-
 def read_with_bytes(
     bootstrap_servers: str, topics: list[str], unreadable: Unreadable | None = None
 ) -> Iterator[tuple[Result, bytes]]:
-    """`read_results`, each with the bytes it was read from (a reader that keeps many
-    results keeps their bytes: a tenth of the memory of the parsed models)."""
+    """Every result in `topics` up to their end at the call, partition by partition in
+    offset order, each with the bytes it was read from (a reader that keeps many results
+    keeps their bytes, `Stored`: a tenth of the memory of the parsed models). Topics that
+    do not exist read as empty."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
         group_id=None,

@@ -33,14 +33,13 @@ from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
 from llmflow.services.broker.topics import ensure_topics, partition_counts
 from llmflow.services.orgdata.publish import COMPACTED
-from llmflow.services.orgdata.search import Retriever
 from llmflow.services.shadow.ranges import PartitionRange, resolve
 from llmflow.services.shadow.state import ReplayState, position
 from llmflow.services.worker.budgets import Budget, SpendView, follow_changelog, period_key
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.orgdata import org_data
-from llmflow.services.worker.outage import OutageGate
-from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
+from llmflow.services.worker.outage import OutageGate, handle_through_outages
+from llmflow.services.worker.pipeline import Pipeline, Result, SourceMeta
 from llmflow.services.worker.ports import OverBudget
 from llmflow.services.worker.settings import Settings
 from llmflow.services.worker.shadow import SHADOW_HEADER, shadow_topic_problem
@@ -234,7 +233,7 @@ class _Replay:
     async def run(self, partitions: int) -> Progress:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-        from llmflow.services.worker.bootstrap import model_client
+        from llmflow.services.worker.bootstrap import build_pipeline, model_client, outage_gate
 
         settings, options = self.settings, self.options
         servers = settings.kafka_bootstrap_servers
@@ -255,28 +254,19 @@ class _Replay:
         await producer.start()
         await consumer.start()
         state = ReplayState(producer, f"{self.topic}.state", owner=group)
-        gate = OutageGate(
-            self.candidate.name,
-            probe=models.probe,
-            reset_circuits=models.reset_circuits,
-            paused_gauge=metrics.paused,
-            interval_s=settings.outage_probe_s,
-        )
+        gate = outage_gate(settings, self.candidate.name, models, metrics)
         follow = asyncio.create_task(self._follow_live_spend(consumer))
         try:
             await state.load(servers)
-            pipeline = Pipeline(
+            pipeline = build_pipeline(
+                settings,
                 self.candidate,
                 models=models,
                 orgdata=self.orgdata,
-                image_limits=settings.image_limits(self.candidate),
                 executor=executor,
-                worker_id=f"replay:{settings.worker_id}",
                 paid=state,
                 budgets=self.budgets,
-                max_record_bytes=settings.max_record_bytes,
-                passages=Retriever(self.orgdata),
-                collections=self.orgdata.collections,
+                worker_id=f"replay:{settings.worker_id}",
             )
             ranges = await resolve(
                 consumer,
@@ -431,7 +421,9 @@ class _Replay:
                 meta = SourceMeta(
                     record.topic, record.partition, record.offset, len(record.key or b"")
                 )
-                result = await self._handle(pipeline, gate, record.value, meta)
+                result = await handle_through_outages(
+                    pipeline, record.value, meta, gate, self.settings.outage_max_holds
+                )
                 headers = [(SHADOW_HEADER, self.candidate.version.encode())]
                 value = result.model_dump_json().encode()
                 delivery = await producer.send(
@@ -444,19 +436,6 @@ class _Replay:
             self.offsets.finish(record.partition, record.offset)
         finally:
             slots.release()
-
-    async def _handle(
-        self, pipeline: Pipeline, gate: OutageGate, value: bytes | None, meta: SourceMeta
-    ) -> Result:
-        holds = 0
-        while True:
-            try:
-                return await pipeline.handle(value, meta)
-            except EndpointDown as down:
-                if holds >= self.settings.outage_max_holds:
-                    return down.dead_letter
-                holds += 1
-                await gate.hold(down.reason, down.endpoints)
 
     def _count(self, result: Result) -> None:
         progress = self.progress

@@ -46,8 +46,8 @@ from llmflow.services.worker.budgets import SpendView, follow_changelog
 from llmflow.services.worker.commits import commit_only_what_was_acked
 from llmflow.services.worker.health import GroupMembership, Readiness, health_app, serve
 from llmflow.services.worker.metrics import Metrics
-from llmflow.services.worker.outage import OutageGate
-from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
+from llmflow.services.worker.outage import OutageGate, handle_through_outages
+from llmflow.services.worker.pipeline import Pipeline, Result, SourceMeta
 from llmflow.services.worker.ports import AnsweredMarks
 from llmflow.services.worker.projection import project
 from llmflow.services.worker.settings import Settings
@@ -158,10 +158,9 @@ def add_agent(
         {route.name: app.topic(route.topic, **raw) for route in topology.routes},
         {route.name: route.fields for route in topology.routes if route.fields},
     )
-    candidate = pipeline.topology.candidate
     runner = None
-    if shadow is not None and candidate is not None and topology.shadow is not None:
-        runner = shadow(app.topic(topology.shadow.topic or candidate.shadow_output_topic, **raw))
+    if shadow is not None and topology.shadow_topic is not None:
+        runner = shadow(app.topic(topology.shadow_topic, **raw))
     app.agent(source, name=f"llmflow.{topology.name}", concurrency=concurrency)(
         agent_body(pipeline, answered, metrics, sinks, gate, max_holds, runner)
     )
@@ -185,17 +184,6 @@ def agent_body(
     """
     name = pipeline.topology.name
 
-    async def handle(value: bytes | None, meta: SourceMeta) -> Result:
-        holds = 0
-        while True:
-            try:
-                return await pipeline.handle(value, meta)
-            except EndpointDown as down:
-                if gate is None or holds >= max_holds:
-                    return down.dead_letter
-                holds += 1
-                await gate.hold(down.reason, down.endpoints)
-
     async def answer(value: bytes | None, message: Any) -> bool:
         """Handle one record; False when it was answered before and is skipped."""
         metrics.events_in.labels(name).inc()
@@ -214,7 +202,7 @@ def agent_body(
         if shadow is not None:
             shadow.offer(value, key, meta)  # runs on its own: the event never waits for it
         try:
-            result = await handle(value, meta)
+            result = await handle_through_outages(pipeline, value, meta, gate, max_holds)
             await _publish(result, key, sinks)
         finally:
             metrics.in_flight.labels(name).dec()

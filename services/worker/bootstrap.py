@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from llmflow.services.models.metrics import ModelMetrics
 from llmflow.services.models.quotas import QuotaRegistry
 from llmflow.services.orgdata.materializer import Materializer
 from llmflow.services.orgdata.search import Retriever
+from llmflow.services.orgdata.store import OrgDataStore
 from llmflow.services.worker.app import (
     Tables,
     add_agent,
@@ -43,7 +44,7 @@ from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.orgdata import OrgDataSource, org_data
 from llmflow.services.worker.outage import OutageGate
 from llmflow.services.worker.pipeline import Pipeline
-from llmflow.services.worker.ports import Budgets
+from llmflow.services.worker.ports import Budgets, PaidCalls
 from llmflow.services.worker.settings import Settings
 from llmflow.services.worker.shadow import ShadowBudget, ShadowRun, shadow_topic_problem
 from llmflow.services.worker.state import (
@@ -78,10 +79,48 @@ def model_client(config: ModelsConfig, metrics: ModelMetrics | None = None) -> M
     )
 
 
+def build_pipeline(
+    settings: Settings,
+    topology: Topology,
+    *,
+    models: ModelClient,
+    orgdata: OrgDataStore,
+    executor: Executor,
+    paid: PaidCalls | None,
+    budgets: Budgets,
+    worker_id: str | None = None,
+) -> Pipeline:
+    """A pipeline for `topology` on this worker's clients (a replay builds its own too)."""
+    return Pipeline(
+        topology,
+        models=models,
+        orgdata=orgdata,
+        image_limits=settings.image_limits(topology),
+        executor=executor,
+        worker_id=worker_id or settings.worker_id,
+        paid=paid,
+        budgets=budgets,
+        max_record_bytes=settings.max_record_bytes,
+        passages=Retriever(orgdata),
+        collections=orgdata.collections,
+    )
+
+
+def outage_gate(
+    settings: Settings, topology: str, models: ModelClient, metrics: Metrics
+) -> OutageGate:
+    """Where `topology`'s events wait while a model endpoint they need is down."""
+    return OutageGate(
+        topology,
+        probe=models.probe,
+        reset_circuits=models.reset_circuits,
+        paused_gauge=metrics.paused,
+        interval_s=settings.outage_probe_s,
+    )
+
+
 def _shadow_topics(spec: Topology) -> list[str]:
-    if spec.shadow is None or spec.candidate is None:
-        return []
-    return [spec.shadow.topic or spec.candidate.shadow_output_topic]
+    return [spec.shadow_topic] if spec.shadow_topic else []
 
 
 def _shadow(
@@ -192,18 +231,14 @@ def bootstrap(
         def pipeline_of(
             topology: Topology, budgets: Budgets, paid: TablePaidCalls | None = paid
         ) -> Pipeline:
-            return Pipeline(
+            return build_pipeline(
+                settings,
                 topology,
                 models=models,
                 orgdata=orgdata,
-                image_limits=settings.image_limits(topology),
                 executor=executor,
-                worker_id=settings.worker_id,
                 paid=paid,
                 budgets=budgets,
-                max_record_bytes=settings.max_record_bytes,
-                passages=Retriever(orgdata),
-                collections=orgdata.collections,
             )
 
         pipeline = pipeline_of(spec, budgets)
@@ -213,13 +248,7 @@ def bootstrap(
                 spec.shadow, spec.candidate, tables, spend, metrics, pipeline_of, shadows
             )
             follow_any_spend = follow_any_spend or spec.shadow.budget_usd is not None
-        gate = OutageGate(
-            spec.name,
-            probe=models.probe,
-            reset_circuits=models.reset_circuits,
-            paused_gauge=metrics.paused,
-            interval_s=settings.outage_probe_s,
-        )
+        gate = outage_gate(settings, spec.name, models, metrics)
         gates.append(gate)
         add_agent(
             app,

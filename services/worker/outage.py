@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Gauge
 
 from llmflow.services.models.probe import ProbeResult
+from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +102,25 @@ class OutageGate:
             self._topology,
             time.monotonic() - since,
         )
+
+
+async def handle_through_outages(
+    pipeline: Pipeline,
+    value: bytes | None,
+    meta: SourceMeta,
+    gate: OutageGate | None,
+    max_holds: int,
+) -> Result:
+    """`pipeline.handle`, waiting at `gate` each time the event finds a model endpoint down
+    and trying again once it answers; after `max_holds` such waits (or without a gate) the
+    event's dead letter (an event that fails on an endpoint that answers everyone else is,
+    after all, the event's fault)."""
+    holds = 0
+    while True:
+        try:
+            return await pipeline.handle(value, meta)
+        except EndpointDown as down:
+            if gate is None or holds >= max_holds:
+                return down.dead_letter
+            holds += 1
+            await gate.hold(down.reason, down.endpoints)
