@@ -18,6 +18,18 @@ from typing import Any
 from llmflow.errors import LlmflowError
 
 
+def _kafka(settings: Any) -> str:
+    """The bootstrap servers of `settings`, once the broker takes our login: a refused login
+    or a wrong protocol would otherwise surface only when a client gives up (30 s and more).
+    Commands call it after checking their own arguments, just before Kafka is needed."""
+    from llmflow.services.worker.preflight import broker_problem
+
+    servers: str = settings.kafka_bootstrap_servers
+    if problem := broker_problem(servers):
+        raise LlmflowError(problem)
+    return servers
+
+
 def _settings(**overrides: Any) -> Any:
     from llmflow.services.worker.settings import Settings
 
@@ -131,7 +143,9 @@ def cmd_orgdata_load(args: argparse.Namespace) -> int:
         validate_table(args.table)
         records = read_records(Path(args.file), args.key_field, last_wins=args.last_wins)
         tables, key_field = {args.table: records}, args.key_field
-    for report in publish_tables(_settings(), tables, key_field, full_sync=args.full_sync):
+    settings = _settings()
+    _kafka(settings)
+    for report in publish_tables(settings, tables, key_field, full_sync=args.full_sync):
         print(report)
     return 0
 
@@ -147,7 +161,7 @@ def cmd_orgdata_get(args: argparse.Namespace) -> int:
     spec = {args.table: collections[args.table]} if args.table in collections else {}
     topic = settings.orgdata_topic(args.table)
     with OrgDataStore(":memory:", spec) as store:
-        follower = Materializer(store, settings.kafka_bootstrap_servers, {args.table: topic})
+        follower = Materializer(store, _kafka(settings), {args.table: topic})
         follower.start()
         try:
             if not follower.wait_ready(args.timeout):
@@ -209,7 +223,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
         batch = [(b"", event) for event in events]
-    with EventProducer(_settings().kafka_bootstrap_servers) as producer:
+    with EventProducer(_kafka(_settings())) as producer:
         for line, event in batch:
             if event is None:
                 producer.send_raw(args.topic, line)
@@ -243,7 +257,7 @@ def cmd_consume(args: argparse.Namespace) -> int:
 
     settings = _settings()
     with ResultConsumer(
-        settings.kafka_bootstrap_servers,
+        _kafka(settings),
         args.topics,
         group_id=args.group,
         from_beginning=not args.latest,
@@ -281,6 +295,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     )
     data_dir = args.data_dir or f".llmflow/replay-{candidate.name}"
     settings = _settings(data_dir=data_dir)
+    _kafka(settings)
     progress = replay(
         settings, candidate, options, lambda p: print(p.line(), file=sys.stderr, flush=True)
     )
@@ -315,6 +330,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         candidate.parked,
     ]
     shadow = args.shadow_topic or shadow_topic(candidate)
+    _kafka(settings)
     report = compare_topics(
         settings, candidate, shadow_topic=shadow, live_topics=live, judge_with=judge
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,6 +32,8 @@ from pathlib import Path
 from types import TracebackType
 
 from llmflow.errors import LlmflowError
+from llmflow.services.broker.certs import BrokerCertificates
+from llmflow.services.broker.security import KafkaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,12 @@ _FAST_SETTINGS = {
 }
 
 
+# The secure broker's SASL mechanism and users: `admin` for the broker itself, `llmflow`
+# for clients.
+SCRAM = "SCRAM-SHA-512"
+ADMIN_USER = "admin"
+CLIENT_USER = "llmflow"
+
 # In the data folder: what a restart needs to find the same cluster on the same address.
 STATE_FILE = "llmflow-broker.json"
 
@@ -71,6 +80,8 @@ class BrokerState:
     cluster_id: str
     port: int
     controller_port: int
+    secure: bool = False
+    """SASL_SSL with SCRAM users and a throw-away CA (see `LocalKafka.secure`)."""
 
     @classmethod
     def read(cls, path: Path) -> BrokerState | None:
@@ -83,7 +94,12 @@ class BrokerState:
             raise BrokerError(f"cannot read {path}: {exc}") from exc
         try:
             data = json.loads(text)
-            state = cls(str(data["cluster_id"]), int(data["port"]), int(data["controller_port"]))
+            state = cls(
+                str(data["cluster_id"]),
+                int(data["port"]),
+                int(data["controller_port"]),
+                bool(data.get("secure", False)),
+            )
         except (ValueError, TypeError, KeyError) as exc:
             raise BrokerError(
                 f"{path} is damaged ({exc!r}); remove the folder {path.parent} to start afresh"
@@ -98,6 +114,7 @@ class BrokerState:
             "cluster_id": self.cluster_id,
             "port": self.port,
             "controller_port": self.controller_port,
+            "secure": self.secure,
         }
         scratch = path.with_name(f".{path.name}.tmp")
         scratch.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -189,16 +206,71 @@ class LocalKafka:
     """One broker+controller process. Use as a context manager or call start/stop.
 
     `port` 0 picks a free port at the first start of a folder and reuses it afterwards.
+    `secure` True starts a new folder with a SASL_SSL listener only (SCRAM-SHA-512 users
+    `admin` and `llmflow`, a certificate from a throw-away CA); None keeps what the folder
+    was started with (plain for a new one). `client_security()` and `environment()` tell
+    clients how to connect.
     """
 
     data_dir: Path
     port: int = 0
     heap_mb: int = 512
     process: subprocess.Popen[bytes] | None = None
+    secure: bool | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def _security_dir(self) -> Path:
+        return self.data_dir / "security"
+
+    def client_security(self) -> KafkaSecurity | None:
+        """How a client logs in as user `llmflow`; None for a plain broker."""
+        if not self.secure:
+            return None
+        return KafkaSecurity.model_validate(
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": SCRAM,
+                "sasl_username": CLIENT_USER,
+                "sasl_password": self._passwords()[CLIENT_USER],
+                "ssl_ca_location": BrokerCertificates.in_folder(self._security_dir).ca,
+            }
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The variables every llmflow command reads to reach this broker."""
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}
+        if security := self.client_security():
+            assert security.sasl_password is not None
+            env |= {
+                "KAFKA_SECURITY_PROTOCOL": security.security_protocol,
+                "KAFKA_SASL_MECHANISM": security.sasl_mechanism,
+                "KAFKA_SASL_USERNAME": str(security.sasl_username),
+                "KAFKA_SASL_PASSWORD": security.sasl_password.get_secret_value(),
+                "KAFKA_SSL_CA_LOCATION": str(security.ssl_ca_location),
+            }
+        return env
+
+    def _passwords(self) -> dict[str, str]:
+        """The SCRAM users' passwords, made at the folder's first secure start."""
+        path = self._security_dir / "users.json"
+        try:
+            users = json.loads(path.read_text(encoding="utf-8"))
+            return {name: str(users[name]) for name in (ADMIN_USER, CLIENT_USER)}
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BrokerError(f"{path} is damaged ({exc!r}); remove {self.data_dir}") from exc
+        if self._meta_properties.exists():
+            raise BrokerError(f"{path} is missing: the users of {self.data_dir} are lost")
+        users = {name: secrets.token_urlsafe(18) for name in (ADMIN_USER, CLIENT_USER)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(users, indent=2) + "\n", encoding="utf-8")
+        path.chmod(0o600)
+        return users
 
     def _write_config(self, controller_port: int) -> Path:
         settings = {
@@ -212,10 +284,36 @@ class LocalKafka:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir / "logs"),
             **_FAST_SETTINGS,
+            **(self._secure_settings(controller_port) if self.secure else {}),
         }
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         return path
+
+    def _secure_settings(self, controller_port: int) -> dict[str, str]:
+        """One SASL_SSL listener (the broker talks to itself on it as `admin`); the
+        controller stays on loopback PLAINTEXT."""
+        certs = BrokerCertificates.in_folder(self._security_dir)
+        if not certs.exist():
+            certs.create()
+        admin = self._passwords()[ADMIN_USER]
+        listener = f"SASL_SSL://127.0.0.1:{self.port}"
+        return {
+            "listeners": f"{listener},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": listener,
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{ADMIN_USER}" password="{admin}";'
+            ),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(certs.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(certs.ca),
+        }
 
     def _run_java(self, main_class: str, *args: str) -> list[str]:
         return [
@@ -247,6 +345,7 @@ class LocalKafka:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         state = self._state()
         self.port = state.port
+        self.secure = state.secure
         for port in {state.port, state.controller_port}:
             if not _port_is_free(port):
                 raise BrokerError(
@@ -283,16 +382,23 @@ class LocalKafka:
             controller_port = free_port()
             while controller_port == port:
                 controller_port = free_port()
-            return BrokerState(formatted_id or _cluster_id(), port, controller_port)
+            secure = bool(self.secure)
+            return BrokerState(formatted_id or _cluster_id(), port, controller_port, secure)
         if self.port and self.port != kept.port:
             raise BrokerError(
                 f"{self.data_dir} holds a broker on port {kept.port} (kept in {path}); "
                 f"start it without a port or with port {kept.port}, or use another data "
                 f"folder for port {self.port}"
             )
+        if self.secure is not None and self.secure != kept.secure:
+            kind = "a SASL_SSL" if kept.secure else "a plain"
+            raise BrokerError(
+                f"{self.data_dir} holds {kind} broker (kept in {path}); start it as it was, "
+                "or use another data folder"
+            )
         if formatted_id and formatted_id != kept.cluster_id:
             # The formatted storage is what the broker checks: believe it over the state file.
-            return BrokerState(formatted_id, kept.port, kept.controller_port)
+            return BrokerState(formatted_id, kept.port, kept.controller_port, kept.secure)
         return kept
 
     def _format(self, config: Path, cluster_id: str) -> None:
@@ -304,6 +410,7 @@ class LocalKafka:
                 f"--cluster-id={cluster_id}",
                 "-c",
                 str(config),
+                *self._scram_users(),
             ),
             capture_output=True,
             text=True,
@@ -312,13 +419,20 @@ class LocalKafka:
         if fmt.returncode != 0:
             raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
 
+    def _scram_users(self) -> list[str]:
+        """Users are made with the storage (KIP-900): the broker needs `admin` to start."""
+        if not self.secure:
+            return []
+        users = self._passwords().items()
+        return [f"--add-scram={SCRAM}=[name={name},password={pw}]" for name, pw in users]
+
     def _wait_ready(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 tail = (self.data_dir / "broker.log").read_text(errors="replace")[-3000:]
                 raise BrokerError(f"Kafka exited with code {self.process.returncode}:\n{tail}")
-            if broker_answers(self.bootstrap_servers):
+            if broker_answers(self.bootstrap_servers, self.client_security()):
                 return
             time.sleep(0.5)
         self.stop()
@@ -382,8 +496,8 @@ def _port_is_free(port: int) -> bool:
     return True
 
 
-def broker_answers(bootstrap_servers: str) -> bool:
-    """True when the broker serves metadata (not only an open port)."""
+def broker_answers(bootstrap_servers: str, security: KafkaSecurity | None = None) -> bool:
+    """True when the broker serves metadata (not only an open port); `security` to log in."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -393,7 +507,10 @@ def broker_answers(bootstrap_servers: str) -> bool:
     except OSError:
         return False
     try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=3000)
+        options = security.client_options() if security else {}
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers, request_timeout_ms=3000, **options
+        )
     except (KafkaError, OSError, ValueError):
         return False
     try:

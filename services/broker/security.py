@@ -9,7 +9,14 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -20,12 +27,11 @@ class KafkaSecurityError(ValueError):
     """The security settings are incomplete or name files that cannot be read."""
 
 
-class KafkaSecurity(BaseSettings):
-    """Every field reads `KAFKA_<FIELD>`, e.g. `KAFKA_SASL_USERNAME`."""
+class KafkaSecurity(BaseModel):
+    """How to connect; in the environment each field is `KAFKA_<FIELD>` (`kafka_security()`),
+    e.g. `KAFKA_SASL_USERNAME`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="KAFKA_", frozen=True, extra="ignore", use_attribute_docstrings=True
-    )
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     security_protocol: Protocol = "PLAINTEXT"
     """`PLAINTEXT`, `SSL` (TLS, optionally with a client certificate), `SASL_PLAINTEXT` or
@@ -133,10 +139,14 @@ class KafkaSecurity(BaseSettings):
         return faust.SSLCredentials(context) if context else None
 
 
+class _FromEnvironment(BaseSettings, KafkaSecurity):
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True, extra="ignore")
+
+
 def kafka_security() -> KafkaSecurity:
     """The settings in the environment now; one line naming the variables when they are wrong."""
     try:
-        return KafkaSecurity()
+        return _FromEnvironment()
     except ValidationError as exc:
         raise KafkaSecurityError(_one_line(exc)) from None
 

@@ -8,6 +8,8 @@ from contextlib import suppress
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from llmflow.services.broker.security import client_options
+
 # bootstrap servers, topic names, partitions, replication factor, topic configs
 #   -> partitions per topic
 EnsureTopics = Callable[[str, Iterable[str], int, int, Mapping[str, str] | None], dict[str, int]]
@@ -23,7 +25,9 @@ def ensure_topics(
     """Create the topics that do not exist yet (with topic `configs`, e.g. compaction);
     returns every topic's partition count."""
     wanted = sorted(set(names))
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="llmflow-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id="llmflow-admin", **client_options()
+    )
     try:
         missing = sorted(set(wanted) - set(admin.list_topics()))
         for name in missing:
@@ -39,7 +43,9 @@ def ensure_topics(
 
 def partition_counts(bootstrap_servers: str, names: Iterable[str]) -> dict[str, int]:
     """The partition count of each of `names` that exists (no topic is created)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="llmflow-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id="llmflow-admin", **client_options()
+    )
     try:
         present = sorted(set(names) & set(admin.list_topics()))
         described = admin.describe_topics(present) if present else []

@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
+from llmflow.services.broker.security import client_options
 from llmflow.services.orgdata.changes import Change, Rejected, Unchecked, decode, unchecked
 from llmflow.services.orgdata.store import (
     CHECKS_JSON,
@@ -118,6 +119,7 @@ class Materializer:
     async def _follow(self) -> None:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._servers,
+            **client_options(),
             client_id=self._client_id,
             group_id=None,
             enable_auto_commit=False,
@@ -204,7 +206,9 @@ class Materializer:
     async def _delete_retention(self, topics: list[str]) -> dict[str, float]:
         """Each topic's delete.retention.ms, in seconds; a topic the broker would not
         describe (no right to, an old broker) is left out."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, client_id=self._client_id)
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._servers, client_id=self._client_id, **client_options()
+        )
         found: dict[str, float] = {}
         try:
             await admin.start()

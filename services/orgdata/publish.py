@@ -24,6 +24,7 @@ import numpy as np
 from kafka import KafkaProducer
 from openai import AsyncOpenAI
 
+from llmflow.services.broker.security import client_options
 from llmflow.services.orgdata.changes import canonical_json
 from llmflow.services.orgdata.documents import (
     CHUNKS_FIELD,
@@ -137,6 +138,7 @@ def _publish(target: Target, table: str, values: Mapping[str, bytes], gone: list
         return
     producer = KafkaProducer(
         bootstrap_servers=target.bootstrap_servers,
+        **client_options(),
         client_id="llmflow-orgdata-load",
         transactional_id=f"llmflow-orgdata-{table}",
         max_request_size=target.max_record_bytes,

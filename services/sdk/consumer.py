@@ -12,6 +12,7 @@ from kafka import KafkaConsumer
 
 from llmflow.schemas.results import RESULT_ADAPTER
 from llmflow.schemas.results import Result as Result  # re-exported: callers annotate with it
+from llmflow.services.broker.security import client_options
 
 # Results remembered for de-duplication; redeliveries arrive within minutes, not millions.
 _REMEMBERED = 1_000_000
@@ -63,7 +64,7 @@ class ResultConsumer:
             "metadata_max_age_ms": 5000,
         }
         self._consumer = KafkaConsumer(
-            *topics, bootstrap_servers=bootstrap_servers, **(defaults | config)
+            *topics, bootstrap_servers=bootstrap_servers, **(defaults | client_options() | config)
         )
         self._seen: OrderedDict[str, None] = OrderedDict()
         # Polled but not yet handed out: a call that stops at its `limit` leaves the rest

@@ -8,6 +8,7 @@ from typing import Any
 from kafka import KafkaProducer
 
 from llmflow.schemas.events import AnyEvent
+from llmflow.services.broker.security import client_options
 
 
 class EventProducer:
@@ -20,7 +21,9 @@ class EventProducer:
             "linger_ms": 5,
             "client_id": "llmflow-producer",
         }
-        self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **(defaults | config))
+        self._producer = KafkaProducer(
+            bootstrap_servers=bootstrap_servers, **(defaults | client_options() | config)
+        )
 
     def send(self, topic: str, event: AnyEvent) -> Any:
         """Queue a validated event; returns kafka-python's future of the record metadata."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
+from llmflow.services.broker.security import client_options
 from llmflow.services.sdk.consumer import Result, parse_result
 
 
@@ -47,6 +48,7 @@ def read_with_bytes(
     do not exist read as empty."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap_servers,
+        **client_options(),
         group_id=None,
         enable_auto_commit=False,
         client_id="llmflow-compare",

@@ -31,6 +31,7 @@ from typing import Any
 from llmflow.errors import LlmflowError
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
+from llmflow.services.broker.security import client_options
 from llmflow.services.broker.topics import ensure_topics, partition_counts
 from llmflow.services.orgdata.publish import COMPACTED
 from llmflow.services.shadow.ranges import PartitionRange, resolve
@@ -240,12 +241,16 @@ class _Replay:
         group = options.group or replay_group(self.candidate, options)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=servers,
+            **client_options(),
             group_id=group,
             enable_auto_commit=False,
             max_poll_records=max(1, options.concurrency),
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=servers, acks="all", max_request_size=settings.max_record_bytes
+            bootstrap_servers=servers,
+            **client_options(),
+            acks="all",
+            max_request_size=settings.max_record_bytes,
         )
         metrics = Metrics()
         models = model_client(settings.models_config(), metrics.models)

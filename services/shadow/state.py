@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from llmflow.schemas.outputs import ModelCallResult
+from llmflow.services.broker.security import client_options
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,9 @@ class ReplayState:
         """Read the topic to its end (what a previous run of this replay left)."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **client_options()
+        )
         await consumer.start()
         try:
             tp = TopicPartition(self.topic, 0)

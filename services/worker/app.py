@@ -41,6 +41,7 @@ from prometheus_client import CollectorRegistry
 
 from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
+from llmflow.services.broker.security import kafka_security
 from llmflow.services.models.quotas import QuotaRegistry, share_of
 from llmflow.services.worker.budgets import SpendView, follow_changelog
 from llmflow.services.worker.commits import commit_only_what_was_acked
@@ -67,6 +68,7 @@ def create_app(settings: Settings) -> faust.App:
     return faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        broker_credentials=kafka_security().faust_credentials(),
         datadir=str(settings.data_dir / "faust"),
         store="memory://",
         web_enabled=False,

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmflow.services.broker.security import client_options
+
 Period = Literal["hour", "day", "month"]
 
 
@@ -70,6 +72,7 @@ async def follow_changelog(
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
+        **client_options(),
         group_id=None,  # every worker reads every partition
         enable_auto_commit=False,
         auto_offset_reset="earliest",

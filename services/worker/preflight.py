@@ -19,6 +19,8 @@ from aiokafka.conn import collect_hosts
 from aiokafka.errors import KafkaError
 from openai import AsyncOpenAI, DefaultAioHttpClient
 
+from llmflow.services.broker.login import login_problem
+from llmflow.services.broker.security import KafkaSecurityError, client_options, kafka_security
 from llmflow.services.models.probe import connection_reason, probe
 from llmflow.services.worker.settings import Settings
 from llmflow.topologies.spec import Topology
@@ -126,8 +128,15 @@ async def _endpoint_problem(endpoint: _Endpoint, timeout_s: float) -> str | None
     return f"{endpoint.url_setting}={endpoint.base_url}: {reason}"
 
 
+def broker_problem(servers: str, timeout_s: float = TIMEOUT_S) -> str | None:
+    """`_broker_problem` for callers without an event loop (the command line)."""
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        return runner.run(_broker_problem(servers, timeout_s))
+
+
 async def _broker_problem(servers: str, timeout_s: float) -> str | None:
-    """None when a broker of `servers` serves cluster metadata within `timeout_s`."""
+    """None when a broker of `servers` takes our login and serves cluster metadata within
+    `timeout_s`; else one line naming the setting to fix."""
     subject = f"KAFKA_BOOTSTRAP_SERVERS={servers}"
     try:
         hosts = [(host, port) for host, port, _ in collect_hosts(servers, randomize=False)]
@@ -140,6 +149,13 @@ async def _broker_problem(servers: str, timeout_s: float) -> str | None:
     found = zip(hosts, causes, strict=True)
     reachable = [_address(host, port) for (host, port), cause in found if cause is None]
     if reachable:
+        try:
+            security = kafka_security()
+        except KafkaSecurityError as exc:
+            return str(exc)
+        host, port = next((h, p) for (h, p), c in zip(hosts, causes, strict=True) if c is None)
+        if problem := await login_problem(host, port, security, deadline - loop.time()):
+            return problem
         cause = await _no_metadata(",".join(reachable), deadline - loop.time())
         if cause is None:
             return None
@@ -174,6 +190,7 @@ async def _no_metadata(servers: str, timeout_s: float) -> str | None:
         return "no time left to ask for metadata"
     client = AIOKafkaClient(
         bootstrap_servers=servers,
+        **client_options(),
         client_id="llmflow-preflight",
         request_timeout_ms=max(1, int(timeout_s * 1000)),
     )
@@ -184,7 +201,10 @@ async def _no_metadata(servers: str, timeout_s: float) -> str | None:
     except TimeoutError:
         return "the port is open, but no Kafka metadata came in time"
     except KafkaError:
-        return "the port is open, but does not answer as Kafka"
+        return (
+            "the port is open, but does not answer as Kafka (a secured listener? see "
+            "KAFKA_SECURITY_PROTOCOL)"
+        )
     finally:
         await client.close()
     return None

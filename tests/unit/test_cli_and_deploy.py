@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmflow.services import modelsim
+from llmflow.services import cli, modelsim
 from llmflow.services.cli import build_parser, main
 from llmflow.services.modelsim import cli as modelsim_cli
 
@@ -331,6 +331,7 @@ def test_produce_names_a_missing_image_and_warns_of_one_sent_as_a_file_url(
             sent.append((topic, event))
 
     monkeypatch.setattr(sdk, "EventProducer", Producer)
+    monkeypatch.setattr(cli, "_kafka", lambda settings: settings.kafka_bootstrap_servers)
     missing = tmp_path / "nope.jpg"
     assert main(["produce", "--topic", "t", "--key", "k", "--image", str(missing)]) == 2
     assert f"--image {missing}: No such file or directory" in capsys.readouterr().err

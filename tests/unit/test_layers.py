@@ -19,12 +19,12 @@ LAYERS: list[set[str]] = [
     {"llmflow.errors"},
     {"llmflow.schemas"},
     {"llmflow.topologies"},
+    {"llmflow.services.broker"},  # how every client reaches Kafka (security, topics)
     {
         "llmflow.services.models",
         "llmflow.services.images",
         "llmflow.services.orgdata",
         "llmflow.services.sdk",
-        "llmflow.services.broker",
     },
     {"llmflow.services.worker", "llmflow.services.modelsim"},
     {"llmflow.services.shadow"},  # runs the worker's pipeline on a candidate
