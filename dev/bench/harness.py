@@ -539,14 +539,14 @@ def start_workers(
 
 
 def quota_share(port: int) -> float | None:
-    """The worker's `llmflow_quota_share` gauge: its share of the input partitions."""
+    """The worker's `llmflow_quota_share_ratio` gauge: its share of the input partitions."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except (urllib.error.URLError, OSError):
         return None
     for line in text.splitlines():
-        if line.startswith("llmflow_quota_share "):
+        if line.startswith("llmflow_quota_share_ratio "):
             return float(line.split()[1])
     return None
 

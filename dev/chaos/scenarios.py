@@ -579,7 +579,7 @@ async def poison(suite: Suite) -> Row:
             if not x.event_id and "dead_letter" in kinds_by_source.get(x.source, ())
         )
         try:
-            share = total(scrape(worker.metrics_port), "llmflow_quota_share")
+            share = total(scrape(worker.metrics_port), "llmflow_quota_share_ratio")
         except OSError:
             share = 0.0
         alive = worker.child.alive() and worker.restarts == 0

@@ -165,6 +165,7 @@ class ModelClient:
             except ModelCallError as error:
                 attempts += error.attempts
                 if not error.endpoint_down:
+                    self._count_call(target, "failed")
                     raise  # a bad request stays bad on any endpoint
                 self._breaker.record_failure(target.key, error.kind)
                 failure = error
@@ -173,9 +174,11 @@ class ModelClient:
             attempts += used
             if n and self._metrics:
                 self._metrics.fallbacks.labels(call.name).inc()
+            self._count_call(target, "ok")
             return self._result(call, call_id, target, answer, attempts, repaired, started)
         assert failure is not None  # every call has at least one target
         failure.endpoints = tuple(dict.fromkeys(t.endpoint for t in call.targets))
+        self._count_call(call.targets[0], "failed")
         raise failure
 
     def reset_circuits(self, endpoints: tuple[str, ...]) -> None:
@@ -286,14 +289,14 @@ class ModelClient:
                 answer, headers = outcome
                 if quota is not None:
                     quota.observe_headers(headers)
-                self._count(target, "ok")
+                self._count_attempt(target, "ok")
                 return answer, requests
             failure = outcome
             # Out of the permit: the backoff below must not hold a concurrency slot.
             decision = decide(
                 failure, attempt, deadline - time.monotonic(), self._policy, call=call.name
             )
-            self._count(target, decision.reason)
+            self._count_attempt(target, decision.reason)
             if decision.delay_s is None:
                 raise ModelCallError(
                     call.name,
@@ -400,7 +403,11 @@ class ModelClient:
         if self._metrics:
             self._metrics.hedges.labels(model, outcome).inc()
 
-    def _count(self, target: Target, status: str) -> None:
+    def _count_attempt(self, target: Target, status: str) -> None:
+        if self._metrics:
+            self._metrics.attempts.labels(target.model, target.endpoint, status).inc()
+
+    def _count_call(self, target: Target, status: str) -> None:
         if self._metrics:
             self._metrics.calls.labels(target.model, target.endpoint, status).inc()
 

@@ -15,7 +15,15 @@ class ModelMetrics:
         r = registry
         self.calls = Counter(
             "llmflow_model_calls",
-            "Model call attempts by outcome (ok, http_429, timeout, ...; reused = paid before).",
+            "Model calls by result: ok, failed (after every retry and fallback), reused "
+            "(answered before a redelivery, not paid again).",
+            ["model", "endpoint", "status"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "llmflow_model_attempts",
+            "HTTP attempts of model calls by outcome (ok, http_429, timeout, ...): a call "
+            "that was retried counts once per attempt.",
             ["model", "endpoint", "status"],
             registry=r,
         )

@@ -252,7 +252,7 @@ class _Replay:
             acks="all",
             max_request_size=settings.max_record_bytes,
         )
-        metrics = Metrics()
+        metrics = Metrics(settings.labelled_tenants())
         models = model_client(settings.models_config(), metrics.models)
         models.quotas.set_share(options.quota_share)
         executor = ThreadPoolExecutor(settings.image_threads, thread_name_prefix="images")

@@ -399,9 +399,8 @@ def _count(metrics: Metrics, topology: str, result: Result, record_timestamp: fl
             if call.reused:
                 metrics.models.calls.labels(call.model, call.endpoint, "reused").inc()
             else:
-                metrics.cost.labels(call.model, result.tenant or result.event_key).inc(
-                    call.cost_usd
-                )
+                tenant = metrics.tenant(result.tenant or result.event_key)
+                metrics.cost.labels(call.model, tenant).inc(call.cost_usd)
     elif isinstance(result, DeadLetter):
         metrics.dead_letters.labels(topology, result.stage).inc()
     else:

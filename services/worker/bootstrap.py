@@ -40,6 +40,7 @@ from llmflow.services.worker.app import (
 )
 from llmflow.services.worker.budgets import Budget, SpendView
 from llmflow.services.worker.health import GroupMembership, Readiness
+from llmflow.services.worker.lag import ConsumerLag
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.orgdata import OrgDataSource, org_data
 from llmflow.services.worker.outage import OutageGate
@@ -197,7 +198,7 @@ def bootstrap(
         settings.topic_replication_factor,
         None,
     )
-    metrics = Metrics()
+    metrics = Metrics(settings.labelled_tenants())
     models = model_client(settings.models_config(), metrics.models)
     candidates = [spec.candidate for spec in specs if spec.candidate is not None]
     orgdata, follower = org(settings, [*specs, *candidates], ensure)
@@ -205,6 +206,8 @@ def bootstrap(
     spend = SpendView()
 
     app = create_app(settings)
+    # Read at scrape time from faust's consumer, which exists once the app has started.
+    metrics.registry.register(ConsumerLag(lambda: app.consumer if app.started else None))
     changelogs: dict[str, int] = {}
     marks: list[TableAnsweredMarks] = []
     gates: list[OutageGate] = []

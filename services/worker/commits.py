@@ -58,6 +58,13 @@ def reads(consumer: Any) -> dict[TP, set[int]]:
     return known
 
 
+def committed(consumer: Any, tp: TP) -> int | None:
+    """The group's commit of `tp` as this worker knows it: its own last commit, else the
+    floor read back at the assignment; None while neither is known."""
+    offset: int | None = getattr(consumer, "_committed_offset", {}).get(tp)
+    return offset if offset is not None else floors(consumer).get(tp)
+
+
 def _new_offset(self: Any, tp: TP) -> int | None:
     acked = self._acked[tp]
     if not acked:

@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from llmflow.services.models.metrics import SECONDS_BUCKETS, ModelMetrics
+
+# Tenants beyond those named share one series each: a label per customer would grow a
+# series per key the upstream sends.
+OTHER_TENANT = "other"
 
 
 class Metrics:
     """One registry per worker (tests create several in one process): the events, results
-    and budgets of the worker, and the metrics of its model calls (`models`)."""
+    and budgets of the worker, the metrics of its model calls (`models`) and of the process
+    (memory, CPU, open files, garbage collection).
 
-    def __init__(self) -> None:
+    `tenants` are the tenants that get a `tenant` label of their own (the budgeted ones and
+    `LLMFLOW_METRIC_TENANTS`); the rest are counted as `other`.
+    """
+
+    def __init__(self, tenants: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.tenants = frozenset(tenants)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.models = ModelMetrics(r)
         self.events_in = Counter(
             "llmflow_events_in", "Events taken from Kafka.", ["topology"], registry=r
@@ -71,7 +94,12 @@ class Metrics:
             registry=r,
         )
         self.quota_share = Gauge(
-            "llmflow_quota_share",
+            "llmflow_quota_share_ratio",
             "Share of the group's model quotas this worker holds.",
             registry=r,
         )
+
+    def tenant(self, tenant: str) -> str:
+        """The `tenant` label of `tenant` (as budgets name it: the event's tenant, else its
+        key): its name when configured, else `other`."""
+        return tenant if tenant in self.tenants else OTHER_TENANT

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     """USD per million tokens per model, as JSON; replaces the defaults when set."""
     budgets: dict[str, Budget] = Field(default_factory=dict)
     """Per-tenant budgets, as JSON, e.g. `{"acme": {"usd": 5, "period": "day"}}`."""
+    metric_tenants: list[str] = Field(default_factory=list)
+    """Tenants whose cost gets a `tenant` label of its own in `llmflow_cost_usd_total`, as
+    JSON, e.g. `["acme", "globex"]`; budgeted tenants always do, every other one is
+    counted as `other` (one series per customer would grow without bound)."""
+
+    def labelled_tenants(self) -> set[str]:
+        return set(self.metric_tenants) | set(self.budgets)
+
     breaker_failures: int = Field(default=5, ge=1)
     """Consecutive failures that open an endpoint's circuit (calls go to fallbacks)."""
     breaker_cooldown_s: float = Field(default=30.0, gt=0)

@@ -52,7 +52,7 @@ def wait_until_all_assigned(ports: list[int], timeout_s: float = 120.0) -> None:
     shares: list[float] = []
     while time.monotonic() < deadline:
         try:
-            shares = [total(scrape(port), "llmflow_quota_share") for port in ports]
+            shares = [total(scrape(port), "llmflow_quota_share_ratio") for port in ports]
         except OSError:
             shares = []  # a worker not serving metrics yet
         if shares and all(share > 0 for share in shares):

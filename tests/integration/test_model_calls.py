@@ -97,12 +97,27 @@ def test_rate_limits_and_server_errors_are_retried_until_every_event_is_answered
     assert total(metrics, "llmflow_dead_letters_total") == 0
     assert total(metrics, "llmflow_model_retries_total", reason="http_429") == statuses[429]
     assert total(metrics, "llmflow_model_retries_total", reason="http_500") == statuses[500]
-    assert total(metrics, "llmflow_model_calls_total", status="ok") == statuses[200] == 1500
+    assert total(metrics, "llmflow_model_attempts_total", status="ok") == statuses[200] == 1500
+    assert total(metrics, "llmflow_model_calls_total", status="ok") == 1500
+    retried = statuses[429] + statuses[500]
+    assert total(metrics, "llmflow_model_attempts_total") == 1500 + retried
     tokens_in = sum(o.totals.tokens_in for o in outputs)
     assert total(metrics, "llmflow_tokens_total", direction="in") == tokens_in
     cost = sum(o.totals.cost_usd for o in outputs)
     assert total(metrics, "llmflow_cost_usd_total") == pytest.approx(cost)
     assert total(metrics, "llmflow_model_call_seconds_count") == 1500
+    # Consumer lag per input partition: there, and back to 0 once everything is committed.
+    deadline = time.monotonic() + 30
+    while True:
+        lags = {
+            dict(labels)["partition"]: value
+            for (name, labels), value in scrape(port).items()
+            if name == "llmflow_consumer_lag" and dict(labels)["topic"] == spec["input_topic"]
+        }
+        if (len(lags) == 4 and sum(lags.values()) == 0) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert lags == {str(p): 0 for p in range(4)}
     assert total(metrics, "llmflow_in_flight_events") == 0
     _figures(
         capsys,

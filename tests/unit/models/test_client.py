@@ -123,6 +123,27 @@ async def test_retries_429_until_answered(endpoints: Factory) -> None:
     attempts = sum(r.attempts for r in results)
     assert attempts == await _count(server) > 20
     assert metrics.retries.labels("m1", "http_429")._value.get() == attempts - 20
+    # Calls and attempts are counted apart: 20 calls, one per event, however often retried.
+    assert metrics.calls.labels("m1", "default", "ok")._value.get() == 20
+    assert metrics.attempts.labels("m1", "default", "ok")._value.get() == 20
+    assert metrics.attempts.labels("m1", "default", "http_429")._value.get() == attempts - 20
+
+
+async def test_a_failed_call_counts_once_with_every_attempt_apart(endpoints: Factory) -> None:
+    broken, server = await endpoints(rate_500=1.0)
+    metrics = ModelMetrics(CollectorRegistry())
+    client = ModelClient(
+        {"default": broken},
+        policy=RetryPolicy(max_attempts=3, base_delay_s=0.01),
+        breaker=CircuitBreaker(failure_threshold=10, cooldown_s=60),
+        metrics=metrics,
+    )
+    with pytest.raises(ModelCallError):
+        await run(client, _call())
+    assert await _count(server) == 3
+    assert metrics.calls.labels("m1", "default", "failed")._value.get() == 1
+    assert metrics.calls.labels("m1", "default", "ok")._value.get() == 0
+    assert metrics.attempts.labels("m1", "default", "http_500")._value.get() == 3
 
 
 async def test_structured_answer_repaired_or_refused(endpoints: Factory) -> None:
