@@ -120,9 +120,11 @@ def _set_image(container: Object, image: Object) -> None:
 
 
 def _split_image(reference: str) -> tuple[str, str]:
-    match = re.fullmatch(r"(.+?)((?::[\w][\w.-]*)?(?:@sha256:[0-9a-f]+)?)", reference)
-    assert match is not None
-    return match.group(1), match.group(2)
+    """`registry:5000/name:tag@digest` -> (`registry:5000/name`, `:tag@digest`)."""
+    path, slash, last = reference.rpartition("/")
+    match = re.fullmatch(r"([^:@]+)(.*)", last)
+    assert match is not None, reference
+    return f"{path}{slash}{match.group(1)}", match.group(2)
 
 
 def pod_spec(obj: Object) -> Object | None:

@@ -39,26 +39,35 @@ KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-5
 PARSERS = {"llmflow": build_parser, "llmflow-modelsim": modelsim_cli.build_parser}
 
 
-def setting_names(settings: type[BaseSettings]) -> set[str]:
-    """The environment variables a settings class reads: its aliases where it declares
-    them (pydantic-settings then ignores the prefixed name), else prefix + field name."""
+def variables(settings: type[BaseSettings]) -> dict[str, set[str]]:
+    """Field -> the environment variables it reads: its aliases where it declares them
+    (pydantic-settings then ignores the prefixed name), else prefix + field name."""
     prefix = settings.model_config.get("env_prefix", "")
-    names: set[str] = set()
+    found = {}
     for name, field in settings.model_fields.items():
         alias = field.validation_alias
         if alias is None:
-            names.add(f"{prefix}{name}".upper())
+            found[name] = {f"{prefix}{name}".upper()}
         elif isinstance(alias, str):
-            names.add(alias)
+            found[name] = {alias}
         else:
-            names |= {c for c in getattr(alias, "choices", ()) if isinstance(c, str)}
-    return names
+            found[name] = {c for c in getattr(alias, "choices", ()) if isinstance(c, str)}
+    return found
+
+
+def setting_names(settings: type[BaseSettings]) -> set[str]:
+    return set().union(*variables(settings).values())
 
 
 def secret_names(settings: type[BaseSettings]) -> set[str]:
-    """The variables of a settings class whose values are secrets (`SecretStr` fields)."""
-    secret = {n for n, f in settings.model_fields.items() if SecretStr in _types(f.annotation)}
-    return {v for v in setting_names(settings) if any(v.lower().endswith(n) for n in secret)}
+    """The variables whose values are secrets (`SecretStr` fields)."""
+    fields = settings.model_fields
+    return {
+        variable
+        for name, names in variables(settings).items()
+        if SecretStr in _types(fields[name].annotation)
+        for variable in names
+    }
 
 
 def _types(annotation: Any) -> set[Any]:
