@@ -139,14 +139,16 @@ class KafkaSecurity(BaseModel):
         return faust.SSLCredentials(context) if context else None
 
 
-class _FromEnvironment(BaseSettings, KafkaSecurity):
+class KafkaSecuritySettings(BaseSettings, KafkaSecurity):
+    """`KafkaSecurity` read from `KAFKA_<FIELD>` variables."""
+
     model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True, extra="ignore")
 
 
 def kafka_security() -> KafkaSecurity:
     """The settings in the environment now; one line naming the variables when they are wrong."""
     try:
-        return _FromEnvironment()
+        return KafkaSecuritySettings()
     except ValidationError as exc:
         raise KafkaSecurityError(_one_line(exc)) from None
 

@@ -40,7 +40,6 @@ from llmflow.services.worker.app import (
 )
 from llmflow.services.worker.budgets import Budget, SpendView
 from llmflow.services.worker.health import GroupMembership, Readiness
-from llmflow.services.worker.lag import ConsumerLag
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.orgdata import OrgDataSource, org_data
 from llmflow.services.worker.outage import OutageGate
@@ -207,7 +206,7 @@ def bootstrap(
 
     app = create_app(settings)
     # Read at scrape time from faust's consumer, which exists once the app has started.
-    metrics.registry.register(ConsumerLag(lambda: app.consumer if app.started else None))
+    metrics.lag.follow(lambda: app.consumer if app.started else None)
     changelogs: dict[str, int] = {}
     marks: list[TableAnsweredMarks] = []
     gates: list[OutageGate] = []

@@ -14,10 +14,14 @@ from llmflow.services.worker.commits import committed
 
 
 class ConsumerLag(Collector):
-    """One series per assigned partition whose end and commit are known. `consumer` returns
-    faust's consumer, or None before the worker has one."""
+    """One series per assigned partition whose end and commit are known, once `follow` has
+    said where faust's consumer is."""
 
-    def __init__(self, consumer: Callable[[], Any | None]) -> None:
+    def __init__(self) -> None:
+        self._consumer: Callable[[], Any | None] = lambda: None
+
+    def follow(self, consumer: Callable[[], Any | None]) -> None:
+        """`consumer` returns faust's consumer, or None before the worker has one."""
         self._consumer = consumer
 
     def collect(self) -> Iterator[Metric]:

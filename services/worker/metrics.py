@@ -15,6 +15,7 @@ from prometheus_client import (
 )
 
 from llmflow.services.models.metrics import SECONDS_BUCKETS, ModelMetrics
+from llmflow.services.worker.lag import ConsumerLag
 
 # Tenants beyond those named share one series each: a label per customer would grow a
 # series per key the upstream sends.
@@ -38,6 +39,8 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
         self.models = ModelMetrics(r)
+        self.lag = ConsumerLag()
+        r.register(self.lag)
         self.events_in = Counter(
             "llmflow_events_in", "Events taken from Kafka.", ["topology"], registry=r
         )

@@ -15,7 +15,7 @@ import pytest
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
-from llmflow.services.broker.security import KafkaSecurity
+from llmflow.services.broker.security import KafkaSecurity, KafkaSecuritySettings
 from llmflow.services.cli import build_parser
 from llmflow.services.modelsim import SimulatorConfig, make_app
 from llmflow.services.modelsim import cli as modelsim_cli
@@ -75,8 +75,8 @@ def _types(annotation: Any) -> set[Any]:
     return {annotation} if args is None else {t for a in args for t in _types(a)}
 
 
-SETTINGS = setting_names(Settings) | setting_names(KafkaSecurity)
-SECRETS = secret_names(Settings) | secret_names(KafkaSecurity)
+SETTINGS = setting_names(Settings) | setting_names(KafkaSecuritySettings)
+SECRETS = secret_names(Settings) | secret_names(KafkaSecuritySettings)
 
 
 @dataclass
@@ -280,7 +280,7 @@ def _check_kafka_security(rendered: Rendered, trigger: Object) -> None:
     given = {
         name.removeprefix("KAFKA_").lower(): value
         for name, value in rendered.settings.items()
-        if name in setting_names(KafkaSecurity)
+        if name in setting_names(KafkaSecuritySettings)
     }
     stand_ins = {"sasl_username": "from-the-secret", "sasl_password": "from-the-secret"}
     security = KafkaSecurity.model_validate(stand_ins | given)
@@ -332,7 +332,7 @@ def test_every_variable_is_a_setting_and_the_values_parse(
             for name, value in env.items():
                 monkeypatch.setenv(name, value)
             Settings()
-            KafkaSecurity()
+            KafkaSecuritySettings()
 
 
 def test_secrets_come_only_from_secret_references(rendered: Rendered) -> None:

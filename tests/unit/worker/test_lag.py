@@ -8,7 +8,7 @@ from faust.types import TP
 from prometheus_client import generate_latest
 
 from llmflow.services.worker.commits import floors
-from llmflow.services.worker.lag import ConsumerLag, partition_lags
+from llmflow.services.worker.lag import partition_lags
 from llmflow.services.worker.metrics import Metrics
 
 IN0, IN1, IN2 = TP("support.tickets", 0), TP("support.tickets", 1), TP("support.tickets", 2)
@@ -61,7 +61,7 @@ def test_the_series_appear_in_the_exposition() -> None:
     floors(consumer).update({IN0: 100, IN2: 50})
     metrics = Metrics()
     holder: dict[str, Any] = {"consumer": None}
-    metrics.registry.register(ConsumerLag(lambda: holder["consumer"]))
+    metrics.lag.follow(lambda: holder["consumer"])
     assert "llmflow_consumer_lag{" not in generate_latest(metrics.registry).decode()
     holder["consumer"] = consumer
     text = generate_latest(metrics.registry).decode()
