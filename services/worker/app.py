@@ -43,6 +43,7 @@ from llmflow.schemas.dead_letter import DeadLetter
 from llmflow.schemas.outputs import Output
 from llmflow.services.broker.security import kafka_security
 from llmflow.services.models.quotas import QuotaRegistry, share_of
+from llmflow.services.worker import tracing
 from llmflow.services.worker.budgets import SpendView, follow_changelog
 from llmflow.services.worker.commits import commit_only_what_was_acked
 from llmflow.services.worker.health import GroupMembership, Readiness, health_app, serve
@@ -183,8 +184,11 @@ def agent_body(
     once the endpoint answers; after `max_holds` such waits it is dead-lettered (an event
     that fails on an endpoint that answers everyone else is, after all, the event's fault).
     A sampled event is also answered by the `shadow` candidate, on its own (see `shadow`).
+    Each event has a span (with the pipeline's tracer), and its results carry the trace
+    context (see `tracing`).
     """
     name = pipeline.topology.name
+    tracer = pipeline.tracer
 
     async def answer(value: bytes | None, message: Any) -> bool:
         """Handle one record; False when it was answered before and is skipped."""
@@ -201,14 +205,17 @@ def agent_body(
         key = message.key
         meta = SourceMeta(message.topic, message.partition, message.offset, len(key or b""))
         metrics.in_flight.labels(name).inc()
-        if shadow is not None:
-            shadow.offer(value, key, meta)  # runs on its own: the event never waits for it
-        try:
-            result = await handle_through_outages(pipeline, value, meta, gate, max_holds)
-            await _publish(result, key, sinks)
-        finally:
-            metrics.in_flight.labels(name).dec()
-        await answered.mark(message.partition, message.offset)  # durable before the ack
+        with tracing.event_span(tracer, pipeline.topology, message) as span:
+            if shadow is not None:
+                shadow.offer(value, key, meta)  # runs on its own: the event never waits for it
+            try:
+                result = await handle_through_outages(pipeline, value, meta, gate, max_holds)
+                tracing.end_event(span, result)
+                with tracing.publish_span(tracer, result, message.headers) as headers:
+                    await _publish(result, key, sinks, headers)
+            finally:
+                metrics.in_flight.labels(name).dec()
+            await answered.mark(message.partition, message.offset)  # durable before the ack
         _count(metrics, name, result, message.timestamp)
         return True
 
@@ -424,7 +431,10 @@ def _routed(output: Output, route: str, fields: dict[str, str] | None) -> bytes 
     return project(output, route, fields).model_dump_json().encode() if fields else None
 
 
-async def _publish(result: Result, key: bytes | None, sinks: _Sinks) -> None:
+async def _publish(
+    result: Result, key: bytes | None, sinks: _Sinks, trace: dict[str, bytes]
+) -> None:
+    """Send `result` (and its routed copies), each record with the `trace` headers."""
     value = result.model_dump_json().encode()
     if isinstance(result, Output):
         # Routed copies first: every record is acked before the offset can commit, and
@@ -433,11 +443,11 @@ async def _publish(result: Result, key: bytes | None, sinks: _Sinks) -> None:
             await sinks.routes[name].send(
                 key=key,
                 value=_routed(result, name, sinks.projections.get(name)) or value,
-                headers={"llmflow.route": name.encode()},
+                headers={**trace, "llmflow.route": name.encode()},
             )
             for name in result.routes
         ]
-        delivery = await sinks.outputs.send(key=key, value=value)
+        delivery = await sinks.outputs.send(key=key, value=value, headers=trace or None)
         for copy in routed:
             await copy
     elif isinstance(result, DeadLetter):
@@ -449,12 +459,13 @@ async def _publish(result: Result, key: bytes | None, sinks: _Sinks) -> None:
             result.message,
         )
         headers = {
+            **trace,
             "llmflow.error.stage": result.stage.encode(),
             "llmflow.error.kind": result.error_kind.encode(),
         }
         delivery = await sinks.dead_letters.send(key=key, value=value, headers=headers)
     else:
         log.info("parked event=%s: %s", result.event_id, result.message)
-        headers = {"llmflow.parked": result.reason.encode()}
+        headers = {**trace, "llmflow.parked": result.reason.encode()}
         delivery = await sinks.parked.send(key=key, value=value, headers=headers)
     await delivery  # the broker acked the result before this event's offset can commit

@@ -7,6 +7,7 @@ components never build each other, so each can be tested with small fakes of the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from opentelemetry.trace import Tracer
 
 from llmflow.errors import ConfigError
 from llmflow.services.broker.topics import EnsureTopics, ensure_topics
@@ -25,6 +27,7 @@ from llmflow.services.models.quotas import QuotaRegistry
 from llmflow.services.orgdata.materializer import Materializer
 from llmflow.services.orgdata.search import Retriever
 from llmflow.services.orgdata.store import OrgDataStore
+from llmflow.services.worker import tracing
 from llmflow.services.worker.app import (
     Tables,
     add_agent,
@@ -89,6 +92,7 @@ def build_pipeline(
     paid: PaidCalls | None,
     budgets: Budgets,
     worker_id: str | None = None,
+    tracer: Tracer = tracing.NO_TRACER,
 ) -> Pipeline:
     """A pipeline for `topology` on this worker's clients (a replay builds its own too)."""
     return Pipeline(
@@ -103,6 +107,7 @@ def build_pipeline(
         max_record_bytes=settings.max_record_bytes,
         passages=Retriever(orgdata),
         collections=orgdata.collections,
+        tracer=tracer,
     )
 
 
@@ -190,6 +195,8 @@ def bootstrap(
             problem = shadow_topic_problem(topic, taken, settings.orgdata_topic_prefix)
             if problem:
                 raise ConfigError(f"topology {spec.name}: {problem}")
+    traces = tracing.configure_tracing()  # None unless the OTEL_* variables ask for it
+    tracer = tracing.tracer_of(traces)
     partitions = ensure(
         settings.kafka_bootstrap_servers,
         [topic for spec in specs for topic in [*spec.topics, *_shadow_topics(spec)]],
@@ -241,6 +248,7 @@ def bootstrap(
                 executor=executor,
                 paid=paid,
                 budgets=budgets,
+                tracer=tracer,
             )
 
         pipeline = pipeline_of(spec, budgets)
@@ -284,6 +292,8 @@ def bootstrap(
         executor.shutdown(wait=False, cancel_futures=True)
         follower.stop()
         orgdata.close()
+        if traces is not None:  # exports the spans still queued (a blocking call)
+            await asyncio.to_thread(traces.shutdown)
 
     close_on_shutdown(app, close)
     log.warning(

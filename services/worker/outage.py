@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import Gauge
 
 from llmflow.services.models.probe import ProbeResult
+from llmflow.services.worker import tracing
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, Result, SourceMeta
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ async def handle_through_outages(
             return await pipeline.handle(value, meta)
         except EndpointDown as down:
             if gate is None or holds >= max_holds:
+                tracing.record_failure(down, down.dead_letter)
                 return down.dead_letter
             holds += 1
             await gate.hold(down.reason, down.endpoints)

@@ -12,6 +12,8 @@ One failure is not the event's: a model endpoint that is down. That raises `Endp
 Every result fits in one Kafka record (`max_record_bytes`): a dead letter carries the event's
 original bytes only while it stays under that size.
 Model calls, org data, paid answers and budgets come in through the protocols of `ports`.
+With a tracer, each stage (images, org data, retrieval, each model call) has its span, and a
+failure is recorded on the current span, the event's (see `tracing`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any, Final, TypeVar
 import numpy as np
 import pydantic_core
 from jinja2 import TemplateError
+from opentelemetry.trace import Tracer
 from pydantic import ValidationError
 
 from llmflow.errors import LlmflowError
@@ -51,6 +54,7 @@ from llmflow.services.images.fetch import decode_inline, load_image_bytes
 from llmflow.services.images.prepare import ImageError, ImageLimits, PreparedImage, prepare_image
 from llmflow.services.models.client import ModelCallError, call_id
 from llmflow.services.orgdata.store import OrgDataError, OrgRecord
+from llmflow.services.worker import tracing
 from llmflow.services.worker.ports import (
     Budgets,
     ModelRunner,
@@ -239,8 +243,10 @@ class Pipeline:
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         passages: Passages | None = None,
         collections: Mapping[str, Collection] | None = None,
+        tracer: Tracer = tracing.NO_TRACER,
     ) -> None:
         self.topology = topology
+        self.tracer = tracer
         if topology.retrieval is not None and passages is None:
             raise LlmflowError(f"topology {topology.name} retrieves: the pipeline needs passages")
         self._passages = passages
@@ -292,6 +298,7 @@ class Pipeline:
                 cause = reported.__cause__
                 if isinstance(cause, ModelCallError) and cause.endpoint_down:
                     raise EndpointDown(reported.message, cause.endpoints, letter) from None
+                tracing.record_failure(cause or reported, letter)
                 return letter
             log.error(
                 "%s: unexpected error at stage %s for %s[%d]@%d",
@@ -302,9 +309,11 @@ class Pipeline:
                 source.offset,
                 exc_info=exc,
             )
-            return self._dead_letter(
+            letter = self._dead_letter(
                 raw, source, event, progress.stage, "internal_error", _exception_text(reported)
             )
+            tracing.record_failure(reported, letter)
+            return letter
 
     def _record_budget(self, source: SourceMeta) -> int:
         """Bytes a result's serialized value may take."""
@@ -433,7 +442,10 @@ class Pipeline:
         retrieved = None
         if self.topology.retrieval is not None:
             progress.stage = "retrieve"
-            retrieved, context["docs"] = await self._retrieve(event, tenant, context)
+            with tracing.span(self.tracer, "retrieve") as span:
+                retrieved, context["docs"] = await self._retrieve(event, tenant, context)
+                span.set_attribute("llmflow.retrieval.collection", retrieved.collection)
+                span.set_attribute("llmflow.retrieval.passages", len(retrieved.passages))
         progress.stage = "model"
         steps = await self._run_calls(event.id, tenant, context, image_urls)
         results = [step for step in steps if isinstance(step, ModelCallResult)]
@@ -495,13 +507,15 @@ class Pipeline:
         if not refs:
             return []
         loop = asyncio.get_running_loop()
-        jobs = [loop.run_in_executor(self._executor, self._prepare_one, ref) for ref in refs]
-        try:
-            return list(await asyncio.gather(*jobs))
-        # Anything else (a null byte in a file path, a symlink loop) is unexpected: the
-        # error boundary of `handle` makes it an `internal_error` of stage `image`.
-        except ImageError as exc:
-            raise StageFailure("image", exc.kind, str(exc)) from exc
+        with tracing.span(self.tracer, "prepare images") as span:
+            span.set_attribute("llmflow.images", len(refs))
+            jobs = [loop.run_in_executor(self._executor, self._prepare_one, ref) for ref in refs]
+            try:
+                return list(await asyncio.gather(*jobs))
+            # Anything else (a null byte in a file path, a symlink loop) is unexpected: the
+            # error boundary of `handle` makes it an `internal_error` of stage `image`.
+            except ImageError as exc:
+                raise StageFailure("image", exc.kind, str(exc)) from exc
 
     def _prepare_one(self, ref: ImageRef) -> PreparedImage:
         """Runs in a worker thread: fetch or decode the bytes, then prepare them."""
@@ -517,9 +531,12 @@ class Pipeline:
         if spec is None:
             return None, None
         key = event.key if spec.key_from == "key" else event.source
-        record = self._orgdata.get(spec.table, key) if self._orgdata else None
-        if record is None and spec.required:
-            raise StageFailure("enrich", "record_not_found", f"no {spec.table} record {key!r}")
+        with tracing.span(self.tracer, "enrich") as span:
+            record = self._orgdata.get(spec.table, key) if self._orgdata else None
+            span.set_attribute("llmflow.orgdata.table", spec.table)
+            span.set_attribute("llmflow.orgdata.found", record is not None)
+            if record is None and spec.required:
+                raise StageFailure("enrich", "record_not_found", f"no {spec.table} record {key!r}")
         return record, OrgRecordRef(
             table=spec.table,
             key=key,
@@ -676,18 +693,21 @@ class Pipeline:
         one start at once and the event waits for every record at the group's end. (The
         records go to the event's partition in order: one that is stored has the answers
         it was made from stored before it.)"""
-        if self._paid is not None and (paid := self._paid.get(call_id)) is not None:
-            return paid.model_copy(update={"reused": True, "attempts": 0, "latency_ms": 0.0})
-        result = await self._models.run(
-            call, call_id=call_id, system=system, user=user, image_urls=image_urls
-        )
-        if self._paid is not None:
-            if storing is None:
-                await self._paid.put(result)  # durable before the event can go on
+        with tracing.model_span(self.tracer, call, call_id) as span:
+            if self._paid is not None and (paid := self._paid.get(call_id)) is not None:
+                result = paid.model_copy(update={"reused": True, "attempts": 0, "latency_ms": 0.0})
             else:
-                storing.create_task(self._paid.put(result))
-        if self._budgets is not None:
-            self._budgets.charge(tenant, result.cost_usd)
+                result = await self._models.run(
+                    call, call_id=call_id, system=system, user=user, image_urls=image_urls
+                )
+                if self._paid is not None:
+                    if storing is None:
+                        await self._paid.put(result)  # durable before the event can go on
+                    else:
+                        storing.create_task(self._paid.put(result))
+                if self._budgets is not None:
+                    self._budgets.charge(tenant, result.cost_usd)
+            tracing.end_call(span, result)
         return result
 
     def _render(self, call: ModelCall, context: dict[str, Any]) -> tuple[str | None, str]:

@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 from llmflow.schemas.outputs import Output
+from llmflow.services.worker import tracing
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.pipeline import EndpointDown, Pipeline, SourceMeta
 from llmflow.services.worker.ports import Budgets, OverBudget
@@ -122,14 +123,23 @@ class ShadowRun:
             if self._budget is not None and self._budget.over_budget(self._budget.label):
                 outcome = "over_budget"
                 return
-            try:
-                result = await self.pipeline.handle(value, meta)
-            except EndpointDown:
-                outcome = "endpoint_down"  # the live version waits for it; not the shadow
-                return
-            headers = {SHADOW_HEADER: self.pipeline.topology.version.encode()}
-            payload = result.model_dump_json().encode()
-            await (await self._sink.send(key=key, value=payload, headers=headers))
+            # A span of its own, in the live event's trace: the shadow's failures are not
+            # the live event's.
+            tracer = self.pipeline.tracer
+            with tracing.span(tracer, f"shadow {self._labels[0]}") as span:
+                span.set_attribute("llmflow.topology.version", self._labels[1])
+                try:
+                    result = await self.pipeline.handle(value, meta)
+                except EndpointDown:
+                    outcome = "endpoint_down"  # the live version waits for it; not the shadow
+                    return
+                tracing.end_event(span, result)
+                headers = {
+                    **tracing.trace_headers(tracer, None),
+                    SHADOW_HEADER: self.pipeline.topology.version.encode(),
+                }
+                payload = result.model_dump_json().encode()
+                await (await self._sink.send(key=key, value=payload, headers=headers))
             outcome = result.record_type
             if isinstance(result, Output):
                 cost = sum(call.cost_usd for call in result.model_calls if not call.reused)

@@ -615,8 +615,11 @@ class FakeStream:
     """Yields its events; `resumed` counts how often the agent came back for the next one
     (where faust acks the previous event)."""
 
-    def __init__(self, values: list[bytes | None]) -> None:
+    def __init__(
+        self, values: list[bytes | None], headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         self.values = values
+        self.headers = headers or []  # every record's
         self.resumed = 0
 
     def as_stream(self) -> Any:
@@ -625,7 +628,12 @@ class FakeStream:
     async def events(self) -> AsyncIterator[Any]:
         for offset, value in enumerate(self.values):
             message = SimpleNamespace(
-                topic="in", partition=3, offset=offset, key=b"k", timestamp=time.time()
+                topic="in",
+                partition=3,
+                offset=offset,
+                key=b"k",
+                timestamp=time.time(),
+                headers=self.headers,
             )
             yield SimpleNamespace(value=value, message=message)
             self.resumed += 1
