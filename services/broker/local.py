@@ -287,6 +287,7 @@ class LocalKafka:
             **(self._secure_settings(controller_port) if self.secure else {}),
         }
         path = self.data_dir / "server.properties"
+        path.touch(mode=0o600)  # a secure broker's file holds its admin password
         path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         return path
 
