@@ -288,6 +288,7 @@ class LocalKafka:
         }
         path = self.data_dir / "server.properties"
         path.touch(mode=0o600)  # a secure broker's file holds its admin password
+        path.chmod(0o600)
         path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         return path
 
