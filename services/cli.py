@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import signal
@@ -13,9 +12,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from llmflow.errors import LlmflowError
+from llmflow.logs import LEVELS, setup_logging
+
+# The broker address every command uses unless told otherwise (KAFKA_BOOTSTRAP_SERVERS),
+# and so the port `kafka start` listens on.
+KAFKA_PORT = 9092
 
 
 def _kafka(settings: Any) -> str:
@@ -31,10 +35,25 @@ def _kafka(settings: Any) -> str:
 
 
 def _settings(**overrides: Any) -> Any:
+    from pydantic import ValidationError
+
     from llmflow.services.worker.settings import Settings
 
     # Settings are frozen: command-line values are folded in at construction.
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        # One line per wrong setting, named as it is set: by its environment variable
+        # (a field's name is its LLMFLOW_ variable; an alias is the variable itself).
+        problems = [
+            f"{_variable(str(error['loc'][0]))}: {error['msg']}" if error["loc"] else error["msg"]
+            for error in exc.errors()
+        ]
+        raise LlmflowError("; ".join(problems)) from exc
+
+
+def _variable(name: str) -> str:
+    return name if name.isupper() else f"LLMFLOW_{name.upper()}"
 
 
 # --- kafka -------------------------------------------------------------------------------
@@ -48,12 +67,22 @@ def cmd_kafka_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_kafka_start(args: argparse.Namespace) -> int:
-    from llmflow.services.broker.local import LocalKafka
+    from llmflow.services.broker.local import LocalKafka, kept_port, port_is_free
 
-    # A folder started before keeps its cluster, records and port (see LocalKafka.start).
-    broker = LocalKafka(Path(args.data_dir), port=args.port).start()
+    data_dir = Path(args.data_dir)
+    kept = kept_port(data_dir)
+    # A folder started before keeps its cluster, records and port (see LocalKafka.start):
+    # with no --port it comes back where it was; a new folder takes the port every other
+    # command expects unless told otherwise (0: any free port).
+    port = args.port if args.port is not None else (kept or KAFKA_PORT)
+    if kept is None and port and not port_is_free(port):
+        raise LlmflowError(
+            f"port {port} is in use (another Kafka broker?): stop it, or start with --port 0 "
+            "for a free port"
+        )
+    broker = LocalKafka(data_dir, port=port).start()
     try:
-        print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+        print(f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
         _wait_for_signal()
     finally:
         broker.stop()
@@ -79,8 +108,12 @@ def _wait_for_signal() -> None:
 def cmd_topology_validate(args: argparse.Namespace) -> int:
     from llmflow.topologies.loader import TopologyError, load_topology
 
-    failed = 0
+    failed = missing = 0
     for path in args.files:
+        if not Path(path).is_file():
+            missing += 1
+            print(f"llmflow: error: {_not_a_file(Path(path))}", file=sys.stderr)
+            continue
         try:
             topology = load_topology(path)
         except TopologyError as exc:
@@ -96,7 +129,7 @@ def cmd_topology_validate(args: argparse.Namespace) -> int:
             f"{path}: ok - {topology.name} v{topology.version}: "
             f"{topology.input_topic} -> [{calls}] -> {topology.output_topic}{routes}"
         )
-    return 1 if failed else 0
+    return 2 if missing else 1 if failed else 0
 
 
 # --- worker --------------------------------------------------------------------------------
@@ -106,7 +139,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from llmflow.services.worker.preflight import preflight
     from llmflow.topologies.loader import load_topology
 
-    settings = _settings(app_id=args.app_id, concurrency=args.concurrency)
+    settings = _settings(**{field: getattr(args, field) for field in WORKER_FLAGS})
     topologies = [load_topology(path) for path in args.topology]
     if settings.preflight:
         # A wrong broker, endpoint or key stops the worker now, one line per problem.
@@ -119,7 +152,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from llmflow.services.worker.app import run
     from llmflow.services.worker.bootstrap import bootstrap
 
-    run(bootstrap(settings, topologies), args.loglevel, settings.drain_timeout_s)
+    run(bootstrap(settings, topologies), settings.drain_timeout_s)
     return 0  # pragma: no cover - run exits the process
 
 
@@ -239,8 +272,12 @@ def _read_event_file(path: Path, keep_invalid: bool) -> list[tuple[bytes, Any]]:
 
     from llmflow.schemas.events import parse_event
 
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise LlmflowError(f"--file {path}: {exc.strerror}") from exc
     batch: list[tuple[bytes, Any]] = []
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -256,6 +293,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from llmflow.services.sdk import ResultConsumer
 
     settings = _settings()
+    # Without --group: no group is joined and nothing is committed, so a look at a topic
+    # leaves no trace on the cluster. With one: the group's committed offsets say where
+    # to start, and what was printed is committed, so the next run continues after it.
     with ResultConsumer(
         _kafka(settings),
         args.topics,
@@ -322,7 +362,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"--judge-endpoint {args.judge_endpoint!r}: no such endpoint (LLMFLOW_ENDPOINTS)"
         )
     if args.judge_model:
-        rubric = Path(args.rubric).read_text()
+        try:
+            rubric = Path(args.rubric).read_text()
+        except OSError as exc:
+            raise LlmflowError(f"--rubric {args.rubric}: {exc.strerror}") from exc
         judge = JudgeOptions(args.judge_model, rubric, args.judge_endpoint, args.judge_limit)
     live = args.live_topic or [
         candidate.output_topic,
@@ -382,6 +425,17 @@ def _positive(text: str) -> float:
     return value
 
 
+def _positive_or_inf(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text}: a positive number of seconds, or inf")
+    return value
+
+
+def _not_a_file(path: Path) -> str:
+    return f"{path}: {'is a directory' if path.is_dir() else 'no such file'}"
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -390,56 +444,133 @@ def _share(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llmflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="llmflow",
+        description=__doc__,
+        epilog="Settings come from environment variables: KAFKA_BOOTSTRAP_SERVERS, "
+        "OPENAI_BASE_URL, OPENAI_API_KEY and LLMFLOW_<SETTING> (see `llmflow worker --help`).",
+    )
     parser.add_argument("--version", action="version", version=f"llmflow {_version()}")
     parser.add_argument(
         "--bootstrap-servers",
         metavar="HOST:PORT,...",
-        help="the Kafka cluster, for every command (default: KAFKA_BOOTSTRAP_SERVERS)",
+        help="the Kafka cluster, for every command (default: KAFKA_BOOTSTRAP_SERVERS, "
+        f"else 127.0.0.1:{KAFKA_PORT})",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_kafka(sub)
+    _add_topology(sub)
+    _add_worker(sub)
+    _add_orgdata(sub)
+    _add_produce(sub)
+    _add_consume(sub)
+    _add_replay(sub)
+    _add_compare(sub)
+    _add_schemas(sub)
+    return parser
 
-    kafka = sub.add_parser("kafka", help="local Apache Kafka (KRaft) for development and tests")
-    kafka_sub = kafka.add_subparsers(dest="kafka_command", required=True)
-    kafka_sub.add_parser("fetch", help="download Kafka from Maven Central").set_defaults(
-        func=cmd_kafka_fetch
+
+# What `add_subparsers()` returns; argparse names the class privately only.
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_kafka(sub: _Commands) -> None:
+    kafka = sub.add_parser("kafka", help="a local Apache Kafka broker (KRaft) for development")
+    kafka_sub = kafka.add_subparsers(dest="kafka_command", required=True, metavar="COMMAND")
+    fetch = kafka_sub.add_parser(
+        "fetch", help="download Kafka's jars from Maven Central (needs mvn; LLMFLOW_KAFKA_LIB)"
     )
-    start = kafka_sub.add_parser("start", help="run a single-node broker until Ctrl-C")
+    fetch.set_defaults(func=cmd_kafka_fetch)
+    start = kafka_sub.add_parser(
+        "start",
+        help="run a single-node broker until Ctrl-C; prints the line to export",
+        description="Run a single-node broker until Ctrl-C. It prints `export "
+        "KAFKA_BOOTSTRAP_SERVERS=HOST:PORT`: run that line in the shells where the other "
+        "commands run, or give them --bootstrap-servers HOST:PORT.",
+    )
     start.add_argument(
         "--data-dir",
         default=".llmflow/kafka",
-        help="kept between starts: a later start reuses its records, cluster and port",
+        help="folder of the broker's records, kept between starts: a later start reuses its "
+        "records, cluster and port (default: .llmflow/kafka)",
     )
     start.add_argument(
         "--port",
         type=int,
-        default=0,
-        help="0 picks a free port on a new folder and reuses the kept one after; "
-        "a port other than the kept one is an error",
+        help=f"port to listen on (default: {KAFKA_PORT} for a new folder, the kept port for "
+        "one started before; 0: a free port); a port other than the kept one is an error",
     )
     start.set_defaults(func=cmd_kafka_start)
 
+
+def _add_topology(sub: _Commands) -> None:
     topology = sub.add_parser("topology", help="work with topology files")
-    topology_sub = topology.add_subparsers(dest="topology_command", required=True)
-    validate = topology_sub.add_parser("validate", help="check topology files")
-    validate.add_argument("files", nargs="+")
+    topology_sub = topology.add_subparsers(
+        dest="topology_command", required=True, metavar="COMMAND"
+    )
+    validate = topology_sub.add_parser(
+        "validate", help="check topology files: one line per file, or its problems"
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE", help="topology YAML file")
     validate.set_defaults(func=cmd_topology_validate)
 
-    worker = sub.add_parser("worker", help="run a stream processor for one or more topologies")
-    worker.add_argument("--topology", action="append", required=True, help="YAML file; repeat")
-    worker.add_argument("--concurrency", type=int, help="events in flight per topology")
-    worker.add_argument("--app-id", help="consumer group shared by workers that split the work")
-    worker.add_argument("--loglevel", default="warn", choices=["crit", "error", "warn", "info"])
+
+# Worker flags that override a setting (`Settings` field): a given flag wins over its
+# environment variable.
+WORKER_FLAGS = ("app_id", "concurrency")
+
+
+def _add_worker(sub: _Commands) -> None:
+    worker = sub.add_parser(
+        "worker",
+        help="run a stream processor for one or more topologies",
+        epilog="Every worker setting is an environment variable LLMFLOW_<SETTING> (e.g. "
+        "LLMFLOW_METRICS_PORT, LLMFLOW_IMAGE_ROOT, LLMFLOW_QUOTAS; all of them in the "
+        "README's settings table); Kafka and the model endpoint also read "
+        "KAFKA_BOOTSTRAP_SERVERS, OPENAI_BASE_URL and OPENAI_API_KEY.",
+    )
+    worker.add_argument(
+        "--topology",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="topology YAML file to run; repeat for several",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=_at_least_one,
+        metavar="N",
+        help="events in flight per topology (default: LLMFLOW_CONCURRENCY, else 100)",
+    )
+    worker.add_argument(
+        "--app-id",
+        metavar="ID",
+        help="consumer group of the workers that split the work (default: LLMFLOW_APP_ID, "
+        "else llmflow)",
+    )
+    worker.add_argument(
+        "--loglevel",
+        default="warn",
+        choices=list(LEVELS),
+        help="least severe log records shown (default: warn)",
+    )
     worker.set_defaults(func=cmd_worker)
 
+
+def _add_orgdata(sub: _Commands) -> None:
     orgdata = sub.add_parser("orgdata", help="org data in compacted Kafka topics")
-    orgdata_sub = orgdata.add_subparsers(dest="orgdata_command", required=True)
+    orgdata_sub = orgdata.add_subparsers(dest="orgdata_command", required=True, metavar="COMMAND")
     load = orgdata_sub.add_parser(
         "load", help="publish a CSV or JSONL file to a table's topic (one transaction)"
     )
-    load.add_argument("table", nargs="?")
-    load.add_argument("file", nargs="?")
-    load.add_argument("--key-field", default="id")
+    load.add_argument(
+        "table",
+        nargs="?",
+        help="table name; its topic is LLMFLOW_ORGDATA_TOPIC_PREFIX + TABLE "
+        "(default prefix llmflow.orgdata.)",
+    )
+    load.add_argument("file", nargs="?", help="the table's records: a .csv or .jsonl file")
+    load.add_argument("--key-field", default="id", help="field that keys each record (default: id)")
     load.add_argument(
         "--last-wins",
         action="store_true",
@@ -448,112 +579,203 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--full-sync", action="store_true", help="delete the table's records the file lacks"
     )
-    load.add_argument("--samples", action="store_true", help="load the bundled sample data")
+    load.add_argument(
+        "--samples", action="store_true", help="load the bundled sample data instead of a file"
+    )
     load.set_defaults(func=cmd_orgdata_load)
     get = orgdata_sub.add_parser("get", help="show a record as a worker would see it")
-    get.add_argument("table")
-    get.add_argument("key")
-    get.add_argument("--timeout", type=float, default=120.0, help="seconds to read the topic")
+    get.add_argument("table", help="table name")
+    get.add_argument("key", help="the record's key")
+    get.add_argument(
+        "--timeout",
+        type=_positive,
+        default=120.0,
+        help="seconds to read the table's topic (default: 120)",
+    )
     get.set_defaults(func=cmd_orgdata_get)
 
-    produce = sub.add_parser("produce", help="publish events")
-    produce.add_argument("--topic", required=True)
-    produce.add_argument("--file", help="JSONL file, one event per line")
-    produce.add_argument("--raw", action="store_true", help="send invalid lines as they are")
-    produce.add_argument("--text")
-    produce.add_argument("--image", action="append", help="image file or URL; repeat")
-    produce.add_argument("--key")
-    produce.add_argument("--source", default="cli")
-    produce.add_argument("--tenant")
+
+def _add_produce(sub: _Commands) -> None:
+    produce = sub.add_parser(
+        "produce", help="publish events: one from --text/--image, or a file of them"
+    )
+    produce.add_argument("--topic", required=True, help="topic to publish to (an input topic)")
+    produce.add_argument("--file", help="JSONL file, one event per line, all checked first")
+    produce.add_argument(
+        "--raw",
+        action="store_true",
+        help="with --file: send invalid lines as they are (to see them dead-lettered)",
+    )
+    produce.add_argument("--text", help="the event's text")
+    produce.add_argument(
+        "--image",
+        action="append",
+        metavar="FILE_OR_URL",
+        help="image file or http(s) URL; repeat for several. A file too large to send "
+        "inline goes as a file:// URL, which workers read only inside LLMFLOW_IMAGE_ROOT",
+    )
+    produce.add_argument(
+        "--key",
+        help="the event's key: Kafka record key and org-data lookup key (required without --file)",
+    )
+    produce.add_argument(
+        "--source", default="cli", help="the system the event comes from (default: cli)"
+    )
+    produce.add_argument("--tenant", help="who the event is accounted to (LLMFLOW_BUDGETS)")
     produce.set_defaults(func=cmd_produce)
 
-    consume = sub.add_parser("consume", help="print outputs or dead letters as they arrive")
-    consume.add_argument("topics", nargs="+")
-    consume.add_argument(
-        "--group", help="share the partitions with this group and commit; default: read all"
+
+# How long `consume` waits for a record before it stops, by default.
+CONSUME_IDLE_S = 10.0
+
+
+def _add_consume(sub: _Commands) -> None:
+    consume = sub.add_parser(
+        "consume",
+        help="print the records of topics (outputs, dead letters), one JSON per line",
+        description="Print the records of the topics, one per line, until none came for "
+        "--idle-timeout seconds. Without --group it joins no consumer group and commits "
+        "nothing; with one it continues where the group's last run stopped.",
     )
-    consume.add_argument("--latest", action="store_true", help="only new records")
-    consume.add_argument("--max", type=int)
-    consume.add_argument("--idle-timeout", type=float, default=float("inf"))
+    consume.add_argument("topics", nargs="+", metavar="TOPIC", help="topic to read")
+    consume.add_argument(
+        "--group",
+        metavar="NAME",
+        help="read as this consumer group: start at its committed offsets and commit what "
+        "is printed, so the next run continues after it (default: no group, no commits)",
+    )
+    consume.add_argument(
+        "--latest",
+        action="store_true",
+        help="only records that arrive from now on (with --group: where the group has no "
+        "offset yet)",
+    )
+    consume.add_argument("--max", type=_at_least_one, metavar="N", help="stop after N records")
+    consume.add_argument(
+        "--idle-timeout",
+        type=_positive_or_inf,
+        default=CONSUME_IDLE_S,
+        metavar="SECONDS",
+        help=f"stop after this long without a record (default: {CONSUME_IDLE_S:g}; "
+        "inf: wait until Ctrl-C)",
+    )
     consume.set_defaults(func=cmd_consume)
 
+
+def _add_replay(sub: _Commands) -> None:
     replay = sub.add_parser(
         "replay",
         help="run a range of the live input through a candidate topology into a shadow topic",
     )
     replay.add_argument("--topology", required=True, help="the candidate's YAML file")
-    replay.add_argument("--from", dest="start", help="first record time, ISO 8601 (UTC default)")
+    replay.add_argument(
+        "--from", dest="start", help="first record time, ISO 8601 (UTC unless a zone is given)"
+    )
     replay.add_argument("--to", dest="end", help="records before this time, ISO 8601")
     replay.add_argument(
         "--offsets", help="PARTITION:FIRST-LAST,... or FIRST-LAST for every partition"
     )
-    replay.add_argument("--shadow-topic", help="default: <output topic>.shadow.<version>")
-    replay.add_argument("--group", help="default: llmflow-replay.<name>.<version>.<range>")
-    replay.add_argument("--concurrency", type=_at_least_one, default=20, help="events in flight")
     replay.add_argument(
-        "--quota-share", type=_share, default=0.25, help="share of each model's quota it takes"
+        "--shadow-topic", help="topic of its results (default: <output topic>.shadow.<version>)"
+    )
+    replay.add_argument(
+        "--group", help="its consumer group (default: llmflow-replay.<name>.<version>.<range>)"
+    )
+    replay.add_argument(
+        "--concurrency",
+        type=_at_least_one,
+        default=20,
+        help="events in flight (default: 20; not LLMFLOW_CONCURRENCY)",
+    )
+    replay.add_argument(
+        "--quota-share",
+        type=_share,
+        default=0.25,
+        help="share of each model's quota (LLMFLOW_QUOTAS) it may take (default: 0.25)",
     )
     replay.add_argument("--max-usd", type=_positive, help="stop once this run has spent this (USD)")
-    replay.add_argument("--progress", type=float, default=2.0, help="seconds between reports")
-    replay.add_argument("--data-dir", help="its copy of the org data (.llmflow/replay-<name>)")
+    replay.add_argument(
+        "--progress", type=_positive, default=2.0, help="seconds between reports (default: 2)"
+    )
+    replay.add_argument(
+        "--data-dir",
+        help="folder of its copy of the org data (default: .llmflow/replay-<name>; not "
+        "LLMFLOW_DATA_DIR)",
+    )
     replay.set_defaults(func=cmd_replay)
 
+
+def _add_compare(sub: _Commands) -> None:
     compare = sub.add_parser(
         "compare", help="report how a candidate's shadow outputs differ from the live ones"
     )
     compare.add_argument("--topology", required=True, help="the candidate's YAML file")
-    compare.add_argument("--shadow-topic", help="default: <output topic>.shadow.<version>")
     compare.add_argument(
-        "--live-topic", action="append", help="default: the output, dead-letter, parked topics"
+        "--shadow-topic", help="its results (default: <output topic>.shadow.<version>)"
     )
-    compare.add_argument("--out", help="folder for report.md/.json/.png")
+    compare.add_argument(
+        "--live-topic",
+        action="append",
+        help="live results to compare with; repeat (default: the output, dead-letter and "
+        "parked topics)",
+    )
+    compare.add_argument(
+        "--out", help="folder for report.md/.json/.png (default: .llmflow/compare-<name>-<version>)"
+    )
     compare.add_argument("--judge-model", help="score differing answers with this model")
     compare.add_argument("--rubric", help="file: the judge's rubric (its system prompt)")
-    compare.add_argument("--judge-endpoint", default="default", help="named endpoint")
     compare.add_argument(
-        "--judge-limit", type=_at_least_one, default=50, help="pairs judged at most"
+        "--judge-endpoint",
+        default="default",
+        help="endpoint of the judge: default (OPENAI_BASE_URL) or a name in LLMFLOW_ENDPOINTS",
+    )
+    compare.add_argument(
+        "--judge-limit",
+        type=_at_least_one,
+        default=50,
+        help="pairs judged at most (default: 50)",
     )
     compare.set_defaults(func=cmd_compare)
 
-    schemas = sub.add_parser("schemas", help="contracts")
-    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
-    export = schemas_sub.add_parser("export", help="write JSON Schema files")
+
+def _add_schemas(sub: _Commands) -> None:
+    schemas = sub.add_parser("schemas", help="the event and result contracts")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True, metavar="COMMAND")
+    export = schemas_sub.add_parser(
+        "export", help="write JSON Schema files for producers and consumers in other languages"
+    )
     # Relative to where it runs, never into an installed package: `make schemas` runs it
     # from the checkout's root.
     export.add_argument("--out", default="schemas/json", help="folder (default: schemas/json)")
     export.set_defaults(func=cmd_schemas_export)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # kafka-python logs every failed connection attempt; a broker out of reach is reported
-    # once, below, with the setting to fix.
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    args = build_parser().parse_args(argv)
+    setup_logging(LEVELS[getattr(args, "loglevel", "warn")])
     from aiokafka.errors import KafkaConnectionError
     from kafka.errors import KafkaTimeoutError
 
-    args = build_parser().parse_args(argv)
     if args.bootstrap_servers:
         # Every command reads its settings from the environment (`Settings`).
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = args.bootstrap_servers
     try:
         return int(args.func(args))
     except (KafkaTimeoutError, KafkaConnectionError) as exc:
-        servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092 (the default)")
-        print(
-            f"llmflow: error: cannot reach Kafka at {servers} (KAFKA_BOOTSTRAP_SERVERS): {exc}",
-            file=sys.stderr,
-        )
-        return 2
-    except LlmflowError as exc:
-        print(f"llmflow: error: {exc}", file=sys.stderr)
-        return 2
-    except json.JSONDecodeError as exc:
-        print(f"llmflow: error: {exc}", file=sys.stderr)
-        return 2
+        servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", f"127.0.0.1:{KAFKA_PORT} (the default)")
+        return _error(f"cannot reach Kafka at {servers} (KAFKA_BOOTSTRAP_SERVERS): {exc}")
+    except (LlmflowError, json.JSONDecodeError) as exc:
+        return _error(str(exc))
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # A file named on the command line or in a setting that is not there: one line.
+        return _error(f"{exc.filename}: {exc.strerror}")
+
+
+def _error(message: str) -> int:
+    print(f"llmflow: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

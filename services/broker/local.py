@@ -1,8 +1,9 @@
 """Fetch, format, start and stop a real single-node Apache Kafka broker (KRaft).
 
 The jars come from Maven Central through `pom.xml` (kept in `deploy/kafka/`, shipped in the
-wheel); the broker runs as a JVM child process on free loopback ports with settings that
-keep tests fast. Used alike by the test fixtures, `make demo` and `llmflow kafka start`.
+wheel); the broker runs as a JVM child process on loopback ports (free ones unless a port
+is asked for: `llmflow kafka start` asks for 9092) with settings that keep tests fast. Used
+alike by the test fixtures, `make demo` and `llmflow kafka start`.
 
 Where the jars go (`lib_dir()`): `LLMFLOW_KAFKA_LIB` when set; in a checkout
 `deploy/kafka/lib`; from an installed wheel `${XDG_CACHE_HOME:-~/.cache}/llmflow/kafka-<Kafka
@@ -349,7 +350,7 @@ class LocalKafka:
         self.port = state.port
         self.secure = state.secure
         for port in {state.port, state.controller_port}:
-            if not _port_is_free(port):
+            if not port_is_free(port):
                 raise BrokerError(
                     f"port {port} of the broker in {self.data_dir} is in use: is that broker "
                     "already running? (stop it, or remove the folder to start afresh)"
@@ -486,7 +487,13 @@ def _meta_cluster_id(meta: Path) -> str | None:
     raise BrokerError(f"{meta} names no cluster.id; remove {meta.parent.parent} to start afresh")
 
 
-def _port_is_free(port: int) -> bool:
+def kept_port(data_dir: Path) -> int | None:
+    """The broker port `data_dir` was started with before (None: never started there)."""
+    state = BrokerState.read(data_dir / STATE_FILE)
+    return None if state is None else state.port
+
+
+def port_is_free(port: int) -> bool:
     """True when a listener could bind 127.0.0.1:`port` now (as the JVM does, reusing
     addresses, so a port left in TIME_WAIT by a stopped broker counts as free)."""
     with socket.socket() as sock:

@@ -102,7 +102,10 @@ def decode_inline(b64: str, limits: ImageLimits) -> bytes:
 def _load_file(parts: SplitResult, limits: ImageLimits) -> bytes:
     """Read a file:// URL confined to `limits.file_root`; see the module docstring."""
     if limits.file_root is None:
-        raise ImageError("forbidden_source", "file URLs are disabled (no file_root configured)")
+        raise ImageError(
+            "forbidden_source",
+            "file URLs are refused: this worker has no image root (set LLMFLOW_IMAGE_ROOT)",
+        )
     if parts.netloc not in ("", "localhost"):
         raise ImageError("forbidden_source", f"file URL host {parts.netloc!r} is not local")
     if not _CONFINED_OPEN:
@@ -155,7 +158,9 @@ def _names_below_root(raw: bytes, root: Path, shown: str) -> list[bytes]:
         prefix = _components(os.fsencode(base))
         if names[: len(prefix)] == prefix:
             return names[len(prefix) :]
-    raise ImageError("forbidden_source", f"{shown} is outside the image root {str(root)!r}")
+    raise ImageError(
+        "forbidden_source", f"{shown} is outside the image root {str(root)!r} (LLMFLOW_IMAGE_ROOT)"
+    )
 
 
 def _components(path: bytes) -> list[bytes]:

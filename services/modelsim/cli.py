@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
+from llmflow.logs import setup_logging
 from llmflow.services.modelsim.config import SimulatorConfig
 
 # Simulator settings exposed as flags, with the type argparse converts them to.
@@ -55,9 +56,7 @@ def config_from(args: argparse.Namespace) -> SimulatorConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     from llmflow.services.modelsim.server import run
 
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging()
     logging.getLogger("llmflow.services.modelsim").setLevel(logging.INFO)  # "listening on"
     parser = build_parser()
     args = parser.parse_args(argv)

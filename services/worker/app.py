@@ -355,25 +355,29 @@ def close_on_shutdown(app: faust.App, close: Callable[[], Awaitable[None]]) -> N
     app.on_before_shutdown.connect(on_shutdown)
 
 
-def run(app: faust.App, loglevel: str, drain_timeout_s: float = 30.0) -> None:
-    """Run the worker until it is stopped; exits the process."""
-    worker = _Worker(app, loglevel=loglevel, quiet=True)
-    worker.drain_timeout_s = drain_timeout_s
-    worker.execute_from_commandline()
+def run(app: faust.App, drain_timeout_s: float = 30.0) -> None:
+    """Run the worker until it is stopped; exits the process. Logging is the caller's
+    (`llmflow.logs`): faust's own setup would replace it with coloured handlers."""
+    _Worker(app, drain_timeout_s).execute_from_commandline()
 
 
 EXIT_DRAIN_TIMEOUT = 75  # EX_TEMPFAIL: stopped before every event in flight was answered
 
 
 class _Worker(faust.Worker):
-    """faust's worker with a bounded stop and without its terminal spinner."""
+    """faust's worker with a bounded stop, without its terminal spinner and without its
+    logging setup."""
 
-    drain_timeout_s = 30.0
-
-    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
-        """faust's spinner turns the root logger to DEBUG so that it can spin on every
-        record; in a service that builds and drops every debug record of aiokafka, openai
-        and faust, about a tenth of the worker's CPU. No spinner, no DEBUG."""
+    def __init__(self, app: faust.App, drain_timeout_s: float = 30.0) -> None:
+        # Not faust's logging setup: it installs coloured handlers (colour is decided by
+        # whether stdout is a terminal, so a piped stderr gets escape codes too) in a
+        # format of its own, and sends print() to the log.
+        super().__init__(app, quiet=True, override_logging=False)
+        self.drain_timeout_s = drain_timeout_s
+        # The spinner writes cursor escape codes to stdout even when it is not a terminal,
+        # and once it spins it turns the root logger to DEBUG (every debug record of
+        # aiokafka, openai and faust built and dropped: about a tenth of the CPU).
+        self.spinner = None
 
     def _schedule_shutdown(self, signal: signal.Signals) -> None:
         """On SIGTERM/SIGINT faust waits for every event in flight, however long its model

@@ -16,7 +16,7 @@ import llmflow
 
 # Bottom to top; the components within one layer are independent of each other.
 LAYERS: list[set[str]] = [
-    {"llmflow.errors"},
+    {"llmflow.errors", "llmflow.logs"},
     {"llmflow.schemas"},
     {"llmflow.topologies"},
     {"llmflow.services.broker"},  # how every client reaches Kafka (security, topics)

@@ -160,14 +160,16 @@ def test_file_url_outside_root_is_forbidden(tmp_path: Path) -> None:
     (tmp_path / "secret.jpg").write_bytes(BODY)
     (root / "link.jpg").symlink_to(tmp_path / "secret.jpg")
     limits = ImageLimits(file_root=root)
-    expect_error((tmp_path / "secret.jpg").as_uri(), "forbidden_source", limits)
+    outside = expect_error((tmp_path / "secret.jpg").as_uri(), "forbidden_source", limits)
+    assert "LLMFLOW_IMAGE_ROOT" in outside  # the dead letter names the setting
     expect_error(f"file://{root}/../secret.jpg", "forbidden_source", limits)
     expect_error((root / "link.jpg").as_uri(), "forbidden_source", limits)
 
 
 def test_file_urls_are_refused_without_root(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(BODY)
-    expect_error((tmp_path / "a.jpg").as_uri(), "forbidden_source", ImageLimits())
+    refused = expect_error((tmp_path / "a.jpg").as_uri(), "forbidden_source", ImageLimits())
+    assert "LLMFLOW_IMAGE_ROOT" in refused
 
 
 def test_file_missing_or_not_regular_fails(tmp_path: Path) -> None:
