@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -80,9 +81,10 @@ def cmd_kafka_start(args: argparse.Namespace) -> int:
             f"port {port} is in use (another Kafka broker?): stop it, or start with --port 0 "
             "for a free port"
         )
-    broker = LocalKafka(data_dir, port=port).start()
+    broker = LocalKafka(data_dir, port=port, secure=True if args.secure else None).start()
     try:
-        print(f"export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+        for name, value in broker.environment().items():
+            print(f"export {name}={shlex.quote(value)}", flush=True)
         _wait_for_signal()
     finally:
         broker.stop()
@@ -499,6 +501,14 @@ def _add_kafka(sub: _Commands) -> None:
         type=int,
         help=f"port to listen on (default: {KAFKA_PORT} for a new folder, the kept port for "
         "one started before; 0: a free port); a port other than the kept one is an error",
+    )
+    start.add_argument(
+        "--secure",
+        action="store_true",
+        help="a new folder gets a SASL_SSL listener only: SCRAM-SHA-512 users admin and "
+        "llmflow, a certificate from a throw-away CA; the export lines then include "
+        "KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_* and KAFKA_SSL_CA_LOCATION (a folder keeps "
+        "the mode it was first started in)",
     )
     start.set_defaults(func=cmd_kafka_start)
 

@@ -81,18 +81,28 @@ def test_options_that_override_a_setting_name_its_variable() -> None:
 def fake_broker(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """LocalKafka replaced by a stand-in; returns the ports it was started with."""
     started: list[int] = []
+    secured: list[bool | None] = []
 
     @dataclass
     class FakeBroker:
         data_dir: Path
         port: int = 0
+        secure: bool | None = None
 
         @property
         def bootstrap_servers(self) -> str:
             return f"127.0.0.1:{self.port or 40000}"
 
+        def environment(self) -> dict[str, str]:
+            env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}
+            if self.secure:
+                env |= {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}
+                env |= {"KAFKA_SSL_CA_LOCATION": str(self.data_dir / "security" / "ca.pem")}
+            return env
+
         def start(self) -> FakeBroker:
             started.append(self.port)
+            secured.append(self.secure)
             return self
 
         def stop(self) -> None:
@@ -112,6 +122,18 @@ def test_kafka_start_listens_on_9092_and_prints_the_line_to_export(
     assert capsys.readouterr().out == "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092\n"
     assert main(["kafka", "start", "--data-dir", str(tmp_path / "other"), "--port", "0"]) == 0
     assert fake_broker[-1] == 0  # LocalKafka picks a free one
+
+
+def test_kafka_start_secure_prints_every_setting_a_client_needs(
+    fake_broker: list[int], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "with space"
+    assert main(["kafka", "start", "--secure", "--data-dir", str(folder)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092",
+        "export KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+        f"export KAFKA_SSL_CA_LOCATION='{folder}/security/ca.pem'",  # quoted for the shell
+    ]
 
 
 def test_kafka_start_keeps_the_port_of_a_folder_started_before(
