@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -50,10 +51,16 @@ def cmd_kafka_fetch(args: argparse.Namespace) -> int:
 def cmd_kafka_start(args: argparse.Namespace) -> int:
     from llmflow.services.broker.local import LocalKafka
 
-    # A folder started before keeps its cluster, records and port (see LocalKafka.start).
-    broker = LocalKafka(Path(args.data_dir), port=args.port).start()
+    # A folder started before keeps its cluster, records, port and security (see
+    # LocalKafka.start); without --secure a folder first started with it is secure still.
+    broker = LocalKafka(Path(args.data_dir), port=args.port, secure=args.secure or None).start()
     try:
-        print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+        environment = broker.environment()
+        if broker.secure:  # what a client needs, to paste into a shell
+            lines = [f"export {name}={shlex.quote(value)}" for name, value in environment.items()]
+        else:
+            lines = [f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}"]
+        print("\n".join(lines), flush=True)
         _wait_for_signal()
     finally:
         broker.stop()
@@ -416,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="0 picks a free port on a new folder and reuses the kept one after; "
         "a port other than the kept one is an error",
+    )
+    start.add_argument(
+        "--secure",
+        action="store_true",
+        help="a new folder's broker takes SASL_SSL only (SCRAM users, a throw-away CA); "
+        "prints the export lines a client needs",
     )
     start.set_defaults(func=cmd_kafka_start)
 
