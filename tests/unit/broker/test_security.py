@@ -309,3 +309,20 @@ def test_a_security_error_is_a_configuration_error() -> None:
     from llmflow.errors import ConfigError
 
     assert issubclass(KafkaSecurityError, ConfigError)
+
+
+@pytest.mark.parametrize(
+    "users",
+    [
+        '{"admin": null, "llmflow": "x"}',  # would start with the password "None"
+        '{"admin": "a", "llmflow": ""}',
+        '{"admin": "a\\" b", "llmflow": "x"}',  # would end the JAAS line's quotes
+        '{"admin": "a", "llmflow": "x],name=admin"}',  # would change --add-scram
+        "[]",
+    ],
+)
+def test_a_damaged_users_file_is_refused(tmp_path: Path, users: str) -> None:
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "users.json").write_text(users)
+    with pytest.raises(Exception, match=r"users\.json is damaged"):
+        LocalKafka(tmp_path, secure=True)._scram_users()
