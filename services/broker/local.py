@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -65,6 +66,9 @@ _FAST_SETTINGS = {
 SCRAM = "SCRAM-SHA-512"
 ADMIN_USER = "admin"
 CLIENT_USER = "llmflow"
+
+# What `secrets.token_urlsafe` makes: a SCRAM password of the local broker.
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
 # In the data folder: what a restart needs to find the same cluster on the same address.
 STATE_FILE = "llmflow-broker.json"
@@ -260,7 +264,12 @@ class LocalKafka:
         path = self._security_dir / "users.json"
         try:
             users = json.loads(path.read_text(encoding="utf-8"))
-            return {name: str(users[name]) for name in (ADMIN_USER, CLIENT_USER)}
+            passwords = {name: users[name] for name in (ADMIN_USER, CLIENT_USER)}
+            for name, password in passwords.items():
+                # As made below: the JAAS line and --add-scram take them unquoted.
+                if not (isinstance(password, str) and _URL_SAFE.fullmatch(password)):
+                    raise ValueError(f"the password of {name} is not a URL-safe token")
+            return passwords
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -17,6 +17,10 @@ from aiokafka.errors import (
 
 from llmflow.services.broker.security import KafkaSecurity
 
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the CA is
+# trusted, the certificate names another host.
+_NAME_MISMATCH = frozenset({62, 64})
+
 
 async def login_problem(
     host: str, port: int, security: KafkaSecurity, timeout_s: float
@@ -44,6 +48,12 @@ async def login_problem(
             f"({type(exc).__name__})"
         )
     except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in _NAME_MISMATCH:
+            return (
+                f"KAFKA_BOOTSTRAP_SERVERS: the certificate of {address} does not name {host} "
+                f"({exc.verify_message}); connect by a name it holds, or set "
+                "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM=none"
+            )
         ca = security.ssl_ca_location or "unset: the system's CAs"
         return (
             f"KAFKA_SSL_CA_LOCATION={ca}: the certificate of {address} is not trusted "

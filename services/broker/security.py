@@ -19,11 +19,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmflow.errors import ConfigError
+
 Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
-class KafkaSecurityError(ValueError):
+class KafkaSecurityError(ConfigError, ValueError):
     """The security settings are incomplete or name files that cannot be read."""
 
 
@@ -58,6 +60,11 @@ class KafkaSecurity(BaseModel):
     def _upper(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
+    @field_validator("ssl_endpoint_identification_algorithm", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @model_validator(mode="after")
     def _complete(self) -> KafkaSecurity:
         if self.sasl and not (self.sasl_username and self.sasl_password):
@@ -73,6 +80,7 @@ class KafkaSecurity(BaseModel):
         for name, path in self._files().items():
             if not path.is_file():
                 raise ValueError(f"{name}={path}: no such file")
+        self.ssl_context()  # files that are not PEM, or a key it cannot decrypt: now
         return self
 
     @property
@@ -92,19 +100,52 @@ class KafkaSecurity(BaseModel):
         return {name: path for name, path in named.items() if path is not None}
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context of every client; None without TLS."""
+        """The TLS context of every client; None without TLS. A file that is not PEM, or a key
+        that cannot be decrypted, is a ValueError naming the variable."""
         if not self.tls:
             return None
-        ca = str(self.ssl_ca_location) if self.ssl_ca_location else None
-        context = ssl.create_default_context(cafile=ca)
+        context = ssl.create_default_context()
+        if self.ssl_ca_location is not None:
+            try:
+                context.load_verify_locations(cafile=self.ssl_ca_location)
+            except (ssl.SSLError, OSError) as exc:
+                raise ValueError(
+                    f"KAFKA_SSL_CA_LOCATION={self.ssl_ca_location}: no PEM CA certificate "
+                    f"could be read ({_reason(exc)})"
+                ) from None
         if self.ssl_endpoint_identification_algorithm == "none":
             context.check_hostname = False
         if self.ssl_certificate_location and self.ssl_key_location:
-            password = self.ssl_key_password.get_secret_value() if self.ssl_key_password else None
-            context.load_cert_chain(
-                self.ssl_certificate_location, self.ssl_key_location, password=password
+            self._load_client_certificate(
+                context, self.ssl_certificate_location, self.ssl_key_location
             )
         return context
+
+    def _load_client_certificate(self, context: ssl.SSLContext, cert: Path, key: Path) -> None:
+        asked = False
+
+        def password() -> str:
+            # Called only for an encrypted key; without it OpenSSL would prompt on the
+            # terminal (a worker would wait there for ever).
+            nonlocal asked
+            asked = True
+            if self.ssl_key_password is None:
+                raise ValueError(
+                    f"KAFKA_SSL_KEY_LOCATION={key} is encrypted: set KAFKA_SSL_KEY_PASSWORD"
+                )
+            return self.ssl_key_password.get_secret_value()
+
+        try:
+            context.load_cert_chain(cert, key, password=password)
+        except (ssl.SSLError, OSError) as exc:
+            if asked:
+                raise ValueError(
+                    f"KAFKA_SSL_KEY_PASSWORD does not decrypt KAFKA_SSL_KEY_LOCATION={key}"
+                ) from None
+            raise ValueError(
+                f"KAFKA_SSL_CERTIFICATE_LOCATION={cert}, KAFKA_SSL_KEY_LOCATION={key}: not a "
+                f"PEM certificate and its private key ({_reason(exc)})"
+            ) from None
 
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments of kafka-python's and aiokafka's clients (they share the names);
@@ -142,7 +183,10 @@ class KafkaSecurity(BaseModel):
 class KafkaSecuritySettings(BaseSettings, KafkaSecurity):
     """`KafkaSecurity` read from `KAFKA_<FIELD>` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True, extra="ignore")
+    # An empty variable is an unset one (`KAFKA_SSL_CA_LOCATION=${CA:-}` in a compose file).
+    model_config = SettingsConfigDict(
+        env_prefix="KAFKA_", frozen=True, extra="ignore", env_ignore_empty=True
+    )
 
 
 def kafka_security() -> KafkaSecurity:
@@ -165,3 +209,9 @@ def _one_line(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         problems.append(f"KAFKA_{where.upper()}: {message}" if where else message)
     return "; ".join(problems)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__

@@ -153,3 +153,45 @@ def test_login_problems_name_the_setting(
             problem = broker_problem(servers)
             assert time.monotonic() - started < 10
         assert problem is not None and setting in problem, (setting, problem)
+
+
+@pytest.mark.parametrize(
+    ("tls", "setting"),
+    [
+        ({"KAFKA_SSL_CA_LOCATION": "junk"}, "KAFKA_SSL_CA_LOCATION="),
+        (
+            {"KAFKA_SSL_CERTIFICATE_LOCATION": "cert", "KAFKA_SSL_KEY_LOCATION": "encrypted"},
+            "set KAFKA_SSL_KEY_PASSWORD",
+        ),
+    ],
+    ids=["ca-not-pem", "key-encrypted-no-password"],
+)
+def test_unusable_tls_files_fail_fast_with_one_line(
+    secure_env: dict[str, str], tmp_path: Path, tls: dict[str, str], setting: str
+) -> None:
+    """Not "is it a TLS listener?", and no OpenSSL prompt for a pass phrase."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    certs = BrokerCertificates.in_folder(tmp_path).create()  # any certificate and its key
+    key = serialization.load_pem_private_key(certs.keystore.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    files = {
+        "junk": tmp_path / "junk.pem",
+        "cert": certs.keystore,
+        "encrypted": tmp_path / "encrypted.pem",
+    }
+    files["junk"].write_text("not a certificate\n")
+    files["encrypted"].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass phrase"),
+        )
+    )
+    env = secure_env | {name: str(files[label]) for name, label in tls.items()}
+    done, seconds = _llmflow(env, "consume", "secure.tls", "--max", "1")
+    assert done.returncode != 0 and seconds < 10, (done.returncode, seconds)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and setting in lines[0], done.stderr
+    assert "pass phrase" not in done.stderr.lower()

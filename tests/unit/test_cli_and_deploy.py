@@ -340,3 +340,33 @@ def test_produce_names_a_missing_image_and_warns_of_one_sent_as_a_file_url(
     large.write_bytes(b"\xff" * (600 * 1024))  # over the 512 KiB sent inline
     assert main(["produce", "--topic", "t", "--key", "k", "--image", str(large)]) == 0
     assert "LLMFLOW_IMAGE_ROOT" in capsys.readouterr().err and len(sent) == 1
+
+
+def test_kafka_start_secure_prints_what_a_client_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`llmflow kafka start --secure` (as the README shows) starts a SASL_SSL folder and
+    prints the export lines of its settings; the folder stays secure without the flag."""
+    from llmflow.services.broker.local import LocalKafka
+
+    def start(self: LocalKafka, timeout_s: float = 90.0) -> LocalKafka:
+        state = self._state()  # all of a start but the JVM
+        self.port, self.secure = state.port, state.secure
+        self._write_config(state.controller_port)
+        state.write(self.data_dir / "llmflow-broker.json")
+        return self
+
+    monkeypatch.setattr(LocalKafka, "start", start)
+    monkeypatch.setattr(LocalKafka, "stop", lambda self, timeout_s=30.0: None)
+    monkeypatch.setattr(cli, "_wait_for_signal", lambda: None)
+    folder = tmp_path / "secure"
+    assert main(["kafka", "start", "--secure", "--data-dir", str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    exported = dict(shlex.split(line)[1].split("=", 1) for line in lines)
+    assert exported["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert exported["KAFKA_SSL_CA_LOCATION"] == str(folder / "security" / "ca.pem")
+    assert exported == LocalKafka(folder, secure=True).environment() | {
+        "KAFKA_BOOTSTRAP_SERVERS": exported["KAFKA_BOOTSTRAP_SERVERS"]
+    }
+    assert main(["kafka", "start", "--data-dir", str(folder)]) == 0
+    assert "export KAFKA_SASL_PASSWORD=" in capsys.readouterr().out

@@ -174,3 +174,155 @@ def test_a_plain_folder_has_no_client_security(tmp_path: Path) -> None:
     broker = LocalKafka(tmp_path)
     assert broker.client_security() is None
     assert set(broker.environment()) == {"KAFKA_BOOTSTRAP_SERVERS"}
+
+
+@pytest.fixture(scope="module")
+def client_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A client certificate with its key in clear and encrypted ("keypass"), another key,
+    and a file that is not PEM."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    folder = tmp_path_factory.mktemp("client")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "client")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    files = {
+        "cert": cert.public_bytes(pem),
+        "key": key.private_bytes(pem, pkcs8, serialization.NoEncryption()),
+        "encrypted": key.private_bytes(
+            pem, pkcs8, serialization.BestAvailableEncryption(b"keypass")
+        ),
+        "other": ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            pem, pkcs8, serialization.NoEncryption()
+        ),
+        "junk": b"not a certificate\n",
+    }
+    paths = {}
+    for label, data in files.items():
+        paths[label] = folder / f"{label}.pem"
+        paths[label].write_bytes(data)
+    return paths
+
+
+def _tls_env(monkeypatch: pytest.MonkeyPatch, **variables: str) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SSL")
+    for name, value in variables.items():
+        monkeypatch.setenv(f"KAFKA_{name.upper()}", value)
+
+
+@pytest.mark.parametrize(
+    ("files", "password", "message"),
+    [
+        (
+            {"ssl_ca_location": "junk"},
+            None,
+            "KAFKA_SSL_CA_LOCATION={junk}: no PEM CA certificate could be read",
+        ),
+        (
+            {"ssl_certificate_location": "cert", "ssl_key_location": "encrypted"},
+            None,
+            "KAFKA_SSL_KEY_LOCATION={encrypted} is encrypted: set KAFKA_SSL_KEY_PASSWORD",
+        ),
+        (
+            {"ssl_certificate_location": "cert", "ssl_key_location": "encrypted"},
+            "not-the-key-password",
+            "KAFKA_SSL_KEY_PASSWORD does not decrypt KAFKA_SSL_KEY_LOCATION={encrypted}",
+        ),
+        (
+            {"ssl_certificate_location": "cert", "ssl_key_location": "other"},
+            None,
+            "KAFKA_SSL_KEY_LOCATION={other}: not a PEM certificate and its private key",
+        ),
+        (
+            {"ssl_certificate_location": "junk", "ssl_key_location": "key"},
+            None,
+            "KAFKA_SSL_CERTIFICATE_LOCATION={junk}",
+        ),
+    ],
+    ids=["ca-not-pem", "key-encrypted", "key-password-wrong", "key-of-another", "cert-not-pem"],
+)
+def test_tls_files_that_cannot_be_used_are_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    client_keys: dict[str, Path],
+    files: dict[str, str],
+    password: str | None,
+    message: str,
+) -> None:
+    """Refused when read, not when the first connection fails (as "is it a TLS listener?");
+    an encrypted key without its password must not make OpenSSL prompt on the terminal."""
+    _tls_env(monkeypatch, **{name: str(client_keys[label]) for name, label in files.items()})
+    if password:
+        monkeypatch.setenv("KAFKA_SSL_KEY_PASSWORD", password)
+    with pytest.raises(KafkaSecurityError) as info:
+        kafka_security()
+    text = str(info.value)
+    assert message.format(**{k: str(v) for k, v in client_keys.items()}) in text
+    assert "\n" not in text and (password is None or password not in text)
+
+
+def test_an_encrypted_key_with_its_password_loads(
+    monkeypatch: pytest.MonkeyPatch, client_keys: dict[str, Path]
+) -> None:
+    _tls_env(
+        monkeypatch,
+        ssl_certificate_location=str(client_keys["cert"]),
+        ssl_key_location=str(client_keys["encrypted"]),
+        ssl_key_password="keypass",
+    )
+    assert isinstance(client_options()["ssl_context"], ssl.SSLContext)
+
+
+def test_empty_variables_are_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`KAFKA_SSL_CA_LOCATION=${CA:-}` in a compose file: the system's CAs, not a file `.`."""
+    for name in VARIABLES:
+        monkeypatch.setenv(name, "")
+    security = kafka_security()
+    assert security.security_protocol == "PLAINTEXT" and security.ssl_ca_location is None
+    assert security.ssl_endpoint_identification_algorithm == "https"
+
+
+def test_the_endpoint_identification_algorithm_in_any_case(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _tls_env(monkeypatch, ssl_endpoint_identification_algorithm=" NONE ")
+    assert client_options()["ssl_context"].check_hostname is False
+
+
+def test_a_security_error_is_a_configuration_error() -> None:
+    """The command line reports it as one line, also where no preflight ran first."""
+    from llmflow.errors import ConfigError
+
+    assert issubclass(KafkaSecurityError, ConfigError)
+
+
+@pytest.mark.parametrize(
+    "users",
+    [
+        '{"admin": null, "llmflow": "x"}',  # would start with the password "None"
+        '{"admin": "a", "llmflow": ""}',
+        '{"admin": "a\\" b", "llmflow": "x"}',  # would end the JAAS line's quotes
+        '{"admin": "a", "llmflow": "x],name=admin"}',  # would change --add-scram
+        "[]",
+    ],
+)
+def test_a_damaged_users_file_is_refused(tmp_path: Path, users: str) -> None:
+    (tmp_path / "security").mkdir()
+    (tmp_path / "security" / "users.json").write_text(users)
+    with pytest.raises(Exception, match=r"users\.json is damaged"):
+        LocalKafka(tmp_path, secure=True)._scram_users()
