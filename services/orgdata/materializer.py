@@ -115,6 +115,12 @@ class Materializer:
                 self.error = exc
                 log.exception("org data: reading the table topics failed; retrying in 1 s")
                 self._stopping.wait(1.0)
+            except asyncio.CancelledError as exc:
+                # Nothing cancels this thread's loop: aiokafka's `stop()` lets its fetcher's
+                # cancellation out after a broker outage. The thread must not die of it.
+                self.error = exc
+                log.warning("org data: the consumer stopped uncleanly; reading again in 1 s")
+                self._stopping.wait(1.0)
 
     async def _follow(self) -> None:
         consumer = AIOKafkaConsumer(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka import TopicPartition
 
@@ -22,3 +24,32 @@ def test_a_record_that_breaks_decode_is_skipped_not_retried_for_ever(
         assert follower._decoded(TopicPartition("topic.t", 2), 7, b"K", b"{}") is None
     assert follower.rejected == 1
     assert "topic.t[2]@7 skipped: cannot decode it" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [asyncio.CancelledError(), materializer.KafkaError("no brokers"), RuntimeError("bug")],
+    ids=["cancelled", "kafka", "other"],
+)
+def test_the_follower_thread_outlives_any_failure_of_a_round(
+    monkeypatch: pytest.MonkeyPatch, failure: BaseException
+) -> None:
+    """After a broker outage aiokafka's `stop()` let a CancelledError out of the round,
+    which killed the thread: the copy stayed as it was for good."""
+    rounds: list[int] = []
+    with OrgDataStore(":memory:") as store:
+        follower = Materializer(store, "127.0.0.1:1", {"t": "topic.t"})
+
+        async def round_that_fails() -> None:
+            rounds.append(1)
+            if len(rounds) < 3:
+                raise failure
+            follower._stopping.set()
+
+        monkeypatch.setattr(follower, "_follow", round_that_fails)
+        monkeypatch.setattr(follower._stopping, "wait", lambda timeout=None: False)
+        follower.start()
+        assert follower._thread is not None
+        follower._thread.join(5)
+        assert not follower._thread.is_alive()
+        assert len(rounds) == 3 and follower.error is failure
