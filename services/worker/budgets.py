@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections import defaultdict
 from datetime import datetime
 from typing import Any, Literal
@@ -20,6 +21,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmflow.services.broker.security import client_options
+
+log = logging.getLogger(__name__)
+
+RETRY_PAUSE_S = 1.0
+"""Pause before the spend changelog is read again after a failed round."""
 
 Period = Literal["hour", "day", "month"]
 
@@ -67,7 +73,29 @@ class SpendView:
 async def follow_changelog(
     bootstrap_servers: str, topic: str, partitions: int, view: SpendView
 ) -> None:
-    """Apply every record of the spend changelog to `view`, forever (cancel to stop)."""
+    """Apply every record of the spend changelog to `view`, forever (cancel to stop). A
+    broker outage ends a round; the next reads the topic again from its start (records
+    hold totals, so reading one twice changes nothing)."""
+    from aiokafka.errors import KafkaError
+
+    while True:
+        try:
+            await _read_changelog(bootstrap_servers, topic, partitions, view)
+        except KafkaError as exc:
+            log.warning("spend: cannot read %s (%s); reading it again in 1 s", topic, exc)
+            await asyncio.sleep(RETRY_PAUSE_S)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the worker stops
+            # aiokafka's stop() can let its fetcher's cancellation out after an outage.
+            log.warning("spend: the reader of %s stopped uncleanly; reading it again", topic)
+            await asyncio.sleep(RETRY_PAUSE_S)
+
+
+async def _read_changelog(
+    bootstrap_servers: str, topic: str, partitions: int, view: SpendView
+) -> None:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(

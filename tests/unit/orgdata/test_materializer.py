@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from llmflow.services.orgdata import materializer
 from llmflow.services.orgdata.materializer import Materializer
@@ -28,7 +29,7 @@ def test_a_record_that_breaks_decode_is_skipped_not_retried_for_ever(
 
 @pytest.mark.parametrize(
     "failure",
-    [asyncio.CancelledError(), materializer.KafkaError("no brokers"), RuntimeError("bug")],
+    [asyncio.CancelledError(), KafkaError("no brokers"), RuntimeError("bug")],
     ids=["cancelled", "kafka", "other"],
 )
 def test_the_follower_thread_outlives_any_failure_of_a_round(
