@@ -27,7 +27,7 @@ demo: install kafka ## run the end-to-end demo (local Kafka + model simulator un
 	$(BIN)/python -m dev.demo
 
 test: install kafka lint typecheck ## lint, type-check, unit and integration tests on a real broker
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -rs -p no:cacheprovider
 
 lint: $(STAMP) ## ruff: lint and formatting
 	$(BIN)/ruff check .
