@@ -32,9 +32,14 @@ LIVE_S = 2.0  # the issue's bound: an update reaches outputs within this
 CUSTOMERS = [f"C-{1001 + n}" for n in range(24)]
 
 
-def _ready_line(worker: Child) -> re.Match[str]:
-    found = re.search(r"org data ready in [\d.]+ s, (\d+) records read", worker.log_tail(200_000))
-    assert found, worker.log_tail()
+def _ready_line(worker: Child, timeout_s: float = 60.0) -> re.Match[str]:
+    """The worker's "org data ready" line, once it has logged it: a worker that joined the
+    group after the others had answered every event may still be starting."""
+    deadline = time.monotonic() + timeout_s
+    pattern = r"org data ready in [\d.]+ s, (\d+) records read"
+    while (found := re.search(pattern, worker.log_tail(200_000))) is None:
+        assert worker.alive() and time.monotonic() < deadline, worker.log_tail()
+        time.sleep(0.2)
     return found
 
 
