@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install kafka demo test lint typecheck unit integration fmt schemas bench bench-quick bench-http chaos soak clean
+.PHONY: help install kafka demo test lint typecheck unit integration fmt schemas bench bench-quick bench-http bench-call-path chaos soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ bench-quick: install kafka ## the same scenarios, short runs (a smoke check, not
 
 bench-http: $(STAMP) ## httpx vs aiohttp transport at 50 and 200 calls in flight
 	$(BIN)/python -m dev.bench.http_transport
+
+bench-call-path: $(STAMP) ## CPU per model call: the SDK's typed path vs the lean one, 200 in flight
+	$(BIN)/python -m dev.bench.call_path
 
 chaos: install kafka ## reliability suite: kill workers, broker, model while events flow (< 25 min)
 	$(BIN)/python -m dev.chaos --publish

@@ -636,6 +636,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "HTTP client (aiohttp/httpx)": (
         "aiohttp/",
         "httpx/",
+        "httpx2/",  # the HTTP client of openai 3.x
         "httpcore/",
         "anyio/",
         "multidict/",

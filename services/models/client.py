@@ -1,5 +1,9 @@
 """Model calls through the openai SDK, against any OpenAI-compatible endpoint.
 
+The SDK sends each request (auth, base URL, headers, timeouts, error types, the aiohttp
+transport); `wire.py` builds its bytes and reads the answer, which costs a fraction of the
+CPU of the SDK's typed `create()` (`python -m dev.bench.call_path`).
+
 One call = its targets in order (the model, then its fallbacks) -> for each target whose
 circuit is closed: attempts under the shared quota, retried by `retry.decide` -> parse and,
 for a declared schema, validate (one repair request if the answer breaks it). An attempt
@@ -18,8 +22,9 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import httpx2
 import openai
-from openai import AsyncOpenAI, DefaultAioHttpClient
+from openai import AsyncOpenAI, DefaultAioHttpClient, RequestOptions
 
 from llmflow.errors import LlmflowError
 from llmflow.schemas.outputs import ModelCallResult
@@ -29,9 +34,18 @@ from llmflow.services.models.hedging import HedgeDelays, HedgePolicy
 from llmflow.services.models.metrics import ModelMetrics
 from llmflow.services.models.probe import ProbeResult, probe
 from llmflow.services.models.quotas import ModelQuota, Permit, QuotaRegistry
-from llmflow.services.models.retry import RetryPolicy, decide
+from llmflow.services.models.retry import RetryPolicy, decide, is_transient
 from llmflow.services.models.structured import SchemaViolation, parse_answer, repair_messages
 from llmflow.services.models.tokens import count_prompt_tokens, count_text_tokens
+from llmflow.services.models.wire import (
+    CHAT_PATH,
+    EMBEDDINGS_PATH,
+    Answer,
+    chat_answer,
+    chat_content,
+    embedding_answer,
+    embeddings_content,
+)
 from llmflow.topologies.spec import ModelCall, Target, Topology
 
 log = logging.getLogger(__name__)
@@ -51,8 +65,9 @@ class ModelCallError(LlmflowError):
     """A model call failed for good; `kind` is stable, `transient` says retries ran out.
 
     `endpoint_down` says the failure is the endpoint's (unreachable, 5xx, 429, timeouts,
-    401/403/404), not the event's: the worker then waits for the endpoint instead of
-    dead-lettering the event. `endpoints` are the ones the call tried.
+    401/403/404, answers that are not JSON or lack `choices`), not the event's: the worker
+    then waits for the endpoint instead of dead-lettering the event. `endpoints` are the
+    ones the call tried.
     """
 
     def __init__(
@@ -97,18 +112,7 @@ def make_openai_client(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """One successful HTTP answer."""
-
-    text: str
-    embedding: list[float] | None
-    model: str
-    tokens_in: int
-    tokens_out: int
-
-
-_Reply = tuple[_Answer, Any]  # an answer and its response headers
+_Reply = tuple[Answer, Any]  # an answer and its response headers
 
 
 class ModelClient:
@@ -197,7 +201,7 @@ class ModelClient:
         call: ModelCall,
         call_id: str,
         target: Target,
-        answer: tuple[Any, _Answer],
+        answer: tuple[Any, Answer],
         attempts: int,
         repaired: bool,
         started: float,
@@ -228,7 +232,7 @@ class ModelClient:
 
     async def _run_target(
         self, call: ModelCall, target: Target, request: dict[str, Any], call_id: str
-    ) -> tuple[tuple[Any, _Answer], int, bool]:
+    ) -> tuple[tuple[Any, Answer], int, bool]:
         """(parsed answer, HTTP attempts, repaired) from one target."""
         raw, attempts = await self._with_retries(call, target, request, call_id)
         if call.kind == "embedding":
@@ -245,7 +249,7 @@ class ModelClient:
             )
             attempts += more
             tokens = (raw.tokens_in + fixed.tokens_in, raw.tokens_out + fixed.tokens_out)
-            merged = _Answer(fixed.text, None, fixed.model, *tokens)
+            merged = Answer(fixed.text, None, fixed.model, *tokens)
             try:
                 value = parse_answer(fixed.text, call.output_schema)
             except SchemaViolation as second:
@@ -266,7 +270,7 @@ class ModelClient:
 
     async def _with_retries(
         self, call: ModelCall, target: Target, request: dict[str, Any], call_id: str
-    ) -> tuple[_Answer, int]:
+    ) -> tuple[Answer, int]:
         """One answer from `target`, retrying per the policy, inside the call's deadline."""
         client = self._clients.get(target.endpoint)
         if client is None:
@@ -302,9 +306,9 @@ class ModelClient:
                     call.name,
                     decision.reason,
                     _CONNECTION_FAILURES.get(decision.reason, str(failure)),
-                    transient=_is_transient(failure),
+                    transient=is_transient(failure),
                     attempts=requests,
-                    endpoint_down=_is_transient(failure) or _status(failure) in ENDPOINT_STATUSES,
+                    endpoint_down=is_transient(failure) or _status(failure) in ENDPOINT_STATUSES,
                 ) from failure
             if quota is not None and decision.retry_after_s:
                 quota.hold_for(decision.retry_after_s)  # every caller backs off together
@@ -420,28 +424,32 @@ class ModelClient:
         call_id: str,
         request_timeout_s: float | None = None,
     ) -> _Reply:
-        """One HTTP request; a hedge passes the time left of its attempt."""
-        headers = {"x-llmflow-call-id": call_id}
-        options: dict[str, Any] = {"extra_headers": headers}
+        """One HTTP request; a hedge passes the time left of its attempt.
+
+        `post` with `cast_to=httpx2.Response` keeps the SDK's auth, headers, timeouts and
+        error types but skips its request transform and response models (`wire.py`).
+        """
+        options: RequestOptions = {
+            "headers": {"x-llmflow-call-id": call_id},
+            "security": {"bearer_auth": True},  # what the SDK's own create() asks for
+        }
         if request_timeout_s is not None:
             options["timeout"] = request_timeout_s
         if call.kind == "embedding":
-            raw = await client.embeddings.with_raw_response.create(
-                model=target.model, **request, **options
+            response = await client.post(
+                EMBEDDINGS_PATH,
+                cast_to=httpx2.Response,
+                content=embeddings_content(target.model, request),
+                options=options,
             )
-            response = raw.parse()
-            answer = _Answer(
-                "", response.data[0].embedding, response.model, response.usage.prompt_tokens, 0
-            )
-            return answer, raw.headers
-        raw_chat = await client.chat.completions.with_raw_response.create(
-            model=target.model, **options, **request
+            return embedding_answer(response, target.model), response.headers
+        response = await client.post(
+            CHAT_PATH,
+            cast_to=httpx2.Response,
+            content=chat_content(target.model, request),
+            options=options,
         )
-        chat = raw_chat.parse()
-        usage = chat.usage
-        tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-        text = chat.choices[0].message.content or ""
-        return _Answer(text, None, chat.model, *tokens), raw_chat.headers
+        return chat_answer(response, target.model), response.headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,16 +517,10 @@ def _status(error: openai.APIError) -> int | None:
     return error.status_code if isinstance(error, openai.APIStatusError) else None
 
 
-def _is_transient(error: openai.APIError) -> bool:
-    if isinstance(error, openai.APIStatusError):
-        return error.status_code in {408, 409, 429} or error.status_code >= 500
-    return isinstance(error, openai.APIConnectionError)  # timeouts included
-
-
 def _request_body(
     call: ModelCall, system: str | None, user: str, image_urls: list[str]
 ) -> dict[str, Any]:
-    """The SDK keyword arguments of the call, model excepted (it differs per target)."""
+    """The JSON request body of the call, model excepted (it differs per target)."""
     if call.kind == "embedding":
         return (
             {"input": user}

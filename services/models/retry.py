@@ -51,10 +51,13 @@ class RetryDecision:
 
 def classify(error: BaseException) -> str:
     """A short, stable label for a failed attempt (a metric label and dead-letter kind):
-    `http_<status>`, `connection_refused`, `dns`, `timeout`, `connection`, or the exception's
-    class name for anything that is not an API error."""
+    `http_<status>`, `connection_refused`, `dns`, `timeout`, `connection`, `bad_response`
+    (an answer that is not JSON or lacks what the call reads), or the exception's class
+    name for anything that is not an API error."""
     if isinstance(error, openai.APIStatusError):
         return f"http_{error.status_code}"
+    if isinstance(error, openai.APIResponseValidationError):
+        return "bad_response"
     if isinstance(error, openai.APIConnectionError):
         # Before the timeout test: the aiohttp transport reports a refused connection as one.
         failure = connection_failure(error)
@@ -64,6 +67,16 @@ def classify(error: BaseException) -> str:
             return "timeout"
         return "connection"
     return type(error).__name__
+
+
+def is_transient(error: BaseException) -> bool:
+    """May the same request succeed later? Yes for 408/409/429/5xx, connection failures,
+    timeouts and a bad answer (a body cut short or garbled on its way, an endpoint between
+    restarts): the endpoint's trouble, not the request's. Other statuses and anything that
+    is not an API error (a bug, a cancelled task) are permanent."""
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in RETRYABLE_STATUSES or error.status_code >= 500
+    return isinstance(error, openai.APIError)
 
 
 def retry_after(error: BaseException) -> float | None:
@@ -92,11 +105,7 @@ def decide(
 ) -> RetryDecision:
     """Retry `error` after `attempt` attempts, with `remaining_s` left of the deadline?"""
     reason = classify(error)
-    status = error.status_code if isinstance(error, openai.APIStatusError) else None
-    transient = status is None or status in RETRYABLE_STATUSES or status >= 500
-    if not isinstance(error, openai.APIError):
-        transient = False  # a bug or a cancelled task is not the endpoint's fault
-    if not transient:
+    if not is_transient(error):
         log.info("call %s: %s is permanent, not retried", call, reason)
         return RetryDecision(None, reason)
     if attempt >= policy.max_attempts:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any, cast
@@ -22,6 +23,7 @@ from llmflow.services.models.hedging import HedgePolicy
 from llmflow.services.models.metrics import ModelMetrics
 from llmflow.services.models.quotas import ModelQuota, QuotaLimits, QuotaRegistry
 from llmflow.services.models.retry import RetryPolicy
+from llmflow.services.modelsim.answers import embedding_vector
 from llmflow.services.modelsim.config import SimulatorConfig
 from llmflow.services.modelsim.server import make_app
 from llmflow.topologies.spec import ModelCall
@@ -190,15 +192,9 @@ class _StuckEndpoint:
         self.then = then
         self.failures = failures
         self.requests = 0
-        create = SimpleNamespace(create=self.create)
-        self.client = cast(
-            AsyncOpenAI,
-            SimpleNamespace(
-                chat=SimpleNamespace(completions=SimpleNamespace(with_raw_response=create))
-            ),
-        )
+        self.client = cast(AsyncOpenAI, SimpleNamespace(post=self.post))
 
-    async def create(self, **kwargs: Any) -> Any:
+    async def post(self, path: str, **kwargs: Any) -> Any:
         self.requests += 1
         if self.requests <= self.failures:
             self.failed.set()
@@ -311,3 +307,134 @@ async def test_slow_request_is_hedged_through_the_sdk(endpoints: Factory) -> Non
     ):
         answered = await response.json()
     assert [e["status"] for e in answered] == [200]  # the hedge; the first one was dropped
+
+
+# -- the call path over HTTP: a fake endpoint at the transport seam -----------------------
+
+
+def _scripted(*replies: httpx2.Response) -> tuple[AsyncOpenAI, list[httpx2.Request]]:
+    """A client whose endpoint gives `replies` in order, the last one from then on."""
+    seen: list[httpx2.Request] = []
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        return replies[min(len(seen), len(replies)) - 1]
+
+    http = httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+    client = AsyncOpenAI(base_url="http://model/v1", api_key="k", max_retries=0, http_client=http)
+    return client, seen
+
+
+def _chat_reply(content: str = '{"mood": "calm"}', **fields: Any) -> httpx2.Response:
+    message = {"role": "assistant", "content": content}
+    body = {"model": "m1-2026", "choices": [{"message": message}]} | fields
+    return httpx2.Response(200, json=body)
+
+
+async def test_one_request_carries_auth_call_id_and_the_prebuilt_body() -> None:
+    sdk, seen = _scripted(_chat_reply(usage={"prompt_tokens": 9, "completion_tokens": 4}))
+    client = ModelClient({"default": sdk}, policy=RetryPolicy())
+    result = await run(client, _call(output_schema=SCHEMA, max_tokens=20))
+    assert result.answer == {"mood": "calm"} and result.model == "m1-2026"
+    assert (result.tokens_in, result.tokens_out, result.attempts) == (9, 4, 1)
+    (request,) = seen
+    assert str(request.url) == "http://model/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer k"
+    assert request.headers["x-llmflow-call-id"] == "id-1"
+    assert request.headers["content-type"] == "application/json"
+    body = json.loads(request.content)
+    assert body["model"] == "m1" and body["max_tokens"] == 20
+    assert body["messages"] == [{"role": "user", "content": "hello there"}]
+    assert body["response_format"]["json_schema"]["schema"] == SCHEMA
+    await sdk.close()
+
+
+async def test_an_answer_without_usage_counts_no_tokens_and_still_repairs() -> None:
+    sdk, seen = _scripted(_chat_reply('{"mood": "meh"}'), _chat_reply())
+    client = ModelClient({"default": sdk}, policy=RetryPolicy())
+    result = await run(client, _call(output_schema=SCHEMA))
+    assert result.answer == {"mood": "calm"} and result.repaired and len(seen) == 2
+    assert (result.tokens_in, result.tokens_out, result.cost_usd) == (0, 0, 0)
+    await sdk.close()
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        httpx2.Response(200, text="<html>gateway</html>"),
+        httpx2.Response(200, json={"error": {"message": "overloaded"}}),
+        httpx2.Response(200, json={"model": "m1", "choices": []}),
+    ],
+)
+async def test_a_broken_answer_is_retried_then_a_classified_failure(
+    broken: httpx2.Response,
+) -> None:
+    sdk, seen = _scripted(broken)
+    metrics = ModelMetrics(CollectorRegistry())
+    policy = RetryPolicy(max_attempts=2, base_delay_s=0.01)
+    client = ModelClient({"default": sdk}, policy=policy, metrics=metrics)
+    with pytest.raises(ModelCallError) as info:
+        await run(client, _call())
+    error = info.value
+    assert (error.kind, error.transient, error.endpoint_down) == ("bad_response", True, True)
+    assert error.attempts == len(seen) == 2 and "bad answer from" in str(error)
+    assert metrics.attempts.labels("m1", "default", "bad_response")._value.get() == 2
+    await sdk.close()
+
+
+async def test_a_broken_answer_falls_back_and_then_recovers() -> None:
+    sdk, seen = _scripted(httpx2.Response(200, content=b'{"choices": [{"mess'), _chat_reply("ok"))
+    backup, _ = _scripted(_chat_reply("from backup"))
+    policy = RetryPolicy(max_attempts=1)
+    client = ModelClient({"default": sdk, "backup": backup}, policy=policy)
+    call = _call(fallbacks=[{"model": "m2", "endpoint": "backup"}])
+    assert (await run(client, call)).answer == "from backup"
+    assert (await run(client, call)).answer == "ok" and len(seen) == 2
+    await sdk.close()
+    await backup.close()
+
+
+async def test_a_429_with_retry_after_holds_the_quota_then_answers() -> None:
+    limited = httpx2.Response(
+        429, headers={"retry-after-ms": "20"}, json={"error": {"message": "slow down"}}
+    )
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "10ms"}
+    answered = _chat_reply("fine", usage={"prompt_tokens": 1, "completion_tokens": 1})
+    answered.headers.update(spent)
+    sdk, seen = _scripted(limited, answered)
+    registry = QuotaRegistry({"m1": QuotaLimits(max_concurrent=4)})
+    quota = registry.get("m1")
+    assert quota is not None
+    metrics = ModelMetrics(CollectorRegistry())
+    client = ModelClient({"default": sdk}, policy=RetryPolicy(), quotas=registry, metrics=metrics)
+    result = await run(client, _call())
+    assert result.answer == "fine" and result.attempts == 2 == len(seen)
+    # The Retry-After held every caller, and so did the spent budget of the answer's headers.
+    assert quota.holds_total == 2 and quota.in_flight == 0
+    assert metrics.retries.labels("m1", "http_429")._value.get() == 1
+    await sdk.close()
+
+
+async def test_status_errors_keep_the_sdk_types() -> None:
+    sdk, _ = _scripted(httpx2.Response(400, json={"error": {"message": "bad request"}}))
+    client = ModelClient({"default": sdk}, policy=RetryPolicy())
+    with pytest.raises(ModelCallError) as info:
+        await run(client, _call())
+    assert isinstance(info.value.__cause__, openai.BadRequestError)
+    assert (info.value.kind, info.value.transient, info.value.endpoint_down) == (
+        "http_400",
+        False,
+        False,
+    )
+    await sdk.close()
+
+
+async def test_embeddings_through_the_simulator(endpoints: Factory) -> None:
+    sim, _ = await endpoints()
+    client = ModelClient({"default": sim}, policy=RetryPolicy())
+    call = _call(kind="embedding", model="sim-embed", dimensions=16)
+    result = await run(client, call, user="refund my invoice")
+    assert len(result.answer) == 16 and result.tokens_in > 0 and result.tokens_out == 0
+    expected = embedding_vector("sim-embed", "refund my invoice", 16)
+    assert result.answer == pytest.approx(expected, rel=1e-6)  # float32 on the wire
+    assert result.model == "sim-embed"

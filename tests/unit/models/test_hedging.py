@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -112,9 +113,11 @@ class _Step:
     error: int | None = None  # an HTTP status to fail with
 
 
+REQUEST = httpx2.Request("POST", "http://endpoint/v1/chat/completions")
+
+
 def _status_error(status: int) -> openai.APIStatusError:
-    request = httpx2.Request("POST", "http://endpoint/v1/chat/completions")
-    response = httpx2.Response(status, request=request)
+    response = httpx2.Response(status, request=REQUEST)
     if status >= 500:
         return openai.InternalServerError("busy", response=response, body=None)
     return openai.APIStatusError("refused", response=response, body=None)
@@ -123,7 +126,8 @@ def _status_error(status: int) -> openai.APIStatusError:
 @dataclass
 class _Endpoint:
     """An AsyncOpenAI stand-in that plays `_Step`s in order (instant answers when none are
-    left) and records every request: its kwargs, and whether it was cancelled."""
+    left) and records every request (its request options and JSON body under "body") and
+    whether it was cancelled."""
 
     steps: deque[_Step] = field(default_factory=deque)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -132,13 +136,12 @@ class _Endpoint:
 
     @property
     def client(self) -> AsyncOpenAI:
-        create = SimpleNamespace(create=self.create)
-        chat = SimpleNamespace(completions=SimpleNamespace(with_raw_response=create))
-        return cast(AsyncOpenAI, SimpleNamespace(chat=chat))
+        return cast(AsyncOpenAI, SimpleNamespace(post=self.post))
 
-    async def create(self, **kwargs: Any) -> Any:
+    async def post(self, path: str, *, cast_to: type, content: bytes, options: Any) -> Any:
+        assert (path, cast_to) == ("/chat/completions", httpx2.Response)
         n = len(self.requests)
-        self.requests.append(kwargs)
+        self.requests.append({**options, "body": json.loads(content)})
         if len(self.requests) == 2:
             self.two_running.set()
         step = self.steps.popleft() if self.steps else _Step()
@@ -151,10 +154,10 @@ class _Endpoint:
             raise
         if step.error is not None:
             raise _status_error(step.error)
-        usage = SimpleNamespace(prompt_tokens=10 + n, completion_tokens=100 + n)
-        message = SimpleNamespace(content=f"answer {n}")
-        chat = SimpleNamespace(model="m1", usage=usage, choices=[SimpleNamespace(message=message)])
-        return SimpleNamespace(parse=lambda: chat, headers={})
+        usage = {"prompt_tokens": 10 + n, "completion_tokens": 100 + n}
+        message = {"role": "assistant", "content": f"answer {n}"}
+        answer = {"model": "m1", "usage": usage, "choices": [{"message": message}]}
+        return httpx2.Response(200, json=answer, request=REQUEST)
 
 
 def _call() -> ModelCall:
@@ -214,8 +217,8 @@ async def test_hedge_wins_when_the_first_request_hangs() -> None:
     assert DELAY <= elapsed < 0.5
     # The same request with the same call id; the hedge has the attempt's timeout left.
     first, second = endpoint.requests
-    assert first["extra_headers"] == second["extra_headers"] == {"x-llmflow-call-id": "id-1"}
-    assert first["messages"] == second["messages"] and "timeout" not in first
+    assert first["headers"] == second["headers"] == {"x-llmflow-call-id": "id-1"}
+    assert first["body"] == second["body"] and "timeout" not in first
     assert 60 - 0.5 < second["timeout"] < 60 - DELAY
     assert endpoint.cancelled == [0] and _no_tasks_left()
     # Tokens and cost of the kept answer only.
