@@ -16,6 +16,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmflow.services.models.probe import connection_failure
+from llmflow.services.models.wire import ErrorAnswer
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,13 @@ class RetryDecision:
 def classify(error: BaseException) -> str:
     """A short, stable label for a failed attempt (a metric label and dead-letter kind):
     `http_<status>`, `connection_refused`, `dns`, `timeout`, `connection`, `bad_response`
-    (an answer that is not JSON or lacks what the call reads), or the exception's class
-    name for anything that is not an API error."""
+    (an answer that is not JSON or lacks what the call reads), `error_answer` (a success
+    status carrying an error), or the exception's class name for anything that is not an
+    API error."""
     if isinstance(error, openai.APIStatusError):
         return f"http_{error.status_code}"
+    if isinstance(error, ErrorAnswer):
+        return "error_answer"
     if isinstance(error, openai.APIResponseValidationError):
         return "bad_response"
     if isinstance(error, openai.APIConnectionError):
@@ -76,6 +80,8 @@ def is_transient(error: BaseException) -> bool:
     is not an API error (a bug, a cancelled task) are permanent."""
     if isinstance(error, openai.APIStatusError):
         return error.status_code in RETRYABLE_STATUSES or error.status_code >= 500
+    if isinstance(error, ErrorAnswer):
+        return False
     return isinstance(error, openai.APIError)
 
 

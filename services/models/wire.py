@@ -93,6 +93,12 @@ def embedding_answer(response: httpx2.Response, requested: str) -> Answer:
     )
 
 
+class ErrorAnswer(openai.APIResponseValidationError):
+    """A success status whose body is an error (`{"error": ...}`), as some compatible
+    servers answer a request they refuse: the request's fault, not the endpoint's, so it
+    is neither retried nor counted against the endpoint's circuit."""
+
+
 def _json_object(response: httpx2.Response) -> dict[str, Any]:
     try:
         body = orjson.loads(response.content)
@@ -100,6 +106,10 @@ def _json_object(response: httpx2.Response) -> dict[str, Any]:
         raise _bad(response, None, "the answer is not JSON") from None
     if not isinstance(body, dict):
         raise _bad(response, body, "the answer is not a JSON object")
+    if "error" in body and not ("choices" in body or "data" in body):
+        quoted = response.content[:_QUOTED_CHARS].decode("utf-8", "replace")
+        message = f"{response.request.url} answered with an error: {quoted!r}"
+        raise ErrorAnswer(response, body, message=message)
     return body
 
 

@@ -362,7 +362,6 @@ async def test_an_answer_without_usage_counts_no_tokens_and_still_repairs() -> N
     "broken",
     [
         httpx2.Response(200, text="<html>gateway</html>"),
-        httpx2.Response(200, json={"error": {"message": "overloaded"}}),
         httpx2.Response(200, json={"model": "m1", "choices": []}),
     ],
 )
@@ -379,6 +378,17 @@ async def test_a_broken_answer_is_retried_then_a_classified_failure(
     assert (error.kind, error.transient, error.endpoint_down) == ("bad_response", True, True)
     assert error.attempts == len(seen) == 2 and "bad answer from" in str(error)
     assert metrics.attempts.labels("m1", "default", "bad_response")._value.get() == 2
+    await sdk.close()
+
+
+async def test_an_error_answer_fails_the_call_at_once_and_spares_the_endpoint() -> None:
+    sdk, seen = _scripted(httpx2.Response(200, json={"error": {"message": "too long"}}))
+    client = ModelClient({"default": sdk}, policy=RetryPolicy(max_attempts=5))
+    with pytest.raises(ModelCallError) as info:
+        await run(client, _call())
+    error = info.value
+    assert (error.kind, error.transient, error.endpoint_down) == ("error_answer", False, False)
+    assert len(seen) == 1 and "too long" in str(error)
     await sdk.close()
 
 

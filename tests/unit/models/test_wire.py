@@ -12,8 +12,9 @@ import httpx2
 import openai
 import pytest
 
-from llmflow.services.models.retry import RetryPolicy, classify, decide
+from llmflow.services.models.retry import RetryPolicy, classify, decide, is_transient
 from llmflow.services.models.wire import (
+    ErrorAnswer,
     chat_answer,
     chat_content,
     embedding_answer,
@@ -69,7 +70,6 @@ def test_a_missing_model_is_the_requested_one_and_no_content_is_empty_text() -> 
         (b'{"choices": [{"message": {"content": "cut sho', "not JSON"),
         (b"", "not JSON"),
         ([1, 2], "not a JSON object"),
-        ({"error": {"message": "context too long"}}, "no choices"),
         ({"choices": []}, "no choices"),
         ({"choices": [{"text": "legacy completion"}]}, "no choices"),
         ({"choices": [{"message": {"content": ["parts"]}}]}, "not a string"),
@@ -85,6 +85,20 @@ def test_a_broken_answer_is_a_classified_api_error(body: Any, problem: str) -> N
     # The endpoint's trouble (a body cut short, a proxy's page): retried like a 5xx.
     decision = decide(error, 1, 60, RetryPolicy(), call="c", rng=random.Random(0))
     assert decision.delay_s is not None and decision.reason == "bad_response"
+
+
+@pytest.mark.parametrize("read", [chat_answer, embedding_answer])
+def test_an_error_in_a_success_status_is_the_requests_fault(read: Any) -> None:
+    """Some compatible servers refuse a request (a context too long) with 200 and an error
+    body: retrying it is paying again for the same refusal, and counting it against the
+    endpoint would open its circuit for every other event."""
+    with pytest.raises(ErrorAnswer) as info:
+        read(_response({"error": {"message": "context too long"}}), "m1")
+    error = info.value
+    assert "answered with an error" in str(error) and "context too long" in str(error)
+    assert classify(error) == "error_answer" and not is_transient(error)
+    decision = decide(error, 1, 60, RetryPolicy(), call="c", rng=random.Random(0))
+    assert decision.delay_s is None
 
 
 def test_the_quote_of_a_broken_answer_is_short() -> None:
