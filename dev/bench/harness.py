@@ -8,14 +8,12 @@ Everything a scenario in `dev.bench.worker_scenarios` needs besides its own logi
 - a sampler thread that reads CPU seconds and peak memory of the child processes from /proc
   (plus the machine's busy share from /proc/stat), so CPU can be taken over any time window;
 - starting workers, waiting until their consumer group is settled, stopping them;
-- a plain aiokafka consume-produce-commit loop, the framework-free baseline
-  (`python -m dev.bench.harness passthrough ...`);
+- starting the lean hand-written consumer of `dev.bench.lean`, the worker's fair baseline;
 - py-spy profiles reduced to CPU shares by library, and a verdict on what bounds a run.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import bisect
 import contextlib
@@ -24,7 +22,6 @@ import logging
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -569,62 +566,31 @@ async def wait_settled(group: WorkerGroup, timeout_s: float = 90.0) -> float:
     raise BenchError(f"workers did not settle in {timeout_s:.0f} s:\n{tails}")
 
 
-def start_passthrough(
-    run_dir: Path, label: str, bootstrap: str, source: str, sink: str, partitions: int
+def start_lean(
+    run_dir: Path,
+    label: str,
+    *,
+    bootstrap: str,
+    sim: Child,
+    topology: TopologyCopy,
+    call: str,
+    concurrency: int,
 ) -> Child:
-    """The framework-free baseline in its own process: consume, produce, commit."""
+    """The lean consumer (`dev.bench.lean`) in its own process, on the topology copy's input
+    and output topics, sending `call` of that copy to `sim`."""
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{label}.log"
-    args = [sys.executable, "-m", "dev.bench.harness", "passthrough"]
-    args += ["--bootstrap", bootstrap, "--source", source, "--sink", sink]
-    args += ["--group", f"bench-{label}-{uuid.uuid4().hex[:6]}", "--partitions", str(partitions)]
+    args = [sys.executable, "-m", "dev.bench.lean", "--bootstrap", bootstrap]
+    args += ["--source", topology.input_topic, "--sink", topology.output_topic]
+    args += ["--group", f"bench-{label}-{uuid.uuid4().hex[:6]}"]
+    args += ["--base-url", sim.extra["base_url"], "--topology", str(topology.path)]
+    args += ["--call", call, "--concurrency", str(concurrency)]
     with log_path.open("ab") as out:
         process = subprocess.Popen(  # from the checkout, where `dev` is importable
             args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=PROJECT_ROOT
         )
     return Child(label, process, log_path)
-
-
-async def passthrough(bootstrap: str, source: str, sink: str, group: str, partitions: int) -> None:
-    """Consume raw bytes, produce them unchanged to `sink` (same partition), commit; repeat.
-
-    The producer's durability matches the worker's (acks from all replicas); a batch's
-    offsets are committed once every record of it is acked. Runs until SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    consumer = AIOKafkaConsumer(
-        source,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await consumer.start()
-    await producer.start()
-    forwarded = 0
-    try:
-        while not stop.is_set():
-            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
-            if not batch:
-                continue
-            acks = [
-                await producer.send(
-                    sink, record.value, key=record.key, partition=tp.partition % partitions
-                )
-                for tp, records in batch.items()
-                for record in records
-            ]
-            await asyncio.gather(*acks)
-            await consumer.commit()
-            forwarded += len(acks)
-    finally:
-        await producer.stop()
-        await consumer.stop()
-        print(f"forwarded {forwarded} records", flush=True)
 
 
 # --- profiles ------------------------------------------------------------------------------
@@ -823,25 +789,3 @@ def machine() -> dict[str, Any]:
         "load_average_at_start": [round(v, 2) for v in load],
         **versions,
     }
-
-
-# --- command -------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dev.bench.harness")
-    sub = parser.add_subparsers(dest="command", required=True)
-    loop = sub.add_parser("passthrough", help="the plain aiokafka consume-produce-commit loop")
-    loop.add_argument("--bootstrap", required=True)
-    loop.add_argument("--source", required=True)
-    loop.add_argument("--sink", required=True)
-    loop.add_argument("--group", required=True)
-    loop.add_argument("--partitions", type=int, required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    asyncio.run(passthrough(args.bootstrap, args.source, args.sink, args.group, args.partitions))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

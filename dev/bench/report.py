@@ -20,6 +20,9 @@ the same table and chart without touching this module:
                         "unit": "images/s",
                         "better": "higher", # optional, default "higher": the target is met
                                             # when ratio >= target; "lower": ratio <= target
+                        "simulator_cores": {"worker": 0.4, "lean": 0.9},
+                                            # optional, runs against the model simulator: its
+                                            # cores during each run behind the ratio
                     },
                 ],
                 "figures": [            # optional: absolute figures judged against a target
@@ -41,6 +44,10 @@ the same table and chart without touching this module:
 `ratio` is the ratio of those medians, so the table's three numbers agree with each other.
 `make_figure` and `figure_met` do the same for a figure: its row in the table shows no
 baseline and no ratio, and the chart (of ratios) leaves it out.
+
+Where ratios carry `simulator_cores`, the table gets a column with them, and a ratio with a
+run that kept the simulator near a full core (`simulator_limited`) is marked so, in the table
+and the chart: its rate may say more about the simulator than about what it served.
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ PACKAGES = ("faust-streaming", "aiokafka", "kafka-python", "openai", "pillow", "
 CHART_WIDTH_PX = 1000
 CHART_DPI = 100
 COLOURS = {True: "#2e7d32", False: "#c62828", None: "#5b7fa6"}  # met, missed, no target
+SIMULATOR_LIMIT_CORES = 0.85
+"""The model simulator serves from one event loop: at this share of a core it is the run's
+bottleneck (a loop that never waits reads 0.95-1.0; the margin is the sampling's error)."""
 
 
 class Ratio(TypedDict):
@@ -80,6 +90,7 @@ class Ratio(TypedDict):
     target: float | None
     unit: str
     better: NotRequired[Better]
+    simulator_cores: NotRequired[dict[str, float | None]]
 
 
 def make_ratio(
@@ -90,10 +101,12 @@ def make_ratio(
     unit: str,
     target: float | None = None,
     better: Better = "higher",
+    simulator_cores: Mapping[str, float | None] | None = None,
 ) -> Ratio:
-    """A ratio entry with `ratio` = value / baseline (NaN when the baseline is zero)."""
+    """A ratio entry with `ratio` = value / baseline (NaN when the baseline is zero);
+    `simulator_cores` by run, for ratios measured against the model simulator."""
     ratio = value / baseline if baseline else math.nan
-    return {
+    entry: Ratio = {
         "name": name,
         "value": value,
         "baseline": baseline,
@@ -102,6 +115,9 @@ def make_ratio(
         "unit": unit,
         "better": better,
     }
+    if simulator_cores is not None:
+        entry["simulator_cores"] = dict(simulator_cores)
+    return entry
 
 
 def target_met(ratio: Mapping[str, Any]) -> bool | None:
@@ -113,6 +129,25 @@ def target_met(ratio: Mapping[str, Any]) -> bool | None:
     if ratio.get("better", "higher") == "lower":
         return bool(value <= target)
     return bool(value >= target)
+
+
+def simulator_limited(ratio: Mapping[str, Any]) -> bool:
+    """Whether a run behind the ratio kept the model simulator near a full core."""
+    cores = ratio.get("simulator_cores") or {}
+    return any(c is not None and c >= SIMULATOR_LIMIT_CORES for c in cores.values())
+
+
+def simulator_text(ratio: Mapping[str, Any]) -> str:
+    """The simulator's cores by run ("0.42", or "worker 0.42, lean 0.95" for several),
+    marked when it limited the run; a dash for ratios measured without it."""
+    cores = {k: v for k, v in (ratio.get("simulator_cores") or {}).items() if v is not None}
+    if not cores:
+        return "—"
+    if len(cores) == 1:
+        text = f"{next(iter(cores.values())):.2f}"
+    else:
+        text = ", ".join(f"{run} {value:.2f}" for run, value in cores.items())
+    return text + (" (simulator-limited)" if simulator_limited(ratio) else "")
 
 
 class FigureEntry(TypedDict):
@@ -273,11 +308,14 @@ def _cell(text: str) -> str:
 
 def markdown_table(results: Mapping[str, Any]) -> str:
     """One row per ratio and per figure, then the machine line: ready to paste into the
-    README."""
+    README. A last column shows the simulator's cores when any ratio was measured on it."""
+    with_simulator = any("simulator_cores" in ratio for _, ratio in _rows(results))
     lines = [
         "| scenario | measured | baseline | ratio | target | met? |",
         "|---|---:|---:|---:|---:|:---:|",
     ]
+    if with_simulator:
+        lines = [lines[0] + " simulator CPU (cores) |", lines[1] + "---|"]
     verdicts = {True: "yes", False: "no", None: "—"}
     for scenario, data in (results.get("scenarios") or {}).items():
         for ratio in data.get("ratios") or []:
@@ -289,6 +327,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
                 f"| {_number(ratio.get('ratio'))} "
                 f"| {_target_text(ratio)} "
                 f"| {verdicts[target_met(ratio)]} |"
+                + (f" {simulator_text(ratio)} |" if with_simulator else "")
             )
         for figure in data.get("figures") or []:
             unit = _cell(figure.get("unit", ""))
@@ -300,7 +339,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
                 f"| {value_text} "
                 "| — | — "
                 f"| {target_text} "
-                f"| {verdicts[figure_met(figure)]} |"
+                f"| {verdicts[figure_met(figure)]} |" + (" — |" if with_simulator else "")
             )
     if results.get("machine"):
         lines += ["", machine_line(results["machine"])]
@@ -347,9 +386,13 @@ def write_chart(results: Mapping[str, Any], path: Path) -> Path:
     positions = list(range(len(rows)))[::-1]  # first ratio at the top
     for y, (_, ratio), value in zip(positions, rows, ratios, strict=True):
         met = target_met(ratio)
+        limited = simulator_limited(ratio)
         shown = value if math.isfinite(value) else low
-        ax.barh(y, shown - low, left=low, height=0.6, color=COLOURS[met])
+        ax.barh(
+            y, shown - low, left=low, height=0.6, color=COLOURS[met], hatch="//" if limited else ""
+        )
         verdict = {True: "  met", False: "  missed", None: ""}[met]
+        verdict += ", simulator-limited" if limited else ""
         target = ratio.get("target")
         label_x = shown if target is None else max(shown, float(target))
         ax.annotate(

@@ -7,8 +7,9 @@ topics and consumer group:
 
 1. concurrency - completed calls/s at 50 and 200 calls in flight (1 and 3 calls per event)
    against a 200 +/- 20 ms model, as a share of C / 0.2 s; CPU per 1000 calls.
-2. overhead    - worker events/s on an instant model / a plain aiokafka consume-produce-
-   commit loop on the same kind of topic; the one-event-at-a-time worker as the floor.
+2. overhead    - worker events/s / the lean hand-written consumer's (`dev.bench.lean`: the
+   same Kafka and HTTP work per event, none of the features) at C=200, 1 call per event, on
+   an instant model and on a 200 ms one; the one-event-at-a-time worker as the floor.
 3. latency     - end-to-end p50/p95/p99 at 50% and 90% of the throughput of (1).
 4. scaling     - 1, 2 and 4 workers in one group: events/s and ratio to one worker.
 5. memory      - peak resident memory (VmHWM) of the worker at C=200, taken during (1).
@@ -16,11 +17,13 @@ topics and consumer group:
    time in the worker over the sum of the latencies on its critical path (target <= 1.1).
 
 Rates come from the outputs' own timestamps over the middle of each run (the first and last
-15% of its span are dropped), so start-up and drain do not count. Where a target is missed,
-a separate pass profiles the worker with py-spy and the result says what bounds it.
-Every scenario returns a JSON-able dict whose `ratios` list holds entries
-{name, value, baseline, ratio, target, unit}; the command prints them as one table and
-writes everything to <run-dir>/worker_scenarios.json.
+15% of its span are dropped), so start-up and drain do not count. Every ratio carries the
+model simulator's cores in the runs behind it (`simulator_cores`): near a full core the
+simulator, not the system under test, sets the rate, and the report marks the ratio so.
+Where a target is missed, a separate pass profiles the worker with py-spy and the result
+says what bounds it. Every scenario returns a JSON-able dict whose `ratios` list holds
+entries {name, value, baseline, ratio, target, unit, simulator_cores}; the command prints
+them as one table and writes everything to <run-dir>/worker_scenarios.json.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from dev.bench.harness import (
     BenchError,
     CpuSampler,
-    Encoded,
     OffsetProbe,
     OutputRow,
     Steady,
@@ -66,7 +68,7 @@ from dev.bench.harness import (
     read_topic,
     record_profile,
     simulator,
-    start_passthrough,
+    start_lean,
     start_workers,
     steady_rate,
     summarise_profile,
@@ -74,6 +76,7 @@ from dev.bench.harness import (
     topology_copy,
     wait_settled,
 )
+from dev.bench.report import simulator_limited, simulator_text
 from dev.launch import Child
 from dev.topologies import GRAPH_CALLS, as_graph, critical_path_ms
 from llmflow.services.broker.local import LocalKafka
@@ -88,7 +91,9 @@ SCALING_PARTITIONS = 8
 TRIM = 0.15
 ONE_CALL = ("summarize",)  # the one call kept when a run wants 1 call per event
 CONCURRENCY_TARGETS = {50: 0.90, 200: 0.80}
-OVERHEAD_TARGET = 0.5
+OVERHEAD_TARGETS = {0.0: 0.5, LATENCY_MS: 0.9}
+"""Worker / lean consumer, by the model's latency in ms: on an instant model the worker's
+CPU per event is all there is; at 200 ms the model's wait should hide most of it."""
 OVERHEAD_CONCURRENCY = 200
 SCENARIOS = ("concurrency", "overhead", "latency", "scaling", "memory", "graph")
 
@@ -102,7 +107,9 @@ class Plan:
     cap_factor: float
     """A run is cut `run_s * cap_factor` after its first output (when below the ideal)."""
     overhead_worker_events: int
-    passthrough_events: int
+    """Worker backlog on the instant model (at 200 ms both sides get C / 0.2 s * run_s)."""
+    lean_events: int
+    """Lean consumer backlog on the instant model, where it is several times the faster."""
     naive_events: int
     latency_phase_s: float
     latency_warmup_events: int
@@ -115,7 +122,7 @@ FULL = Plan(
     run_s=18.0,
     cap_factor=1.6,
     overhead_worker_events=8000,
-    passthrough_events=300_000,
+    lean_events=60_000,
     naive_events=60,
     latency_phase_s=10.0,
     latency_warmup_events=400,
@@ -127,7 +134,7 @@ QUICK = Plan(
     run_s=3.0,
     cap_factor=1.5,
     overhead_worker_events=1800,
-    passthrough_events=60_000,
+    lean_events=10_000,
     naive_events=12,
     latency_phase_s=2.5,
     latency_warmup_events=150,
@@ -189,11 +196,14 @@ def ratio_entry(
     target: float | None,
     unit: str,
     better: str = "higher",
+    *,
+    simulator_cores: dict[str, float | None],
 ) -> dict[str, Any]:
     """One row of a scenario's `ratios`: value / baseline, against a target (or None);
-    `better` says which way the ratio improves (a target is met at or beyond it)."""
+    `better` says which way the ratio improves (a target is met at or beyond it).
+    `simulator_cores`: the simulator's cores during each run behind the ratio, by run."""
     share = value / baseline if baseline and math.isfinite(baseline) else math.nan
-    return {
+    entry = {
         "name": name,
         "value": num(value),
         "baseline": num(baseline),
@@ -201,7 +211,9 @@ def ratio_entry(
         "target": target,
         "unit": unit,
         "better": better,
+        "simulator_cores": {run: num(cores, 2) for run, cores in simulator_cores.items()},
     }
+    return entry | {"simulator_limited": simulator_limited(entry)}
 
 
 def missed(entry: dict[str, Any]) -> bool:
@@ -608,6 +620,7 @@ async def _concurrency(bench: Bench) -> dict[str, Any]:
                     variant.ideal_calls_per_s,
                     CONCURRENCY_TARGETS[variant.c],
                     "calls/s",
+                    simulator_cores={variant.key: result.cores.get("simulator")},
                 )
             )
         for variant, entry in zip(VARIANTS, ratios, strict=True):
@@ -651,7 +664,10 @@ async def _concurrency(bench: Bench) -> dict[str, Any]:
         "runs": runs,
         "profiles": profiles,
         "misses": [e["name"] for e in ratios if missed(e)],
-        "note": profile_note([e["name"] for e in ratios if missed(e)], profiles, bench.plan),
+        "note": joined(
+            profile_note([e["name"] for e in ratios if missed(e)], profiles, bench.plan),
+            simulator_note(ratios),
+        ),
     }
 
 
@@ -670,35 +686,38 @@ async def reference(bench: Bench, variant: Variant) -> RunResult:
 
 # --- 2. framework overhead --------------------------------------------------------------------
 
+LEAN_CALL = ONE_CALL[0]
 
-async def run_passthrough(
-    bench: Bench, label: str, encoded: Sequence[Encoded], cap_s: float
+
+async def run_lean(
+    bench: Bench, label: str, sim: Child, events: int, cap_s: float
 ) -> dict[str, Any]:
-    """The plain aiokafka loop over a backlog of the same events, on its own topics."""
+    """The lean consumer (`dev.bench.lean`) over a backlog of `events` on topics of its own,
+    sending the worker's call to the same simulator at the same concurrency."""
     topology = topology_copy(bench.run_dir, label, keep=ONE_CALL)
     create_topics(bench.bootstrap, topology, PARTITIONS)
+    encoded = encode_events(label, events)
     produce_s = await produce(bench.bootstrap, topology.input_topic, encoded, PARTITIONS)
     sampler = CpuSampler()
-    bench.watch_common(sampler, None)
+    bench.watch_common(sampler, sim)
     began = time.monotonic()
-    child = start_passthrough(
+    child = start_lean(
         bench.run_dir,
         label,
-        bench.bootstrap,
-        topology.input_topic,
-        topology.output_topic,
-        PARTITIONS,
+        bootstrap=bench.bootstrap,
+        sim=sim,
+        topology=topology,
+        call=LEAN_CALL,
+        concurrency=OVERHEAD_CONCURRENCY,
     )
     try:
         with sampler:
-            sampler.watch("passthrough", child.pid)
+            sampler.watch("lean", child.pid)
             async with OffsetProbe(bench.bootstrap) as probe:
                 first: float | None = None
-                while (count := await probe.count([topology.output_topic], PARTITIONS)) < len(
-                    encoded
-                ):
+                while (count := await probe.count([topology.output_topic], PARTITIONS)) < events:
                     if not child.alive():
-                        raise BenchError(f"passthrough exited early:\n{child.log_tail()}")
+                        raise BenchError(f"lean consumer exited early:\n{child.log_tail()}")
                     now = time.monotonic()
                     if count and first is None:
                         first = now
@@ -707,75 +726,119 @@ async def run_passthrough(
                     await asyncio.sleep(0.1)
             run_s = time.monotonic() - began
     finally:
-        child.stop()
+        exit_code = child.stop()
     records = await read_topic(bench.bootstrap, topology.output_topic, PARTITIONS)
     steady = steady_rate([(r.timestamp / 1000, 1.0) for r in records], TRIM)
-    cpu = sampler.cpu_s("passthrough", steady.start, steady.end)
+    window = (steady.start, steady.end)
     return {
         "label": label,
-        "events_sent": len(encoded),
-        "forwarded": len(records),
+        "events_sent": events,
+        "outputs": len(records),
         "events_per_s": num(steady.rate),
         "steady": steady.as_dict(),
-        "cpu_s_per_1k_events": num(cpu * 1000 / steady.weight) if steady.weight else None,
-        "cores_in_window": {
-            n: num(sampler.cores(n, steady.start, steady.end)) for n in sampler.names()
-        },
-        "foreign_cores_in_window": num(sampler.foreign_cores(steady.start, steady.end)),
+        "cpu_s_per_1k_events": num(
+            sampler.cpu_s("lean", *window) * 1000 / steady.weight if steady.weight else math.nan
+        ),
+        "cores_in_window": {n: num(sampler.cores(n, *window)) for n in sampler.names()},
+        "foreign_cores_in_window": num(sampler.foreign_cores(*window)),
+        "exit_code": exit_code,
+        "summary": child.log_tail(600).strip().splitlines()[-1:],
         "timings_s": {"produce": num(produce_s, 2), "run": num(run_s, 2)},
     }
 
 
-async def _overhead(bench: Bench) -> dict[str, Any]:
+def model_title(latency_ms: float) -> str:
+    return "instant model" if latency_ms == 0 else f"{latency_ms:g} ms model"
+
+
+async def overhead_at(
+    bench: Bench, latency_ms: float, jitter_ms: float, profiles: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Lean consumer, worker, lean consumer again on one simulator: the ratio entry and the
+    runs. The lean side is the mean of the runs before and after, so a drift in the
+    machine's speed during the three runs affects both sides alike."""
     plan = bench.plan
-    # The loop forwards bytes without reading them, so a few thousand distinct events,
-    # repeated, make a backlog long enough for seconds of steady state at its speed.
-    distinct = encode_events("overhead", 5000)
-    encoded = [distinct[n % len(distinct)] for n in range(plan.passthrough_events)]
     cap_s = plan.run_s * plan.cap_factor
-    passthrough_runs: list[dict[str, Any]] = []
-    profiles: dict[str, Any] = {}
-    with running_simulator(bench, 0, 0) as instant:
-        progress(f"overhead: plain aiokafka loop, {len(encoded)} events")
-        passthrough_runs.append(await run_passthrough(bench, "passthrough-a", encoded, cap_s))
-        progress(f"  {passthrough_runs[-1]['events_per_s']} events/s")
-        progress(f"overhead: worker C={OVERHEAD_CONCURRENCY} on an instant model")
+    tag = f"{latency_ms:g}ms"
+    title = model_title(latency_ms)
+    if latency_ms:
+        worker_events = lean_events = math.ceil(
+            OVERHEAD_CONCURRENCY / (latency_ms / 1000) * plan.run_s
+        )
+    else:
+        worker_events, lean_events = plan.overhead_worker_events, plan.lean_events
+    with running_simulator(bench, latency_ms, jitter_ms) as sim:
+
+        async def lean_run(side: str) -> dict[str, Any]:
+            progress(f"overhead ({title}): lean consumer, {lean_events} events")
+            run = await run_lean(bench, f"lean-{tag}-{side}", sim, lean_events, cap_s)
+            simulator_cores = run["cores_in_window"].get("simulator")
+            progress(f"  {run['events_per_s']} events/s, simulator {simulator_cores} cores")
+            return run
+
+        lean = [await lean_run("a")]
+        progress(f"overhead ({title}): worker C={OVERHEAD_CONCURRENCY}, {worker_events} events")
         worker = await run_backlog(
             bench,
-            label="overhead-worker",
-            topology=topology_copy(bench.run_dir, "overhead-worker", keep=ONE_CALL),
-            sim=instant,
+            label=f"overhead-worker-{tag}",
+            topology=topology_copy(bench.run_dir, f"overhead-worker-{tag}", keep=ONE_CALL),
+            sim=sim,
             concurrency=OVERHEAD_CONCURRENCY,
-            events=plan.overhead_worker_events,
+            events=worker_events,
             cap_s=cap_s,
         )
-        # The worker's own clock (produced_at) and the broker records' timestamps, like the
-        # baseline's, must agree: the ratio uses the records' timestamps on both sides.
+        # Rated like the lean consumer, by its output records' Kafka timestamps.
         records = await read_topic(bench.bootstrap, worker.parameters["output_topic"], PARTITIONS)
         by_record = steady_rate([(r.timestamp / 1000, 1.0) for r in records], TRIM)
-        progress(f"  {by_record.rate:.1f} events/s")
-        progress("overhead: plain aiokafka loop again")
-        passthrough_runs.append(await run_passthrough(bench, "passthrough-b", encoded, cap_s))
-        progress(f"  {passthrough_runs[-1]['events_per_s']} events/s")
-        baseline = statistics.mean(float(r["events_per_s"]) for r in passthrough_runs)
+        worker_sim = worker.cores.get("simulator", math.nan)
+        progress(f"  {by_record.rate:.1f} events/s, simulator {worker_sim:.2f} cores")
+        lean.append(await lean_run("b"))
+        baseline = statistics.mean(float(run["events_per_s"]) for run in lean)
         entry = ratio_entry(
-            f"worker events/s (instant model, C={OVERHEAD_CONCURRENCY}) vs plain aiokafka loop",
+            f"worker / lean consumer events/s, {title} (C={OVERHEAD_CONCURRENCY}, 1 call/event)",
             by_record.rate,
             baseline,
-            OVERHEAD_TARGET,
+            OVERHEAD_TARGETS[latency_ms],
             "events/s",
+            simulator_cores={
+                "worker": worker.cores.get("simulator"),
+                **{
+                    f"lean {side}": run["cores_in_window"].get("simulator")
+                    for side, run in zip("ab", lean, strict=True)
+                },
+            },
         )
         if missed(entry) and plan.profiles:
-            progress("profiling the worker on the instant model")
-            profiles["overhead-worker"] = await profile_pass(
+            progress(f"profiling the worker on the {title}")
+            profiles[f"overhead-worker-{tag}"] = await profile_pass(
                 bench,
-                name="overhead-worker",
+                name=f"overhead-worker-{tag}",
                 keep=ONE_CALL,
-                sim=instant,
+                sim=sim,
                 concurrency=OVERHEAD_CONCURRENCY,
                 events_per_s=by_record.rate,
             )
+    runs = {
+        "model": title,
+        "latency_ms": latency_ms,
+        "jitter_ms": jitter_ms,
+        "worker": worker.as_dict()
+        | {
+            "events_per_s_by_record_timestamps": num(by_record.rate),
+            "steady_by_record": by_record.as_dict(),
+        },
+        "lean": lean,
+    }
+    return entry, runs
+
+
+async def _overhead(bench: Bench) -> dict[str, Any]:
+    plan = bench.plan
+    profiles: dict[str, Any] = {}
+    instant, instant_runs = await overhead_at(bench, 0, 0, profiles)
+    slow, slow_runs = await overhead_at(bench, LATENCY_MS, JITTER_MS, profiles)
     c50 = await reference(bench, Variant(50, 1))
+    cap_s = plan.run_s * plan.cap_factor
     with running_simulator(bench, LATENCY_MS, JITTER_MS) as sim:
         progress(f"overhead: naive worker (C=1, 200 ms model), {plan.naive_events} events")
         naive = await run_backlog(
@@ -794,39 +857,60 @@ async def _overhead(bench: Bench) -> dict[str, Any]:
         c50.events.rate,
         None,
         "events/s",
+        simulator_cores={
+            "naive": naive.cores.get("simulator"),
+            c50.label: c50.cores.get("simulator"),
+        },
     )
+    entries = [instant, slow, naive_entry]
+    misses = [e["name"] for e in entries if missed(e)]
     return {
         "scenario": "overhead",
-        "title": "Framework overhead (instant model) and the one-at-a-time floor",
+        "title": "Framework overhead: the worker against a lean consumer doing the same work",
         "params": {
-            "worker_concurrency": OVERHEAD_CONCURRENCY,
-            "worker_events": plan.overhead_worker_events,
-            "passthrough_events": plan.passthrough_events,
+            "concurrency": OVERHEAD_CONCURRENCY,
+            "worker_events_instant": plan.overhead_worker_events,
+            "lean_events_instant": plan.lean_events,
             "partitions": PARTITIONS,
             "calls_per_event": 1,
-            "baseline": "plain aiokafka consume -> produce (acks=all) -> commit loop, own "
-            "process, mean of a run before and a run after the worker",
+            "call": LEAN_CALL,
+            "baseline": "dev.bench.lean: aiokafka consume -> one aiohttp chat completion per "
+            "event -> produce (acks=all) -> in-order commit, C in flight, one event loop, own "
+            "process; mean of a run before and a run after the worker, same simulator",
             "rate_clock": "output records' Kafka timestamps, steady middle",
+            "simulator": f"own process, not pinned to a CPU ({os.cpu_count()} cores shared "
+            "with the broker, the system under test and the benchmark)",
         },
-        "ratios": [entry, naive_entry],
-        "worker": worker.as_dict()
-        | {
-            "events_per_s_by_record_timestamps": num(by_record.rate),
-            "steady_by_record": by_record.as_dict(),
-        },
-        "passthrough": passthrough_runs,
+        "ratios": entries,
+        "models": [instant_runs, slow_runs],
         "naive": naive.as_dict(),
         "c50_reference_events_per_s": num(c50.events.rate),
         "profiles": profiles,
-        "misses": [e["name"] for e in (entry, naive_entry) if missed(e)],
-        "note": profile_note(
-            [e["name"] for e in (entry, naive_entry) if missed(e)], profiles, plan
-        ),
+        "misses": misses,
+        "note": joined(profile_note(misses, profiles, plan), simulator_note(entries)),
     }
 
 
+def joined(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
+
+
+def simulator_note(entries: Sequence[dict[str, Any]]) -> str:
+    """Names the ratios the simulator limited: their rate is the simulator's, not a measure
+    of the side under test."""
+    limited = [f"{e['name']} ({simulator_text(e)})" for e in entries if e.get("simulator_limited")]
+    if not limited:
+        return ""
+    return (
+        "Simulator-limited (it kept about a full core busy, so it set the rate): "
+        + "; ".join(limited)
+        + "."
+    )
+
+
 def framework_overhead(bench: Bench) -> dict[str, Any]:
-    """Scenario 2: worker on an instant model vs a plain aiokafka loop; the naive floor."""
+    """Scenario 2: worker vs the lean consumer on an instant and a 200 ms model; the naive
+    floor."""
     return asyncio.run(_overhead(bench))
 
 
@@ -989,6 +1073,7 @@ async def _latency(bench: Bench, max_calls_per_s: float | None = None) -> dict[s
                             None,
                             "ms",
                             better="lower",
+                            simulator_cores={f"{share:.0%} phase": cores.get("simulator")},
                         )
                     )
         finally:
@@ -1012,7 +1097,7 @@ async def _latency(bench: Bench, max_calls_per_s: float | None = None) -> dict[s
         "ratios": ratios,
         "phases": phases,
         "misses": [],
-        "note": latency_note(phases),
+        "note": joined(latency_note(phases), simulator_note(ratios)),
     }
 
 
@@ -1132,6 +1217,7 @@ async def _scaling(bench: Bench) -> dict[str, Any]:
             one,
             None,
             "events/s",
+            simulator_cores={r.label: r.cores.get("simulator")},
         )
         for r in runs
     ]
@@ -1148,6 +1234,7 @@ async def _scaling(bench: Bench) -> dict[str, Any]:
         "ratios": ratios,
         "runs": [r.as_dict() for r in runs],
         "misses": [],
+        "note": simulator_note(ratios),
     }
 
 
@@ -1179,6 +1266,10 @@ def memory(bench: Bench) -> dict[str, Any]:
             None,
             "MiB",
             better="lower",
+            simulator_cores={
+                c50.label: c50.cores.get("simulator"),
+                result.label: result.cores.get("simulator"),
+            },
         )
         for variant, result in ((Variant(200, 1), c200), (Variant(200, 3), c200x3))
     ]
@@ -1189,6 +1280,7 @@ def memory(bench: Bench) -> dict[str, Any]:
         "ratios": ratios,
         "peak_rss_mib": {r.label: num(peak(r), 1) for r in (c50, c200, c200x3)},
         "misses": [],
+        "note": simulator_note(ratios),
     }
 
 
@@ -1234,6 +1326,7 @@ async def _graph(bench: Bench) -> dict[str, Any]:
         GRAPH_TARGET,
         "x",
         better="lower",
+        simulator_cores={result.label: result.cores.get("simulator")},
     )
     progress(f"  time / critical path p50 {p50:.3f}, p95 {percentile(ratios, 0.95):.3f}")
     return {
@@ -1255,6 +1348,7 @@ async def _graph(bench: Bench) -> dict[str, Any]:
         "outputs": len(ratios),
         "run": result.as_dict(),
         "misses": [entry["name"]] if missed(entry) else [],
+        "note": simulator_note([entry]),
     }
 
 
@@ -1270,7 +1364,7 @@ def table(results: Sequence[dict[str, Any]]) -> str:
     """Every ratio of every scenario, one line each."""
     header = (
         f"{'scenario':<12} {'measure':<78} {'value':>10} {'baseline':>10} "
-        f"{'ratio':>7} {'target':>7}  "
+        f"{'ratio':>7} {'target':>7}  {'':<4}  simulator cores"
     )
     lines = [header, "-" * len(header)]
     for result in results:
@@ -1282,7 +1376,8 @@ def table(results: Sequence[dict[str, Any]]) -> str:
             share = "n/a" if e["ratio"] is None else f"{e['ratio']:.3f}"
             lines.append(
                 f"{result['scenario']:<12} {e['name'] + ' [' + e['unit'] + ']':<78} "
-                f"{value:>10} {baseline:>10} {share:>7} {target:>7}  {verdict}"
+                f"{value:>10} {baseline:>10} {share:>7} {target:>7}  {verdict:<4}  "
+                f"{simulator_text(e)}"
             )
     return "\n".join(lines)
 
@@ -1295,9 +1390,9 @@ def foreign_load(results: Sequence[dict[str, Any]]) -> list[str]:
     found = []
     for result in results:
         named: list[tuple[str, Any]] = [(r["label"], r) for r in result.get("runs", [])]
-        named += [(p["label"], p) for p in result.get("passthrough", [])]
-        if "worker" in result:
-            named.append(("overhead-worker", result["worker"]))
+        for model in result.get("models", []):
+            named.append((model["worker"]["label"], model["worker"]))
+            named += [(run["label"], run) for run in model["lean"]]
         if "naive" in result:
             named.append(("naive", result["naive"]))
         for phase in result.get("phases", []):
@@ -1337,17 +1432,19 @@ def details(results: Sequence[dict[str, Any]]) -> str:
                 f"(other processes {run['foreign_cores_in_window']} cores), "
                 f"timings {run['timings_s']}{' (capped)' if run['capped'] else ''}"
             )
-        if result["scenario"] == "overhead":
-            w = result["worker"]
+        for model in result.get("models", []):
+            w = model["worker"]
             lines.append(
-                f"  worker: {w['outputs']} outputs, {w['events_per_s_by_record_timestamps']} "
+                f"  {w['label']}: {w['outputs']} outputs, {w['events_per_s_by_record_timestamps']} "
                 f"events/s (produced_at clock {w['events_per_s']}), cores {w['cores_in_window']}"
             )
-            for p in result["passthrough"]:
+            for run in model["lean"]:
                 lines.append(
-                    f"  {p['label']}: {p['forwarded']} records, {p['events_per_s']} events/s, "
-                    f"{p['cpu_s_per_1k_events']} CPU s/1k events, cores {p['cores_in_window']}"
+                    f"  {run['label']}: {run['outputs']} outputs, {run['events_per_s']} events/s, "
+                    f"{run['cpu_s_per_1k_events']} CPU s/1k events, cores "
+                    f"{run['cores_in_window']}, exit {run['exit_code']} {run['summary']}"
                 )
+        if result["scenario"] == "overhead":
             n = result["naive"]
             lines.append(
                 f"  naive: {n['events_per_s']} events/s over {n['steady_events']['window_s']} s"

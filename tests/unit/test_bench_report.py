@@ -8,12 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from dev.bench.report import (
+    SIMULATOR_LIMIT_CORES,
     figure_met,
     make_figure,
     make_ratio,
     markdown_table,
+    simulator_limited,
+    simulator_text,
     target_met,
     write_report,
+)
+from dev.bench.worker_scenarios import (
+    OVERHEAD_TARGETS,
+    missed,
+    ratio_entry,
+    simulator_note,
+    table,
 )
 
 
@@ -128,3 +138,89 @@ def test_figures_render_with_their_own_targets(tmp_path: Path) -> None:
     paths = write_report(results, tmp_path / "figures")
     assert json.loads(paths[0].read_text())["scenarios"]["orgdata"]["figures"][1]["met"] is False
     assert paths[2].read_bytes().startswith(b"\x89PNG")  # the chart keeps to the ratios
+
+
+def test_simulator_cores_add_a_column_and_mark_limited_runs(tmp_path: Path) -> None:
+    fair = make_ratio(
+        "worker / lean, 200 ms model",
+        950.0,
+        1000.0,
+        unit="events/s",
+        target=0.9,
+        simulator_cores={"worker": 0.31, "lean a": 0.34, "lean b": None},
+    )
+    limited = make_ratio(
+        "worker / lean, instant model",
+        420.0,
+        1500.0,
+        unit="events/s",
+        target=0.5,
+        simulator_cores={"worker": 0.4, "lean a": 0.97},
+    )
+    single = make_ratio(
+        "calls/s vs C/0.2 s", 240.0, 250.0, unit="calls/s", simulator_cores={"c50": 0.2}
+    )
+    assert not simulator_limited(fair) and simulator_limited(limited)
+    assert not simulator_limited({"simulator_cores": {"run": SIMULATOR_LIMIT_CORES - 0.01}})
+    assert simulator_limited({"simulator_cores": {"run": SIMULATOR_LIMIT_CORES}})
+    assert not simulator_limited(make_ratio("no simulator", 1.0, 1.0, unit="x"))
+    assert simulator_text(fair) == "worker 0.31, lean a 0.34"  # a run without a reading left out
+    assert simulator_text(limited) == "worker 0.40, lean a 0.97 (simulator-limited)"
+    assert simulator_text(single) == "0.20"
+    assert simulator_text({"simulator_cores": {"run": None}}) == "—"
+
+    results = tiny_results()
+    results["scenarios"]["overhead"] = {"ratios": [limited, fair]}
+    results["scenarios"]["orgdata"] = {"figures": [make_figure("lookup p99", 40.0, unit="µs")]}
+    table = markdown_table(results)
+    assert table.splitlines()[0].endswith("| met? | simulator CPU (cores) |")
+    assert table.splitlines()[1] == "|---|---:|---:|---:|---:|:---:|---|"
+    assert (
+        "| overhead: worker / lean, instant model | 420 events/s | 1,500 events/s | 0.280 "
+        "| ≥ 0.5 | no | worker 0.40, lean a 0.97 (simulator-limited) |" in table
+    )
+    assert "| 0.950 | ≥ 0.9 | yes | worker 0.31, lean a 0.34 |" in table
+    assert "| 0.250 | ≥ 0.6 | no | — |" in table  # ratios measured without the simulator
+    assert "| orgdata: lookup p99 | 40.0 µs | — | — | — | — | — |" in table
+    paths = write_report(results, tmp_path / "simulator")
+    assert json.loads(paths[0].read_text())["scenarios"]["overhead"]["ratios"][0][
+        "simulator_cores"
+    ] == {"worker": 0.4, "lean a": 0.97}
+    assert paths[2].read_bytes().startswith(b"\x89PNG")
+
+
+def test_tables_without_simulator_cores_keep_six_columns() -> None:
+    table = markdown_table(tiny_results())
+    assert table.splitlines()[0] == "| scenario | measured | baseline | ratio | target | met? |"
+    assert "simulator" not in table
+
+
+def test_worker_scenario_ratios_carry_the_simulator_and_its_verdict() -> None:
+    instant = ratio_entry(
+        "worker / lean consumer events/s, instant model",
+        421.0,
+        1400.0,
+        OVERHEAD_TARGETS[0.0],
+        "events/s",
+        simulator_cores={"worker": 0.412, "lean a": 0.93, "lean b": 0.951},
+    )
+    slow = ratio_entry(
+        "worker / lean consumer events/s, 200 ms model",
+        800.0,
+        960.0,
+        OVERHEAD_TARGETS[200.0],
+        "events/s",
+        simulator_cores={"worker": 0.2, "lean a": 0.25, "lean b": 0.24},
+    )
+    assert instant["simulator_cores"] == {"worker": 0.41, "lean a": 0.93, "lean b": 0.95}
+    assert (instant["simulator_limited"], slow["simulator_limited"]) == (True, False)
+    assert (missed(instant), missed(slow)) == (True, True)  # 0.30 < 0.5, 0.83 < 0.9
+    note = simulator_note([instant, slow])
+    assert note.startswith("Simulator-limited")
+    assert "instant model (worker 0.41, lean a 0.93, lean b 0.95 (simulator-limited))" in note
+    assert "200 ms model" not in note
+    assert simulator_note([slow]) == ""
+    lines = table([{"scenario": "overhead", "ratios": [instant, slow]}]).splitlines()
+    assert lines[0].endswith("simulator cores")
+    assert lines[2].endswith("MISS  worker 0.41, lean a 0.93, lean b 0.95 (simulator-limited)")
+    assert lines[3].endswith("MISS  worker 0.20, lean a 0.25, lean b 0.24")
