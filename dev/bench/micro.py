@@ -23,7 +23,6 @@ import base64
 import gc
 import hashlib
 import importlib.util
-import json
 import random
 import shutil
 import statistics
@@ -42,7 +41,7 @@ from aiokafka import AIOKafkaProducer
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from dev.bench.report import Ratio, machine, make_ratio, markdown_table, write_report
+from dev.bench.report import Ratio, machine, make_ratio, print_report
 from llmflow.schemas.events import AnyEvent, ImageEvent, TextEvent, parse_event
 from llmflow.schemas.outputs import ImageInfo, ModelCallResult, OrgRecordRef, Output, Totals
 from llmflow.services.broker.local import LocalKafka
@@ -774,12 +773,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scenarios["contract_cost"] = contract_cost(args.events)
     if "producer_sdk" in args.only:
         scenarios["producer_sdk"] = run_producer(args)
-    print(json.dumps(results, indent=2, ensure_ascii=False))
-    print()
-    print(markdown_table(results))
-    if args.out is not None:
-        for path in write_report(results, args.out):
-            print(f"wrote {path}")
+    print_report(results, args.out)
     return 0
 
 

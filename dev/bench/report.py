@@ -434,6 +434,17 @@ def write_chart(results: Mapping[str, Any], path: Path) -> Path:
 # --- files ----------------------------------------------------------------------------------
 
 
+def print_report(results: Mapping[str, Any], out_dir: Path | None) -> None:
+    """What a single-scenario command prints: the results as JSON, then the table; with
+    `out_dir`, the files `write_report` writes there too."""
+    print(json.dumps(results, indent=2, ensure_ascii=False))
+    print()
+    print(markdown_table(results))
+    if out_dir is not None:
+        for path in write_report(results, out_dir):
+            print(f"wrote {path}")
+
+
 def write_report(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Write results.json, results.md and chart.png into `out_dir`; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Tracer
 
 from dev import PROJECT_ROOT
-from dev.bench.report import Ratio, machine, make_ratio, markdown_table, write_report
+from dev.bench.report import Ratio, machine, make_ratio, print_report
 from llmflow.schemas.outputs import ModelCallResult
 from llmflow.services.images.prepare import ImageLimits
 from llmflow.services.orgdata.search import Hit, Mode
@@ -304,12 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "scenarios": {"tracing": tracing_overhead(args.events, args.rounds)},
     }
-    print(json.dumps(results, indent=2, ensure_ascii=False))
-    print()
-    print(markdown_table(results))
-    if args.out is not None:
-        for path in write_report(results, args.out):
-            print(f"wrote {path}")
+    print_report(results, args.out)
     return 0
 
 
