@@ -46,6 +46,7 @@ from llmflow.services.models.quotas import QuotaRegistry, share_of
 from llmflow.services.worker import tracing
 from llmflow.services.worker.budgets import SpendView, follow_changelog
 from llmflow.services.worker.commits import commit_only_what_was_acked
+from llmflow.services.worker.flow import fetch_as_soon_as_drained
 from llmflow.services.worker.health import GroupMembership, Readiness, health_app, serve
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.outage import OutageGate, handle_through_outages
@@ -65,6 +66,7 @@ EXIT_EVENT_UNHANDLED = 70  # EX_SOFTWARE: an event escaped its error boundary
 def create_app(settings: Settings) -> faust.App:
     """The faust app of one worker, with nothing declared on it yet."""
     commit_only_what_was_acked()
+    fetch_as_soon_as_drained()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.app_id,
