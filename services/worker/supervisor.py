@@ -299,6 +299,11 @@ class Supervisor:
         """Forward `signum` to every child and start no more; each drains its events in
         flight (LLMFLOW_DRAIN_TIMEOUT_S), and one still running well past that is killed."""
         if self._stop_signal is None:
+            log.warning(
+                "worker supervisor: %s, stopping %d worker processes",
+                signal.Signals(signum).name,
+                self.running,
+            )
             self._stop_signal = signum
             self._stopping.set()
             deadline = self.settings.drain_timeout_s + STOP_GRACE_S

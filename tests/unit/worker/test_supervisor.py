@@ -21,6 +21,7 @@ from aiohttp import ClientSession
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dev.bench.harness import process_gone
 from llmflow.services.broker.local import free_port
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.settings import Settings
@@ -321,15 +322,6 @@ time.sleep(120)
 """
 
 
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie nobody reaped yet (its parent was killed)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_child_ends_with_its_supervisor_killed() -> None:
     parent = subprocess.Popen(
@@ -343,7 +335,7 @@ def test_a_child_ends_with_its_supervisor_killed() -> None:
         parent.kill()  # SIGKILL: the supervisor cleans nothing up
         parent.wait()
         deadline = time.monotonic() + 5
-        while not _gone(child):
+        while not process_gone(child):
             assert time.monotonic() < deadline, f"child {child} outlived its supervisor"
             time.sleep(0.05)
     finally:
