@@ -47,6 +47,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from llmflow.errors import ConfigError
 from llmflow.services.broker.local import free_port
 from llmflow.services.worker.health import serve
 from llmflow.services.worker.settings import Settings
@@ -277,9 +278,7 @@ class Supervisor:
                 self._session = aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=SCRAPE_TIMEOUT_S)
                 )
-                runner = await serve(
-                    self.http_app(), self.settings.metrics_host, self.settings.metrics_port
-                )
+                runner = await self._serve(self.settings.metrics_host, self.settings.metrics_port)
             await asyncio.gather(*(self._keep_running(child) for child in self.children))
         finally:
             self._kill_all()  # after an error of the supervisor's own; else none is left
@@ -372,6 +371,12 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
     # --- HTTP ---------------------------------------------------------------------------------
+
+    async def _serve(self, host: str, port: int) -> web.AppRunner:
+        try:
+            return await serve(self.http_app(), host, port)
+        except OSError as exc:  # before any child started: one line, exit 2
+            raise ConfigError(f"LLMFLOW_METRICS_PORT={port}: {exc.strerror or exc}") from exc
 
     def own_metrics(self) -> list[Metric]:
         processes = GaugeMetricFamily(

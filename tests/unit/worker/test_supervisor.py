@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dev.bench.harness import process_gone
+from llmflow.errors import ConfigError
 from llmflow.services.broker.local import free_port
 from llmflow.services.worker.metrics import Metrics
 from llmflow.services.worker.settings import Settings
@@ -245,6 +247,17 @@ async def test_a_dead_child_is_started_again_and_the_worst_stop_status_wins(
     assert "exited with status 1; restarting it in 0.1 s" in restarts[1]
     supervisor.stop()
     assert await asyncio.wait_for(running, 30) == 75
+
+
+async def test_a_metrics_port_in_use_is_a_configuration_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        supervisor = _supervisor(tmp_path, {}, metrics_port=port)
+        with pytest.raises(ConfigError, match=f"LLMFLOW_METRICS_PORT={port}: "):
+            await supervisor.run()
+    assert all(child.port is None for child in supervisor.children)  # none was started
 
 
 async def test_a_configuration_error_stops_every_child_without_restarts(tmp_path: Path) -> None:
