@@ -75,8 +75,7 @@ def child_environment(
 ) -> dict[str, str]:
     """The environment of child `index`: the supervisor's, with the settings that must differ
     per process (or that came from the command line) set explicitly."""
-    env = {name: value for name, value in environ.items() if name != "LLMFLOW_METRICS_PORT"}
-    env |= {
+    own = {
         "LLMFLOW_PROCESSES": "1",
         "LLMFLOW_PREFLIGHT": "false",  # checked once, by the supervisor
         "LLMFLOW_APP_ID": settings.app_id,
@@ -86,12 +85,14 @@ def child_environment(
         SUPERVISOR_PID_ENV: str(supervisor_pid),
     }
     if settings.instance_id:
-        env["LLMFLOW_INSTANCE_ID"] = f"{settings.instance_id}-{index}"
+        own["LLMFLOW_INSTANCE_ID"] = f"{settings.instance_id}-{index}"
     if "worker_id" in settings.model_fields_set:  # else each child's own host:pid
-        env["LLMFLOW_WORKER_ID"] = f"{settings.worker_id}-{index}"
+        own["LLMFLOW_WORKER_ID"] = f"{settings.worker_id}-{index}"
     if port is not None:
-        env["LLMFLOW_METRICS_PORT"] = str(port)
-    return env
+        own["LLMFLOW_METRICS_PORT"] = str(port)
+    # Settings read variable names in any case: a variable set here replaces every spelling.
+    replaced = {*own, "LLMFLOW_METRICS_PORT"}
+    return {n: v for n, v in environ.items() if n.upper() not in replaced} | own
 
 
 def worker_command(topologies: Sequence[str | Path], loglevel: str) -> list[str]:
@@ -399,8 +400,9 @@ class Supervisor:
         try:
             async with self._session.get(f"http://127.0.0.1:{child.port}{path}") as response:
                 return response.status, await response.text()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            return 0, f"{path} did not answer: {type(exc).__name__}: {exc}".rstrip(": ")
+        except (aiohttp.ClientError, OSError) as exc:  # TimeoutError is an OSError
+            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return 0, f"{path} did not answer: {why}"
 
     async def _ask_all(self, path: str) -> list[tuple[_Child, int, str]]:
         answers = await asyncio.gather(*(self._get(child, path) for child in self.children))

@@ -136,7 +136,12 @@ def _as_read_by_a_child(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) ->
 def test_each_child_gets_its_own_state_id_and_port(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    environ = {"LLMFLOW_INSTANCE_ID": "pod-7", "LLMFLOW_METRICS_PORT": "9100", "PATH": "/bin"}
+    environ = {
+        "LLMFLOW_INSTANCE_ID": "pod-7",
+        "LLMFLOW_METRICS_PORT": "9100",
+        "llmflow_data_dir": "/elsewhere",  # read too, in any case: replaced
+        "PATH": "/bin",
+    }
     settings = Settings(
         app_id="from-the-flag",
         concurrency=7,
@@ -148,6 +153,7 @@ def test_each_child_gets_its_own_state_id_and_port(
     )
     env = child_environment(environ, settings, 2, 41234, supervisor_pid=99)
     assert env["PATH"] == "/bin" and env[SUPERVISOR_PID_ENV] == "99"
+    assert "llmflow_data_dir" not in env
     child = _as_read_by_a_child(env, monkeypatch)
     assert child.processes == 1 and not child.preflight
     assert (child.app_id, child.concurrency) == ("from-the-flag", 7)
