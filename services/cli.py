@@ -557,7 +557,7 @@ def _add_worker(sub: _Commands) -> None:
         "--concurrency",
         type=_at_least_one,
         metavar="N",
-        help="events in flight per topology (default: LLMFLOW_CONCURRENCY, else 100)",
+        help="events in flight per topology per process (default: LLMFLOW_CONCURRENCY, else 100)",
     )
     worker.add_argument(
         "--processes",
