@@ -1381,8 +1381,9 @@ def processes_note(runs: Sequence[RunResult]) -> str:
         parts.append(
             f"--processes {run.parameters['processes_per_worker']}: workers "
             f"{cores.get('workers', math.nan):.2f} cores, simulator "
-            f"{cores.get('simulator', math.nan):.2f}{broker}, machine {run.machine_share:.0%} "
-            f"busy of {os.cpu_count()} cores, outputs by process "
+            f"{cores.get('simulator', math.nan):.2f}{broker}, other processes "
+            f"{run.foreign_cores:.2f}, machine {run.machine_share:.0%} busy of "
+            f"{os.cpu_count()} cores, outputs by process "
             f"{sorted(run.by_worker.values(), reverse=True)}"
         )
     return "Cores in the steady window: " + "; ".join(parts) + "."
