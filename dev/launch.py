@@ -127,6 +127,11 @@ def start_worker(
     log_dir: Path,
     env: Mapping[str, str],
     extra_args: Sequence[str] = (),
+    processes: int = 1,
 ) -> Child:
-    args = ["worker", *(a for t in topologies for a in ("--topology", str(t))), *extra_args]
-    return spawn(name, args, log_dir, env)
+    """`llmflow worker`, one process unless told otherwise (the command's default is a
+    process per core): what runs it here reasons about one worker per pid, whose outputs
+    carry that pid, and whose kill -9 is a crash of that worker, not of a supervisor."""
+    args = ["worker", "--processes", str(processes)]
+    args += [a for t in topologies for a in ("--topology", str(t))]
+    return spawn(name, [*args, *extra_args], log_dir, env)

@@ -139,8 +139,11 @@ def cmd_topology_validate(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from llmflow.services.worker.preflight import preflight
+    from llmflow.services.worker.supervisor import SUPERVISOR_PID_ENV, follow_supervisor
     from llmflow.topologies.loader import load_topology
 
+    if supervisor := os.environ.get(SUPERVISOR_PID_ENV):  # one of `--processes N`
+        follow_supervisor(int(supervisor))
     settings = _settings(**{field: getattr(args, field) for field in WORKER_FLAGS})
     topologies = [load_topology(path) for path in args.topology]
     if settings.preflight:
@@ -150,6 +153,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             print(f"llmflow worker: {problem}", file=sys.stderr)
         if problems:
             return 2
+    if settings.processes > 1:
+        from llmflow.services.worker.supervisor import supervise
+
+        return supervise(settings, args.topology, args.loglevel)
 
     from llmflow.services.worker.app import run
     from llmflow.services.worker.bootstrap import bootstrap
@@ -527,7 +534,7 @@ def _add_topology(sub: _Commands) -> None:
 
 # Worker flags that override a setting (`Settings` field): a given flag wins over its
 # environment variable.
-WORKER_FLAGS = ("app_id", "concurrency")
+WORKER_FLAGS = ("app_id", "concurrency", "processes")
 
 
 def _add_worker(sub: _Commands) -> None:
@@ -550,7 +557,15 @@ def _add_worker(sub: _Commands) -> None:
         "--concurrency",
         type=_at_least_one,
         metavar="N",
-        help="events in flight per topology (default: LLMFLOW_CONCURRENCY, else 100)",
+        help="events in flight per topology per process (default: LLMFLOW_CONCURRENCY, else 100)",
+    )
+    worker.add_argument(
+        "--processes",
+        type=_at_least_one,
+        metavar="N",
+        help="worker processes, one event loop each, in the same consumer group; above 1 "
+        "a supervisor starts, restarts and stops them and serves their merged metrics "
+        "(default: LLMFLOW_PROCESSES, else the CPUs this process may use)",
     )
     worker.add_argument(
         "--app-id",

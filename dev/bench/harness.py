@@ -84,6 +84,62 @@ def proc_status_kib(pid: int, name: str) -> int | None:
     return None
 
 
+def proc_tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and every process below it (a supervisor and its workers):
+    its own utime + stime, its children's that have exited and been waited for (cutime +
+    cstime: a restarted worker's CPU is not lost), and the same of each child still running.
+    """
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    # utime, stime, cutime, cstime are fields 14 to 17.
+    own = sum(int(value) for value in fields[11:15]) / CLK_TCK
+    below = 0.0
+    for child in child_pids(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):  # gone meanwhile
+            below += proc_tree_cpu_s(child)
+    return own + below
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a supervisor's workers), from /proc: the
+    `children` file of each of its threads, else (a kernel without it) every process's
+    parent."""
+    tasks = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if tasks:
+        found = set()
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                found |= {int(child) for child in task.read_text().split()}
+        return sorted(found)
+    parents = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        if parent == pid:
+            parents.append(int(stat.parent.name))
+    return sorted(parents)
+
+
+def tree_hwm_kib(pid: int) -> int | None:
+    """Peak resident memory (VmHWM) summed over a process and those below it: an upper
+    bound of the tree's peak, since each peaked on its own time."""
+    own = proc_status_kib(pid, "VmHWM")
+    if own is None:
+        return None
+    return own + sum(tree_hwm_kib(child) or 0 for child in child_pids(pid))
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or one that has exited and waits to be reaped (a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def machine_cpu_s() -> tuple[float, float]:
     """(busy, busy + idle) CPU seconds of all cores since boot, from /proc/stat."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -105,12 +161,14 @@ class CpuSampler:
 
     Times are wall-clock (`time.time()`), the clock of the outputs' `produced_at`, so the
     CPU of any window measured from outputs can be interpolated afterwards. Peak resident
-    memory (VmHWM) is kept per process, so it survives the process being stopped.
+    memory (VmHWM) is kept per process, so it survives the process being stopped. A process
+    watched as a `tree` (a supervisor) counts with every process below it.
     """
 
     def __init__(self, interval_s: float = 0.25) -> None:
         self.interval_s = interval_s
         self._pids: dict[str, int] = {}
+        self._trees: set[str] = set()
         self._samples: list[_Sample] = []
         self._last: dict[str, float] = {}
         self.peak_kib: dict[str, int] = {}
@@ -118,11 +176,16 @@ class CpuSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
 
-    def watch(self, name: str, pid: int) -> None:
+    def watch(self, name: str, pid: int, *, tree: bool = False) -> None:
         with self._lock:
             self._pids[name] = pid
+            if tree:
+                self._trees.add(name)
             with contextlib.suppress(OSError):
-                self._last[name] = proc_cpu_s(pid)
+                self._last[name] = self._cpu_s(name, pid)
+
+    def _cpu_s(self, name: str, pid: int) -> float:
+        return proc_tree_cpu_s(pid) if name in self._trees else proc_cpu_s(pid)
 
     def names(self) -> list[str]:
         with self._lock:
@@ -134,11 +197,11 @@ class CpuSampler:
         cpu: dict[str, float] = {}
         for name, pid in pids.items():
             try:
-                cpu[name] = proc_cpu_s(pid)
+                cpu[name] = self._cpu_s(name, pid)
             except (OSError, IndexError, ValueError):  # gone: keep its last reading
                 cpu[name] = self._last.get(name, 0.0)
             self._last[name] = cpu[name]
-            hwm = proc_status_kib(pid, "VmHWM")
+            hwm = tree_hwm_kib(pid) if name in self._trees else proc_status_kib(pid, "VmHWM")
             if hwm is not None:
                 self.peak_kib[name] = max(hwm, self.peak_kib.get(name, 0))
         busy, total = machine_cpu_s()
@@ -467,10 +530,13 @@ def simulator(run_dir: Path, latency_ms: float, jitter_ms: float = 0.0) -> Child
 
 @dataclass
 class WorkerGroup:
-    """`llmflow worker` processes sharing one consumer group; each serves its metrics."""
+    """`llmflow worker` commands sharing one consumer group; each serves its metrics (a
+    supervisor of several processes, those of its processes)."""
 
     children: list[Child] = field(default_factory=list)
     metrics_ports: list[int] = field(default_factory=list)
+    processes: list[int] = field(default_factory=list)
+    """Processes of each command (1 when not given): members of the group it adds."""
 
     @property
     def pids(self) -> list[int]:
@@ -518,8 +584,10 @@ def start_workers(
     sim: Child,
     topology: TopologyCopy,
     concurrency: int,
+    processes: int = 1,
 ) -> str:
-    """Start `count` workers into `group` (one fresh consumer group); returns its id.
+    """Start `count` workers of `processes` processes each into `group` (one fresh consumer
+    group); returns its id.
 
     The caller owns `group` and stops it in a `finally`, even when a start fails. Publish
     the org data first (`publish_org_samples`): a worker starts with the tables' topics as
@@ -529,35 +597,41 @@ def start_workers(
         port = free_port()
         name = f"{label}-worker{n}"
         env = worker_env(bootstrap, sim, app_id, concurrency, run_dir / "state" / name, port)
-        child = start_worker(name, [topology.path], run_dir / "logs", env, ["--loglevel", "warn"])
+        args = ["--loglevel", "warn"]
+        child = start_worker(name, [topology.path], run_dir / "logs", env, args, processes)
         group.children.append(child)
         group.metrics_ports.append(port)
+        group.processes.append(processes)
     return app_id
 
 
-def quota_share(port: int) -> float | None:
-    """The worker's `llmflow_quota_share_ratio` gauge: its share of the input partitions."""
+def quota_shares(port: int) -> list[float]:
+    """The `llmflow_quota_share_ratio` gauges on a metrics port, each a process's share of the
+    input partitions: one for a worker, one per process for a supervisor (`process` label);
+    none while it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
             text = response.read().decode()
     except (urllib.error.URLError, OSError):
-        return None
-    for line in text.splitlines():
-        if line.startswith("llmflow_quota_share_ratio "):
-            return float(line.split()[1])
-    return None
+        return []
+    return [
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith(("llmflow_quota_share_ratio ", "llmflow_quota_share_ratio{"))
+    ]
 
 
 async def wait_settled(group: WorkerGroup, timeout_s: float = 90.0) -> float:
-    """Wait until every worker owns input partitions and together they own all of them,
-    twice in a row half a second apart (a rebalance in progress reports shares of 0)."""
+    """Wait until every worker process owns input partitions and together they own all of
+    them, twice in a row half a second apart (a rebalance in progress reports shares of 0)."""
     started = time.monotonic()
     stable = 0
+    members = sum(group.processes) + len(group.metrics_ports) - len(group.processes)
     while time.monotonic() - started < timeout_s:
         group.check_alive()
-        shares = [quota_share(port) for port in group.metrics_ports]
-        owned = [s for s in shares if s is not None and s > 0]
-        settled = len(owned) == len(shares) and abs(sum(owned) - 1.0) < 1e-6
+        shares = [share for port in group.metrics_ports for share in quota_shares(port)]
+        owned = [s for s in shares if s > 0]
+        settled = len(owned) == members and abs(sum(owned) - 1.0) < 1e-6
         stable = stable + 1 if settled else 0
         if stable >= 2:
             return time.monotonic() - started

@@ -5,7 +5,8 @@
 
 Micro scenarios (image path, contract cost, producer SDK) run first, then the org data
 scenario (materialization, lookups, retrieval), then the worker scenarios (concurrency,
-overhead, latency, scaling, memory) against the model SIMULATOR. `--only` runs a subset.
+overhead, latency, scaling, memory, graph, processes) against the model SIMULATOR. `--only`
+runs a subset.
 Writes results.json, results.md and chart.png into the output folder and prints it; with
 --publish, also copies results.md and chart.png where the README shows them.
 """

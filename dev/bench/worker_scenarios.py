@@ -15,6 +15,8 @@ topics and consumer group:
 5. memory      - peak resident memory (VmHWM) of the worker at C=200, taken during (1).
 6. graph       - a graph of 4 calls (one, then two at once, then one) at C=20: each event's
    time in the worker over the sum of the latencies on its critical path (target <= 1.1).
+7. processes   - events/s of `llmflow worker --processes 2` over `--processes 1` on an
+   instant model, 1 call/event (target >= 1.7); a supervisor's CPU is its process tree's.
 
 Rates come from the outputs' own timestamps over the middle of each run (the first and last
 15% of its span are dropped), so start-up and drain do not count. Every ratio carries the
@@ -95,7 +97,7 @@ OVERHEAD_TARGETS = {0.0: 0.5, LATENCY_MS: 0.9}
 """Worker / lean consumer, by the model's latency in ms: on an instant model the worker's
 CPU per event is all there is; at 200 ms the model's wait should hide most of it."""
 OVERHEAD_CONCURRENCY = 200
-SCENARIOS = ("concurrency", "overhead", "latency", "scaling", "memory", "graph")
+SCENARIOS = ("concurrency", "overhead", "latency", "scaling", "memory", "graph", "processes")
 
 
 @dataclass(frozen=True)
@@ -334,11 +336,14 @@ async def run_backlog(
     partitions: int = PARTITIONS,
     settle_first: bool = False,
     cap_s: float | None = None,
+    processes: int = 1,
 ) -> RunResult:
     """Produce `events`, run `workers` workers over them, measure the steady middle.
 
     With `settle_first`, workers start first and the backlog is produced once the group
-    owns every partition (several workers joining would otherwise rebalance mid-run)."""
+    owns every partition (several workers joining would otherwise rebalance mid-run). With
+    `processes` above 1 each worker is a supervisor of that many, and its CPU and memory are
+    those of its whole process tree."""
     await bench.publish_orgdata(sim)
     create_topics(bench.bootstrap, topology, partitions)
     encoded = encode_events(label, events)
@@ -362,9 +367,10 @@ async def run_backlog(
                 sim=sim,
                 topology=topology,
                 concurrency=concurrency,
+                processes=processes,
             )
             for n, pid in enumerate(group.pids, 1):
-                sampler.watch(f"worker{n}", pid)
+                sampler.watch(f"worker{n}", pid, tree=processes > 1)
             if settle_first:
                 timings["settle"] = await wait_settled(group)
                 timings["produce"] = await produce(
@@ -405,6 +411,7 @@ async def run_backlog(
             "topology_calls": list(topology.calls),
             "concurrency_env": concurrency,
             "workers": workers,
+            "processes_per_worker": processes,
             "partitions": partitions,
             "worker_pids": pids,
             "input_topic": topology.input_topic,
@@ -1357,6 +1364,95 @@ def graph(bench: Bench) -> dict[str, Any]:
     return asyncio.run(_graph(bench))
 
 
+# --- 7. processes -------------------------------------------------------------------------------
+
+PROCESSES_TARGET = 1.7
+"""Events/s of `--processes 2` over `--processes 1` on an instant model: there the worker's
+own CPU is all a run costs, and one process keeps about one core busy."""
+
+
+def processes_note(runs: Sequence[RunResult]) -> str:
+    """Where the cores went in each run: the workers share the machine with the simulator,
+    the broker and the benchmark, which a second process cannot make faster."""
+    parts = []
+    for run in runs:
+        cores = run.cores
+        broker = f", broker {cores['broker']:.2f}" if "broker" in cores else ""
+        parts.append(
+            f"--processes {run.parameters['processes_per_worker']}: workers "
+            f"{cores.get('workers', math.nan):.2f} cores, simulator "
+            f"{cores.get('simulator', math.nan):.2f}{broker}, other processes "
+            f"{run.foreign_cores:.2f}, machine {run.machine_share:.0%} busy of "
+            f"{os.cpu_count()} cores, outputs by process "
+            f"{sorted(run.by_worker.values(), reverse=True)}"
+        )
+    return "Cores in the steady window: " + "; ".join(parts) + "."
+
+
+async def _processes(bench: Bench) -> dict[str, Any]:
+    plan = bench.plan
+    cap_s = plan.run_s * plan.cap_factor
+    runs: list[RunResult] = []
+    with running_simulator(bench, 0, 0) as sim:
+        for processes in (1, 2):
+            events = plan.overhead_worker_events * processes
+            label = f"processes{processes}"
+            progress(
+                f"processes: --processes {processes}, C={OVERHEAD_CONCURRENCY} per process, "
+                f"instant model, {events} events"
+            )
+            result = await run_backlog(
+                bench,
+                label=label,
+                topology=topology_copy(bench.run_dir, label, keep=ONE_CALL),
+                sim=sim,
+                concurrency=OVERHEAD_CONCURRENCY,
+                events=events,
+                settle_first=True,
+                cap_s=cap_s,
+                processes=processes,
+            )
+            runs.append(result)
+            progress(
+                f"  {result.events.rate:.1f} events/s, workers "
+                f"{result.cores.get('workers', math.nan):.2f} cores, simulator "
+                f"{result.cores.get('simulator', math.nan):.2f} cores"
+            )
+    one, two = runs
+    entry = ratio_entry(
+        f"--processes 2 / --processes 1 events/s, instant model (C={OVERHEAD_CONCURRENCY} "
+        "per process, 1 call/event)",
+        two.events.rate,
+        one.events.rate,
+        PROCESSES_TARGET,
+        "events/s",
+        simulator_cores={run.label: run.cores.get("simulator") for run in runs},
+    )
+    return {
+        "scenario": "processes",
+        "title": "One worker command, one and two processes (instant model, 1 call/event)",
+        "params": {
+            "concurrency_per_process": OVERHEAD_CONCURRENCY,
+            "events_per_process": plan.overhead_worker_events,
+            "partitions": PARTITIONS,
+            "calls_per_event": 1,
+            "latency_ms": 0,
+            "cpu_count": os.cpu_count(),
+            "cpu": "a supervisor's CPU is that of its process tree (its children, restarted "
+            "ones included)",
+        },
+        "ratios": [entry],
+        "runs": [run.as_dict() for run in runs],
+        "misses": [entry["name"]] if missed(entry) else [],
+        "note": joined(processes_note(runs), simulator_note([entry])),
+    }
+
+
+def processes(bench: Bench) -> dict[str, Any]:
+    """Scenario 7: `llmflow worker --processes 2` against `--processes 1`, events/s."""
+    return asyncio.run(_processes(bench))
+
+
 # --- command ------------------------------------------------------------------------------------
 
 
@@ -1478,6 +1574,7 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "scaling": scaling,
     "memory": memory,
     "graph": graph,
+    "processes": processes,
 }
 
 

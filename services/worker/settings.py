@@ -21,6 +21,16 @@ from llmflow.services.worker.budgets import Budget
 from llmflow.topologies.spec import Topology
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a container's cpuset, `taskset`),
+    which may be fewer than the machine has (`os.cpu_count()`). A CPU quota (Kubernetes'
+    `limits.cpu`) does not show here: deployments that use one say how many processes."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     """Every field reads `LLMFLOW_<FIELD>`; Kafka and OpenAI use their customary names too."""
 
@@ -115,6 +125,12 @@ class Settings(BaseSettings):
     worker's partitions to the others (a crash without restart, a static member stopped)."""
     rebalance_timeout_s: float = Field(default=30.0, ge=5)
     """How long a rebalance waits for every worker to finish its events in flight."""
+    processes: int = Field(default_factory=usable_cpus, ge=1)
+    """Worker processes on this machine. One event loop keeps about one core busy, so one
+    process per core: above 1 a supervisor runs that many single-process workers in the
+    consumer group, each with its share of the partitions, its own data folder, static id
+    and HTTP port, and serves their merged metrics (`supervisor`). Default: the CPUs this
+    process may use."""
     drain_timeout_s: float = Field(default=30.0, gt=0)
     """On SIGTERM, how long the worker may finish its events in flight; then it exits
     without committing the unfinished ones (they are redelivered)."""

@@ -117,10 +117,11 @@ def worker_env(
 
 @pytest.fixture
 def workers(run_dir: Path) -> Iterator[Callable[..., Child]]:
-    """Factory: start `llmflow worker` processes; each gets its own state folder."""
+    """Factory: start `llmflow worker` processes; each gets its own state folder. One
+    process each unless `processes` says otherwise (then a supervisor and its children)."""
     started: list[Child] = []
 
-    def start(topologies: list[Path], env: dict[str, str]) -> Child:
+    def start(topologies: list[Path], env: dict[str, str], processes: int = 1) -> Child:
         name = f"worker-{len(started) + 1}"
         data_dir = run_dir / name
         child = start_worker(
@@ -129,6 +130,7 @@ def workers(run_dir: Path) -> Iterator[Callable[..., Child]]:
             run_dir / "logs",
             {**env, "LLMFLOW_DATA_DIR": str(data_dir)},
             ["--loglevel", os.environ.get("LLMFLOW_TEST_WORKER_LOGLEVEL", "warn")],
+            processes=processes,
         )
         started.append(child)
         return child

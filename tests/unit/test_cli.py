@@ -24,6 +24,7 @@ SETTING_OPTIONS: dict[tuple[Command, str], str] = {
     ((), "--bootstrap-servers"): "kafka_bootstrap_servers",
     (("worker",), "--concurrency"): "concurrency",
     (("worker",), "--app-id"): "app_id",
+    (("worker",), "--processes"): "processes",
 }
 
 

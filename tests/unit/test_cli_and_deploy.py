@@ -63,6 +63,7 @@ def test_compose_runs_on_old_compose_and_checks_worker_health(project_root: Path
         if r.resource
     }
     assert url.group(2) in paths and env["LLMFLOW_METRICS_HOST"] == "0.0.0.0"
+    assert env["LLMFLOW_PROCESSES"] == "1"  # replicas scale; one process each
     names = set()
     for name, field in Settings.model_fields.items():
         names.add(f"LLMFLOW_{name.upper()}")

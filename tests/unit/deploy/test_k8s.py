@@ -310,6 +310,12 @@ def test_replicas_stay_within_the_partitions(rendered: Rendered) -> None:
     assert rendered.worker["spec"].get("replicas", 1) <= partitions
 
 
+def test_a_pod_runs_one_worker_process(rendered: Rendered) -> None:
+    """Pods are what scales: a pod sees all of its node's cores, so the default (a process
+    per usable CPU) would put several group members in each, past what KEDA counts."""
+    assert rendered.settings["LLMFLOW_PROCESSES"] == "1"
+
+
 # --- settings, probes, ports ----------------------------------------------------------------
 
 
