@@ -1,6 +1,6 @@
 """What the worker writes to Kafka per event: records, and produce requests the broker served.
 
-    python -m dev.bench.writes [--events 3000] [--against 020a997] [--run-dir DIR]
+    python -m dev.bench.writes [--events 3000] [--against 020a997] [--rounds 3] [--run-dir DIR]
 
 Starts a local broker that logs every request it serves (`kafka.request.logger` at DEBUG,
 to its own file) and the model SIMULATOR answering at once, then, for each case (C=200
@@ -17,7 +17,10 @@ With `--against REV`, each case runs first with the worker's code at git revisio
 files of that commit, exported into the run folder and put first on the worker's path),
 then with this checkout's: the same command gives the before and the after. Counts only,
 no timings: what a run writes does not depend on how fast the machine is, except through
-how many writes concurrent events share.
+how many writes concurrent events share, and produce requests most: the producer has one
+request in flight per broker and the next carries whatever was sent meanwhile, so their
+count follows the broker's round trips as much as the records. `--rounds` runs each code
+and case again (alternating which code goes first) and reports medians.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -189,8 +193,10 @@ async def run_case(
     events: int,
     code: Path,
     label: str,
+    round_: int = 0,
 ) -> dict[str, Any]:
-    tag = f"{re.sub(r'[^A-Za-z0-9]+', '-', label).strip('-')}-{len(case.calls)}call"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-")
+    tag = f"{slug}-{len(case.calls)}call-r{round_ + 1}"
     topology = topology_copy(run_dir, tag, keep=case.calls)
     create_topics(bootstrap, topology, PARTITIONS)
     await produce(bootstrap, topology.input_topic, encode_events(tag, events), PARTITIONS)
@@ -205,7 +211,10 @@ async def run_case(
     )
     before = await end_offsets(bootstrap)
     mark = await asyncio.to_thread(os.path.getsize, requests_log)
-    progress(f"{label}, {case.title}: {events} events, {case.events_in_flight} in flight")
+    progress(
+        f"round {round_ + 1}, {label}, {case.title}: {events} events, "
+        f"{case.events_in_flight} in flight"
+    )
     worker = start_worker(tag, topology, env, code, run_dir / "logs")
     try:
         results = [topology.output_topic, topology.dead_letter_topic, topology.parked_topic]
@@ -232,6 +241,7 @@ async def run_case(
     result = {
         "code": label,
         "case": case.title,
+        "round": round_ + 1,
         "events": events,
         "events_in_flight": case.events_in_flight,
         "records": dict(records),
@@ -252,15 +262,27 @@ KINDS = ("output", "answered", "paid", "spend", "dead letters/parked", "other")
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
+    """One row per code and case: medians over the rounds, and each round's requests (how
+    many writes share a request depends on timing, so that figure varies between runs)."""
     head = "| code | case | events | records/event | " + " | ".join(KINDS[:4])
-    head += " | produce requests/event |"
+    head += " | produce requests/event (each round) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in results:
-        per_kind = [f"{r['records'].get(kind, 0) / r['events']:.2f}" for kind in KINDS[:4]]
+        rows.setdefault((r["case"], r["code"]), []).append(r)
+    for runs in rows.values():
+        first = runs[0]
+        per_kind = [
+            f"{statistics.median(r['records'].get(kind, 0) / r['events'] for r in runs):.2f}"
+            for kind in KINDS[:4]
+        ]
+        records = statistics.median(r["records_per_event"] for r in runs)
+        requests = [r["produce_requests_per_event"] for r in runs]
+        each = f" ({', '.join(f'{n:.3f}' for n in requests)})" if len(runs) > 1 else ""
         lines.append(
-            f"| {r['code']} | {r['case']} ({r['events_in_flight']} in flight) | {r['events']} "
-            f"| {r['records_per_event']:.2f} | {' | '.join(per_kind)} "
-            f"| {r['produce_requests_per_event']:.3f} |"
+            f"| {first['code']} | {first['case']} ({first['events_in_flight']} in flight) "
+            f"| {first['events']} | {records:.2f} | {' | '.join(per_kind)} "
+            f"| {statistics.median(requests):.3f}{each} |"
         )
     return "\n".join(lines)
 
@@ -280,13 +302,24 @@ async def run(args: argparse.Namespace, run_dir: Path) -> list[dict[str, Any]]:
         try:
             await asyncio.to_thread(publish_org_samples, bootstrap, sim)
             requests_log.touch()
-            for case in CASES:
-                for label, code in codes:
-                    results.append(
-                        await run_case(
-                            bootstrap, run_dir, sim, requests_log, case, args.events, code, label
+            for round_ in range(args.rounds):
+                # Alternating A B, B A: a drift of the machine's load falls on both sides.
+                order = codes if round_ % 2 == 0 else codes[::-1]
+                for case in CASES:
+                    for label, code in order:
+                        results.append(
+                            await run_case(
+                                bootstrap,
+                                run_dir,
+                                sim,
+                                requests_log,
+                                case,
+                                args.events,
+                                code,
+                                label,
+                                round_,
+                            )
                         )
-                    )
         finally:
             sim.stop()
     return results
@@ -296,6 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dev.bench.writes", description=__doc__)
     parser.add_argument("--events", type=int, default=3000, help="events per run")
     parser.add_argument("--against", help="also run the worker's code at this git revision")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each code and case")
     parser.add_argument("--run-dir", type=Path, help="broker, logs and results.json")
     args = parser.parse_args(argv)
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="llmflow-writes-"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dev.bench.harness import TopologyCopy
-from dev.bench.writes import CASES, kind_of, produce_requests
+from dev.bench.writes import CASES, kind_of, produce_requests, table
 
 PRODUCE = (
     'Completed request:{"isForwarded":false,"requestHeader":{"requestApiKey":0,'
@@ -52,3 +52,35 @@ def test_topics_are_sorted_into_output_and_tables() -> None:
 
 def test_the_cases_keep_200_calls_in_flight() -> None:
     assert [(len(c.calls), c.events_in_flight) for c in CASES] == [(1, 200), (3, 67)]
+
+
+def test_the_table_shows_medians_over_rounds_and_each_rounds_requests() -> None:
+    def run(code: str, records: dict[str, int], requests: int) -> dict[str, object]:
+        return {
+            "code": code,
+            "case": "1 call/event",
+            "events_in_flight": 200,
+            "events": 100,
+            "records": records,
+            "records_per_event": sum(records.values()) / 100,
+            "produce_requests_per_event": requests / 100,
+        }
+
+    rows = table(
+        [
+            run("before", {"output": 100, "answered": 200, "paid": 200, "spend": 100}, 60),
+            run("after", {"output": 100, "answered": 90, "paid": 200, "spend": 10}, 40),
+            run("after", {"output": 100, "answered": 80, "paid": 200, "spend": 12}, 30),
+            run("before", {"output": 100, "answered": 190, "paid": 200, "spend": 100}, 40),
+            run("after", {"output": 100, "answered": 70, "paid": 200, "spend": 14}, 50),
+            run("before", {"output": 100, "answered": 180, "paid": 200, "spend": 100}, 50),
+        ]
+    ).splitlines()
+    assert rows[2] == (
+        "| before | 1 call/event (200 in flight) | 100 | 5.90 | 1.00 | 1.90 | 2.00 | 1.00 "
+        "| 0.500 (0.600, 0.400, 0.500) |"
+    )
+    assert rows[3] == (
+        "| after | 1 call/event (200 in flight) | 100 | 3.92 | 1.00 | 0.80 | 2.00 | 0.12 "
+        "| 0.400 (0.400, 0.300, 0.500) |"
+    )
