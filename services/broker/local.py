@@ -222,6 +222,9 @@ class LocalKafka:
     heap_mb: int = 512
     process: subprocess.Popen[bytes] | None = None
     secure: bool | None = None
+    log_config: Path | None = None
+    """The broker's log4j2 configuration; unset, the shipped one (warnings only). A bench
+    gives its own to have the broker log every request (`kafka.request.logger`)."""
 
     @property
     def bootstrap_servers(self) -> str:
@@ -334,7 +337,7 @@ class LocalKafka:
             "-XX:+UseG1GC",
             "-XX:TieredStopAtLevel=1",  # faster JVM start; a test broker is never CPU-bound
             "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
+            f"-Dlog4j2.configurationFile={self.log_config or KAFKA_DIR / 'log4j2.properties'}",
             "-cp",
             str(lib_dir() / "*"),
             main_class,

@@ -9,9 +9,9 @@ worker waiting on its model quota stops fetching instead of piling events up in 
 Kafka redelivers events after a rebalance or a crash when their offsets were not yet
 committed (faust-streaming drops the acks of revoked partitions before its last commit).
 Each topology therefore keeps two tables, changelogged and co-partitioned with its input:
-`answered` (partition:offset of records whose result is published: a redelivered record
-is skipped) and `paid` (answers by call id: a redelivered event reuses every answer it
-already paid for and calls only what is missing).
+`answered` (per partition, the offsets of records whose result is published: a redelivered
+record is skipped) and `paid` (per event, its answers by call id: a redelivered event
+reuses every answer it already paid for and calls only what is missing).
 
 The pipeline turns every failure of an event into a dead letter. Should anything still
 escape the agent (a bug here, or publishing failing for good), the worker logs it and exits
@@ -55,7 +55,12 @@ from llmflow.services.worker.ports import AnsweredMarks
 from llmflow.services.worker.projection import project
 from llmflow.services.worker.settings import Settings
 from llmflow.services.worker.shadow import ShadowRun
-from llmflow.services.worker.state import CHANGELOG_CONFIG, Committed, TableAnsweredMarks
+from llmflow.services.worker.state import (
+    CHANGELOG_CONFIG,
+    Committed,
+    SpendTable,
+    TableAnsweredMarks,
+)
 from llmflow.topologies.spec import Topology
 
 log = logging.getLogger(__name__)
@@ -98,9 +103,9 @@ class Tables:
     """A topology's state tables, co-partitioned with its input topic."""
 
     answered: Any
-    """partition:offset of records whose result is published, until committed."""
+    """Per partition, offsets of records whose result is published, until committed."""
     paid: Any
-    """Answers by call id, until their event is answered."""
+    """Per event (partition:offset), its answers by call id, until it is answered."""
     spend: Any
     """Spend per (tenant, period, partition)."""
 
@@ -330,6 +335,25 @@ def reread_marks_on_rebalance(app: faust.App, marks: list[TableAnsweredMarks]) -
             topology_marks.forget_partitions()
 
     app.on_partitions_assigned.connect(assigned)
+
+
+def flush_spend(app: faust.App, tables: list[SpendTable], interval_s: float) -> None:
+    """Write each table's changed spend every `interval_s`, and all of it before partitions
+    are revoked (faust sends the signal once the events in flight are done, before the
+    worker rejoins the group): the next owner of a partition recovers its every total."""
+
+    async def every_interval() -> None:
+        await asyncio.gather(*(table.flush_every(interval_s) for table in tables))
+
+    async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        for table in tables:
+            try:
+                await table.flush()
+            except Exception as exc:  # not a crash: the next flush tries again
+                log.warning("spend: not written before the rebalance (%r)", exc)
+
+    app.task(every_interval)
+    app.on_partitions_revoked.connect(revoked)
 
 
 def follow_spend(

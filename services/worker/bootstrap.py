@@ -29,13 +29,13 @@ from llmflow.services.orgdata.search import Retriever
 from llmflow.services.orgdata.store import OrgDataStore
 from llmflow.services.worker import tracing
 from llmflow.services.worker.app import (
-    Tables,
     add_agent,
     close_on_shutdown,
     committed_offsets,
     create_app,
     declare_tables,
     divide_quotas_on_rebalance,
+    flush_spend,
     follow_spend,
     reread_marks_on_rebalance,
     serve_http,
@@ -52,6 +52,7 @@ from llmflow.services.worker.settings import Settings
 from llmflow.services.worker.shadow import ShadowBudget, ShadowRun, shadow_topic_problem
 from llmflow.services.worker.state import (
     CHANGELOG_CONFIG,
+    SpendTable,
     TableAnsweredMarks,
     TableBudgets,
     TablePaidCalls,
@@ -131,7 +132,7 @@ def _shadow_topics(spec: Topology) -> list[str]:
 def _shadow(
     shadow: Shadow,
     candidate: Topology,
-    tables: Tables,
+    spend_table: SpendTable,
     spend: SpendView,
     metrics: Metrics,
     pipeline_of: Callable[[Topology, Budgets, TablePaidCalls | None], Pipeline],
@@ -146,7 +147,7 @@ def _shadow(
         if shadow.budget_usd is None
         else {label: Budget(usd=shadow.budget_usd, period=shadow.period)}
     )
-    budget = ShadowBudget(TableBudgets(limits, tables.spend, spend), label)
+    budget = ShadowBudget(TableBudgets(limits, spend_table, spend), label)
     pipeline = pipeline_of(candidate, budget, None)
 
     def make(sink: Any) -> ShadowRun:
@@ -216,6 +217,7 @@ def bootstrap(
     metrics.lag.follow(lambda: app.consumer if app.started else None)
     changelogs: dict[str, int] = {}
     marks: list[TableAnsweredMarks] = []
+    spend_tables: list[SpendTable] = []
     gates: list[OutageGate] = []
     shadows: list[ShadowRun] = []
     follow_any_spend = bool(settings.budgets)
@@ -235,7 +237,9 @@ def bootstrap(
         answered = TableAnsweredMarks(
             tables.answered, committed_offsets(app, spec.input_topic), paid
         )
-        budgets = TableBudgets(settings.budgets, tables.spend, spend)
+        spend_table = SpendTable(tables.spend, spend)
+        spend_tables.append(spend_table)
+        budgets = TableBudgets(settings.budgets, spend_table, spend)
 
         def pipeline_of(
             topology: Topology, budgets: Budgets, paid: TablePaidCalls | None = paid
@@ -255,7 +259,7 @@ def bootstrap(
         shadow = None
         if spec.shadow is not None and spec.candidate is not None:
             shadow = _shadow(
-                spec.shadow, spec.candidate, tables, spend, metrics, pipeline_of, shadows
+                spec.shadow, spec.candidate, spend_table, spend, metrics, pipeline_of, shadows
             )
             follow_any_spend = follow_any_spend or spec.shadow.budget_usd is not None
         gate = outage_gate(settings, spec.name, models, metrics)
@@ -280,6 +284,7 @@ def bootstrap(
     inputs = {spec.input_topic: partitions[spec.input_topic] for spec in specs}
     divide_quotas_on_rebalance(app, models.quotas, metrics, inputs)
     reread_marks_on_rebalance(app, marks)
+    flush_spend(app, spend_tables, settings.spend_flush_s)
     if follow_any_spend:
         follow_spend(app, settings.kafka_bootstrap_servers, spend, changelogs)
 
@@ -288,6 +293,11 @@ def bootstrap(
             await gate.close()
         for run in shadows:
             await run.close()
+        for spend_table in spend_tables:  # the last spend, shadows' included
+            try:
+                await spend_table.flush()
+            except Exception as exc:
+                log.error("spend: the last %d totals were not written (%r)", spend_table.dirty, exc)
         await models.close()
         executor.shutdown(wait=False, cancel_futures=True)
         follower.stop()

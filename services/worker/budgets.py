@@ -3,9 +3,15 @@
 Spend is kept per (tenant, period, partition) in a faust table, written only by the owner
 of that partition and recovered with it. Every worker also follows the table's changelog
 topic (all partitions, no consumer group), so it knows the whole group's spend per tenant
-and can park a tenant's events once the group as a whole is past the budget. The view lags
-the other workers by the time their writes take to arrive, so a tenant may overshoot its
-budget by what is in flight at that moment.
+and can park a tenant's events once the group as a whole is past the budget.
+
+A worker counts its own spend at once: a tenant over budget is parked by this worker from
+its next event. Its totals reach the changelog once per flush (`LLMFLOW_SPEND_FLUSH_S`,
+0.5 s; each total that changed is written once, however many calls it took), so the other
+workers see them within the flush interval plus the time the changelog takes to reach them,
+and a tenant may overshoot its budget by what the group spends in that time. A worker's
+spend is flushed before its partitions are revoked and when it stops; a kill -9 loses at
+most the spend of its last interval.
 """
 
 from __future__ import annotations
@@ -61,8 +67,13 @@ class SpendView:
         self._totals: dict[tuple[str, str], float] = defaultdict(float)
 
     def set_partial(self, key: str, value: float) -> None:
+        """A key's total never falls (spend is only ever added): a record older than what
+        is known (this worker's own, read back from the changelog after a later charge,
+        or the changelog read again from its start) is ignored."""
         tenant, period, _ = key.rsplit("|", 2)
         previous = self._partials.get(key, 0.0)
+        if value <= previous:
+            return
         self._partials[key] = value
         self._totals[tenant, period] += value - previous
 

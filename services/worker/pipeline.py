@@ -690,9 +690,9 @@ class Pipeline:
     ) -> ModelCallResult:
         """Reuse an answer paid for before; otherwise call, then record it: before moving
         on, or, with `storing`, in a task of that group, so that the calls that need this
-        one start at once and the event waits for every record at the group's end. (The
-        records go to the event's partition in order: one that is stored has the answers
-        it was made from stored before it.)"""
+        one start at once and the event waits for every record at the group's end. (An
+        event's answers share one record, rewritten in order as answers arrive: one that
+        is stored has the answers it was made from stored with it or before it.)"""
         with tracing.model_span(self.tracer, call, call_id) as span:
             if self._paid is not None and (paid := self._paid.get(call_id)) is not None:
                 result = paid.model_copy(update={"reused": True, "attempts": 0, "latency_ms": 0.0})

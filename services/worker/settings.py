@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     """USD per million tokens per model, as JSON; replaces the defaults when set."""
     budgets: dict[str, Budget] = Field(default_factory=dict)
     """Per-tenant budgets, as JSON, e.g. `{"acme": {"usd": 5, "period": "day"}}`."""
+    spend_flush_s: float = Field(default=0.5, gt=0, le=60)
+    """How often each worker writes the spend totals that changed to the spend table's
+    changelog (one record per tenant, period and partition, however many calls): the other
+    workers see a tenant's spend, and park it once over budget, within this time plus the
+    changelog's lag. The worker's own spend counts at once."""
     metric_tenants: list[str] = Field(default_factory=list)
     """Tenants whose cost gets a `tenant` label of its own in `llmflow_cost_usd_total`, as
     JSON, e.g. `["acme", "globex"]`; budgeted tenants always do, every other one is

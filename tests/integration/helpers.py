@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -9,11 +11,13 @@ from typing import Any
 import yaml
 
 from dev.probes import scrape, simulator_log, total
+from llmflow.services.broker.topics import partition_counts
 from llmflow.services.orgdata import OrgDataStore
 from llmflow.services.orgdata.materializer import read_copy
 from llmflow.topologies.collections import load_collections
 
 __all__ = [
+    "changelog",
     "keep_calls",
     "org_copy",
     "scrape",
@@ -59,3 +63,35 @@ def wait_until_all_assigned(ports: list[int], timeout_s: float = 120.0) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(f"workers not all assigned after {timeout_s:.0f} s: shares {shares}")
+
+
+def changelog(bootstrap: str, topic: str) -> list[tuple[int, Any, Any]]:
+    """Every record of a table's changelog, oldest first per partition: (partition, key,
+    value), JSON-decoded; a tombstone's value is None."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    tps = [TopicPartition(topic, p) for p in range(partition_counts(bootstrap, [topic])[topic])]
+
+    async def read() -> list[tuple[int, Any, Any]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            records: list[tuple[int, Any, Any]] = []
+            while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+                for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                    records += [
+                        (
+                            r.partition,
+                            json.loads(r.key) if r.key else None,
+                            json.loads(r.value) if r.value is not None else None,
+                        )
+                        for r in batch
+                    ]
+            return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from llmflow.services.models.structured import parse_answer
 from llmflow.services.sdk import EventProducer, ResultConsumer, text_event
 from llmflow.services.sdk.consumer import Result
 from tests.integration.helpers import (
+    changelog,
     keep_calls,
     scrape,
     simulator_log,
@@ -274,6 +276,25 @@ def test_killed_worker_loses_nothing_and_pays_no_answer_twice(
         and not r.call("draft_reply").reused
     ]
     assert resumed, "no event was resumed between its steps"
+
+    # The tables' layout: one answered record per partition, each write holding every
+    # offset not yet committed (no record per mark, no tombstone per mark) ...
+    tables = f"{env['LLMFLOW_APP_ID']}-{spec['name']}"
+    answered = changelog(kafka_bootstrap, f"{tables}-answered-changelog")
+    assert answered and all(key.isdigit() and int(key) == p for p, key, _ in answered)
+    assert len(answered) <= len(sent), len(answered)
+    assert all(
+        isinstance(ranges, list) and all(first <= last for first, last in ranges)
+        for _, _, ranges in answered
+    )
+    # ... and one paid record per event ("partition:offset"), holding its answers by call
+    # id, instead of one per call (three calls and the retrieval query's embedding here).
+    paid = changelog(kafka_bootstrap, f"{tables}-paid-changelog")
+    events = {key for _, key, _ in paid}
+    assert all(re.fullmatch(rf"{p}:\d+", key) for p, key, _ in paid)
+    assert len(events) <= len(sent) < len(paid_at)
+    for _, _, answers in paid:
+        assert answers is None or all(a["call_id"] == c for c, a in answers.items())
     _figures(
         capsys,
         f"\n[kill test] events {len(sent)}, raw duplicate results {duplicates}, "
