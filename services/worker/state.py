@@ -73,9 +73,30 @@ async def write(table: Any, partition: int, key: str, value: Any) -> None:
 
 
 def delete(table: Any, partition: int, key: str) -> None:
-    """`del table[key]`. Not awaited: a tombstone lost in a crash leaves one stale key."""
+    """`del table[key]`. Not awaited: a tombstone lost in a crash leaves one stale key.
+    Sent directly too: while faust's producer buffer holds more than 100 records, faust
+    delivers no record to any agent until it has drained, so a burst of tombstones there
+    would stall the intake."""
     table.data.pop(key, None)
-    table.send_changelog(partition, key, None, value_serializer="raw")
+    task = asyncio.get_running_loop().create_task(_tombstone(table, partition, key))
+    _tombstones.add(task)
+    task.add_done_callback(_tombstones.discard)
+
+
+_tombstones: set[asyncio.Task[None]] = set()  # in flight: a task nobody holds may vanish
+
+
+async def _tombstone(table: Any, partition: int, key: str) -> None:
+    try:
+        await table.changelog_topic.send(
+            key=key,
+            value=None,
+            partition=partition,
+            key_serializer=table.key_serializer,
+            value_serializer="raw",
+        )
+    except Exception as exc:  # the producer stopped: one stale key, no harm
+        log.info("tombstone of %s not sent: %s", key, exc)
 
 
 def _event_position() -> tuple[int, int]:

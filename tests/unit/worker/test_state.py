@@ -50,7 +50,7 @@ class FakeTable:
         self.changelog.append((partition, key, value))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if value is None:
-            future.set_result(None)  # tombstones go through faust's buffer: not awaited
+            future.set_result(None)  # tombstones are not awaited
         else:
             self.unacked.append(future)
         return future
