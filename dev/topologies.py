@@ -27,12 +27,14 @@ class TopologyCopy:
 
 
 def copy_topology(
-    name: str, folder: Path, suffix: str, *, keep: Sequence[str] = ()
+    name: str, folder: Path, suffix: str, *, keep: Sequence[str] = (), independent: bool = False
 ) -> TopologyCopy:
     """Write `topologies/<name>.yaml` to `folder/<name>.yaml` with `.<suffix>` added to all
     of its topics (input, output, dead letter, parked, routes); with `keep`, only the named
     calls stay, and no retrieval step (its query embedding is a call of its own) nor
-    routes. The parked topic is written out explicitly: left to its default
+    routes. With `independent`, no call needs another (a prompt that reads other calls'
+    answers asks about the event's text instead), so all of an event's calls run at once:
+    a fan-out, not a graph. The parked topic is written out explicitly: left to its default
     (`<input_topic>.parked`) it would be unique too, but only by the accident of naming."""
     shipped = load_topology(SHIPPED / f"{name}.yaml")
     spec: dict[str, Any] = yaml.safe_load((SHIPPED / f"{name}.yaml").read_text())
@@ -50,6 +52,11 @@ def copy_topology(
         spec["calls"] = [call for call in spec["calls"] if call["name"] in keep]
         if len(spec["calls"]) != len(set(keep)):
             raise LlmflowError(f"{name} has no call among {sorted(keep)}")
+    if independent:
+        for call in spec["calls"]:
+            call.pop("needs", None)
+            if "calls." in call["prompt"]["user"]:
+                call["prompt"]["user"] = "{{ event.text }}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))

@@ -284,13 +284,20 @@ class TopologyCopy:
 
 
 def topology_copy(
-    run_dir: Path, tag: str, *, name: str = "support_triage", keep: Sequence[str] = ()
+    run_dir: Path,
+    tag: str,
+    *,
+    name: str = "support_triage",
+    keep: Sequence[str] = (),
+    independent: bool = False,
 ) -> TopologyCopy:
     """Copy `topologies/<name>.yaml` with topics suffixed by `tag` and a random part;
-    with `keep`, only the named calls stay."""
+    with `keep`, only the named calls stay; with `independent`, none needs another."""
     suffix = f"{tag}-{uuid.uuid4().hex[:6]}"
     try:
-        copy = copy_topology(name, run_dir / "topologies" / suffix, suffix, keep=keep)
+        copy = copy_topology(
+            name, run_dir / "topologies" / suffix, suffix, keep=keep, independent=independent
+        )
     except LlmflowError as exc:
         raise BenchError(str(exc)) from exc
     topology = copy.topology

@@ -92,6 +92,7 @@ PARTITIONS = 4
 SCALING_PARTITIONS = 8
 TRIM = 0.15
 ONE_CALL = ("summarize",)  # the one call kept when a run wants 1 call per event
+FAN_OUT = ("classify", "summarize", "draft_reply")  # kept, made independent, for 3 per event
 CONCURRENCY_TARGETS = {50: 0.90, 200: 0.80}
 OVERHEAD_TARGETS = {0.0: 0.5, LATENCY_MS: 0.9}
 """Worker / lean consumer, by the model's latency in ms: on an instant model the worker's
@@ -444,12 +445,13 @@ async def profile_pass(
     sim: Child,
     concurrency: int,
     events_per_s: float,
+    independent: bool = False,
 ) -> dict[str, Any]:
     """Run the configuration again with a backlog, profile the worker for `profile_s`
     with py-spy once outputs flow, and say what bounds it."""
     plan = bench.plan
     await bench.publish_orgdata(sim)
-    topology = topology_copy(bench.run_dir, f"profile-{name}", keep=keep)
+    topology = topology_copy(bench.run_dir, f"profile-{name}", keep=keep, independent=independent)
     create_topics(bench.bootstrap, topology, PARTITIONS)
     count = int(events_per_s * (plan.profile_s + 10)) + 100
     await produce(
@@ -523,7 +525,14 @@ class Variant:
 
     @property
     def keep(self) -> tuple[str, ...]:
-        return ONE_CALL if self.calls_per_event == 1 else ()
+        return ONE_CALL if self.calls_per_event == 1 else FAN_OUT
+
+    @property
+    def independent(self) -> bool:
+        """Several calls run as a fan-out, with no retrieval step before them:
+        support_triage drafts its reply from the other two answers (a graph, which the
+        graph scenario measures), here it does not."""
+        return self.calls_per_event > 1
 
     @property
     def event_concurrency(self) -> int:
@@ -574,7 +583,9 @@ VARIANTS = (Variant(50, 1), Variant(50, 3), Variant(200, 1), Variant(200, 3))
 
 async def run_variant(bench: Bench, variant: Variant, sim: Child) -> RunResult:
     plan = bench.plan
-    topology = topology_copy(bench.run_dir, variant.key, keep=variant.keep)
+    topology = topology_copy(
+        bench.run_dir, variant.key, keep=variant.keep, independent=variant.independent
+    )
     events = math.ceil(variant.ideal_calls_per_s * plan.run_s / variant.calls_per_event)
     progress(f"concurrency {variant.title}: {events} events")
     result = await run_backlog(
@@ -637,6 +648,7 @@ async def _concurrency(bench: Bench) -> dict[str, Any]:
                     bench,
                     name=variant.key,
                     keep=variant.keep,
+                    independent=variant.independent,
                     sim=sim,
                     concurrency=variant.event_concurrency,
                     events_per_s=bench.runs[variant.key].events.rate,
