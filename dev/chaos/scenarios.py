@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -245,6 +246,7 @@ class Stage:
             sdk_duplicates, self.suite.broker.bootstrap, topics, self.tally.count
         )
         counts = count(self.feed, self.tally, paid_twice=self.sim.requests.paid_twice(), sdk=sdk)
+        await asyncio.to_thread(self.keep_ledgers)
         if self.sim.requests.missed:
             counts.notes.append(f"{self.sim.requests.missed} simulator requests not logged")
         if self.workers.deaths:
@@ -254,6 +256,16 @@ class Stage:
         if counts.dead_letters and not self.expect_dead_letters:
             counts.notes.append(f"dead letters: {self.dead_letter_kinds()}")
         return counts
+
+    def keep_ledgers(self) -> None:
+        """Write the simulator's request log and every result to the run folder: which call
+        was paid twice, when, and which worker published an event twice."""
+        run_dir = self.suite.run_dir
+        (run_dir / f"{self.label}-requests.json").write_bytes(
+            json.dumps(self.sim.requests.entries).encode()
+        )
+        results = [dataclasses.asdict(r) for r in self.tally.results]
+        (run_dir / f"{self.label}-results.json").write_text(json.dumps(results, default=str))
 
     def dead_letter_kinds(self) -> str:
         kinds = Counter(r.what for r in self.tally.results if r.kind == "dead_letter")

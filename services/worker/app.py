@@ -196,10 +196,27 @@ def agent_body(
     """
     name = pipeline.topology.name
     tracer = pipeline.tracer
+    # Records being answered, by place. A rebalance that leaves a partition with this worker
+    # seeks it back to its commit while records read before may still be in flight, so the
+    # same record can come twice at once: the second copy waits for the first, then finds
+    # it answered, instead of paying for its calls again.
+    in_flight: dict[tuple[str, int, int], asyncio.Event] = {}
 
     async def answer(value: bytes | None, message: Any) -> bool:
         """Handle one record; False when it was answered before and is skipped."""
         metrics.events_in.labels(name).inc()
+        place = (message.topic, message.partition, message.offset)
+        while (first := in_flight.get(place)) is not None:
+            metrics.copies_waited.labels(name).inc()
+            await first.wait()
+        in_flight[place] = done = asyncio.Event()
+        try:
+            return await answer_once(value, message)
+        finally:
+            del in_flight[place]
+            done.set()
+
+    async def answer_once(value: bytes | None, message: Any) -> bool:
         if answered.seen(message.partition, message.offset):
             metrics.redeliveries_skipped.labels(name).inc()
             log.info(

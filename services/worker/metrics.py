@@ -63,6 +63,13 @@ class Metrics:
             ["topology"],
             registry=r,
         )
+        self.copies_waited = Counter(
+            "llmflow_record_copies_waited",
+            "Records read again while their first copy was still being answered (after a "
+            "rebalance's seek): the copy waited for the first instead of calling the models.",
+            ["topology"],
+            registry=r,
+        )
         self.cost = Counter(
             "llmflow_cost_usd", "Cost of model calls in USD.", ["model", "tenant"], registry=r
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -649,6 +650,58 @@ async def test_the_agent_publishes_one_result_per_event(make: PipelineFactory) -
     assert [x async for x in body(stream.as_stream())] == [None, None, None]
     assert len(outputs.sent) == 1 and len(dead.sent) == 2
     assert answered.marks == {"3:0": 1, "3:1": 1, "3:2": 1}
+
+
+async def test_a_record_read_twice_at_once_is_answered_and_paid_once(
+    make: PipelineFactory,
+) -> None:
+    """A rebalance can hand an agent instance a record that another instance is still
+    answering: the copy waits for it and is skipped, without calling a model."""
+    models, outputs, metrics, answered = (
+        FakeModels(latency_s=0.05),
+        FakeTopic(),
+        Metrics(),
+        FakeMarks(),
+    )
+    body = app_module.agent_body(
+        make(models=models), answered, metrics, app_module._Sinks(outputs, FakeTopic(), FakeTopic())
+    )
+
+    async def drain(stream: FakeStream) -> list[None]:
+        return [x async for x in body(stream.as_stream())]
+
+    first, copy = await asyncio.gather(drain(FakeStream([_raw()])), drain(FakeStream([_raw()])))
+    calls = {asked.call_id for asked in models.asked}
+    assert len(models.asked) == len(calls) > 0  # every call of the event paid once
+    assert len(outputs.sent) == 1 and answered.marks == {"3:0": 1}
+    assert sorted([first, copy], key=len) == [[], [None]]
+    labels = {"topology": "support_triage"}
+    assert metrics.registry.get_sample_value("llmflow_record_copies_waited_total", labels) == 1
+    assert metrics.registry.get_sample_value("llmflow_redeliveries_skipped_total", labels) == 1
+
+
+async def test_a_copy_whose_first_was_cancelled_is_answered(make: PipelineFactory) -> None:
+    """A rebalance may cancel the first copy; the waiting copy then answers the record."""
+    models, outputs, answered = FakeModels(latency_s=0.2), FakeTopic(), FakeMarks()
+    body = app_module.agent_body(
+        make(models=models),
+        answered,
+        Metrics(),
+        app_module._Sinks(outputs, FakeTopic(), FakeTopic()),
+    )
+
+    async def drain(stream: FakeStream) -> list[None]:
+        return [x async for x in body(stream.as_stream())]
+
+    first = asyncio.ensure_future(drain(FakeStream([_raw()])))
+    await asyncio.sleep(0.05)  # the first copy is calling its models
+    copy = asyncio.ensure_future(drain(FakeStream([_raw()])))
+    await asyncio.sleep(0.05)
+    first.cancel()
+    assert await copy == [None]
+    assert len(outputs.sent) == 1 and answered.marks == {"3:0": 1}
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
 
 
 async def test_an_output_goes_to_its_routes_too_and_each_is_counted(

@@ -68,3 +68,10 @@ def test_installed_on_faust_consumer() -> None:
     flow.fetch_as_soon_as_drained()
     assert Consumer._wait_next_records is flow._wait_next_records
     assert Consumer.on_buffer_drop is flow._on_buffer_drop
+
+
+def test_the_worker_consumer_holds_an_idle_fetch_briefly(monkeypatch: Any) -> None:
+    made = SimpleNamespace(_fetch_max_wait_ms=1500)  # what faust passes aiokafka
+    monkeypatch.setattr(flow, "_faust_create_worker_consumer", lambda *a, **k: made)
+    assert flow._create_worker_consumer(object()) is made
+    assert made._fetch_max_wait_ms == flow.FETCH_MAX_WAIT_MS <= 100
