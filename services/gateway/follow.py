@@ -16,7 +16,7 @@ from llmflow.services.gateway.results import TP, Entry, ResultIndex, entry_of
 log = logging.getLogger(__name__)
 
 # How often partitions and topics added since are looked for.
-REFRESH_S = 10.0
+REFRESH_S = 5.0
 RETRY_PAUSE_S = 2.0
 
 
@@ -91,6 +91,9 @@ class ResultFollower:
                     if all(positions[tp] >= end for tp, end in targets.items()):
                         self.caught_up = True
                         log.info("result index caught up: %d results", len(self.index))
+                if not assigned:  # getmany waits for an assignment that never comes
+                    await asyncio.sleep(0.5)
+                    continue
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
                 for tp, records in batches.items():
                     topology = self.topics[tp.topic]
