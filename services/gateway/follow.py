@@ -34,6 +34,19 @@ def _consumer(bootstrap_servers: str) -> Any:
     )
 
 
+async def partitions(consumer: Any, topics: list[str]) -> dict[str, set[int]]:
+    """The partitions of each of `topics` that exists, as the cluster says now. (The
+    consumer's `partitions_for_topic` reads its cached metadata, which a consumer that is
+    assigned nothing yet may not hold for minutes.)"""
+    cluster = await consumer._client.fetch_all_metadata()
+    found = {}
+    for topic in topics:
+        numbers = cluster.partitions_for_topic(topic)
+        if numbers:
+            found[topic] = set(numbers)
+    return found
+
+
 class ResultFollower:
     """Fills `index` from `topics` (topic -> its topology's name)."""
 
@@ -110,14 +123,9 @@ class ResultFollower:
         """Assign every partition of the topics that exist now; returns the new ones."""
         from aiokafka import TopicPartition
 
-        existing = await consumer.topics()
-        self.missing = sorted(set(self.topics) - existing)
-        every = {
-            (topic, p)
-            for topic in self.topics
-            if topic in existing
-            for p in consumer.partitions_for_topic(topic) or ()
-        }
+        existing = await partitions(consumer, list(self.topics))
+        self.missing = sorted(set(self.topics) - set(existing))
+        every = {(topic, p) for topic, numbers in existing.items() for p in numbers}
         added = every - assigned
         if added:
             # assign() starts over: positions of the partitions held so far are kept here.
@@ -159,12 +167,10 @@ async def read_from(
     reader = consumer(bootstrap_servers)
     await reader.start()
     try:
-        await reader.topics()
-        tps = [
-            TopicPartition(topic, p)
-            for topic in topics
-            for p in sorted(reader.partitions_for_topic(topic) or ())
-        ]
+        existing = await partitions(reader, list(topics))
+        tps = [TopicPartition(t, p) for t, numbers in existing.items() for p in sorted(numbers)]
+        if not tps:
+            return
         reader.assign(tps)
         reached = {
             (tp.topic, tp.partition): positions.get((tp.topic, tp.partition), 0) for tp in tps

@@ -83,15 +83,50 @@ class Sse:
 
 
 @pytest.fixture
-def gateway(
+def gateways(
     kafka_bootstrap: str,
     run_dir: Path,
     modelsim: Callable[..., Child],
     topology_copy: Callable[[str], Path],
     worker_env: Callable[[Child], dict[str, str]],
     workers: Callable[..., Child],
-) -> Iterator[dict[str, Any]]:
-    """A worker and a gateway over copies of both shipped topologies; yields their names."""
+) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Factory: a worker and a gateway (with further settings) over copies of both shipped
+    topologies; returns its address and the topologies."""
+    started: list[Child] = []
+
+    def start(**settings: str) -> dict[str, Any]:
+        return _start(
+            kafka_bootstrap,
+            run_dir,
+            modelsim,
+            topology_copy,
+            worker_env,
+            workers,
+            started,
+            settings,
+        )
+
+    yield start
+    for child in started:
+        child.stop()
+
+
+@pytest.fixture
+def gateway(gateways: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    return gateways()
+
+
+def _start(
+    kafka_bootstrap: str,
+    run_dir: Path,
+    modelsim: Callable[..., Child],
+    topology_copy: Callable[[str], Path],
+    worker_env: Callable[[Child], dict[str, str]],
+    workers: Callable[..., Child],
+    started: list[Child],
+    settings: dict[str, str],
+) -> dict[str, Any]:
     triage_path = topology_copy("support_triage")
     images_path = topology_copy("product_images")
     (run_dir / "images").mkdir()
@@ -107,28 +142,27 @@ def gateway(
             "LLMFLOW_GATEWAY_PORT": str(port),
             "LLMFLOW_GATEWAY_TOKENS": json.dumps(TOKENS),
             "LLMFLOW_GATEWAY_HEARTBEAT_S": "1",
-        },
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/healthz", child)
-        deadline = time.monotonic() + 120
-        while True:  # ready once the worker made the topics and the index caught up
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=5):
-                    break
-            except urllib.error.HTTPError as exc:
-                if time.monotonic() > deadline or not worker.alive():
-                    raise AssertionError(exc.read().decode() + worker.log_tail()) from exc
-                time.sleep(0.5)
-        yield {
-            "base": base,
-            "triage": yaml.safe_load(triage_path.read_text()),
-            "images": yaml.safe_load(images_path.read_text()),
-            "child": child,
         }
-    finally:
-        child.stop()
+        | {f"LLMFLOW_GATEWAY_{name.upper()}": value for name, value in settings.items()},
+    )
+    started.append(child)
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/healthz", child)
+    deadline = time.monotonic() + 120
+    while True:  # ready once the worker made the topics and the index caught up
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5):
+                break
+        except urllib.error.HTTPError as exc:
+            if time.monotonic() > deadline or not worker.alive():
+                raise AssertionError(exc.read().decode() + worker.log_tail()) from exc
+            time.sleep(0.5)
+    return {
+        "base": base,
+        "triage": yaml.safe_load(triage_path.read_text()),
+        "images": yaml.safe_load(images_path.read_text()),
+        "child": child,
+    }
 
 
 def test_publish_wait_stream_resume_dead_letter_and_tenants(gateway: dict[str, Any]) -> None:
@@ -161,7 +195,7 @@ def test_publish_wait_stream_resume_dead_letter_and_tenants(gateway: dict[str, A
     assert status == 202
     resumed = Sse(f"{base}/v1/topics/{triage['input_topic']}/results?key={key}", ACME, first["id"])
     seen = {json.loads(first["data"])["event_id"]}
-    rest = []
+    rest: list[str] = []
     while len(seen | set(rest)) < 3:
         rest.append(json.loads(resumed.next()["data"])["event_id"])
     resumed.close()
@@ -183,6 +217,37 @@ def test_publish_wait_stream_resume_dead_letter_and_tenants(gateway: dict[str, A
     # globex may not publish as acme.
     status, body, _ = _call(tickets, GLOBEX, _event("gw-4", key, tenant="acme"))
     assert status == 403 and body["errors"][0]["field"] == "tenant"
+
+
+def test_a_stream_resumes_from_the_topics_when_the_index_forgot(
+    gateways: Callable[..., dict[str, Any]],
+) -> None:
+    """With an index of 2 results, a stream resumed 6 results back reads them from Kafka."""
+    gateway = gateways(index_results="2")
+    base, triage = gateway["base"], gateway["triage"]
+    key = f"C-{uuid.uuid4().hex[:6]}"
+    url = f"{base}/v1/topics/{triage['input_topic']}/results?key={key}"
+    stream = Sse(url, ACME)
+    status, _, _ = _call(
+        f"{base}/v1/topics/{triage['input_topic']}/events", ACME, _event("old-0", key)
+    )
+    assert status == 202
+    first = stream.next()
+    stream.close()
+    ids = [f"old-{n}" for n in range(1, 7)]
+    watcher = Sse(url, ACME)  # sees them answered, so the index has moved past them
+    status, _, _ = _call(
+        f"{base}/v1/topics/{triage['input_topic']}/events", ACME, [_event(i, key) for i in ids]
+    )
+    assert status == 202
+    assert sorted(json.loads(watcher.next()["data"])["event_id"] for _ in ids) == ids
+    watcher.close()
+    resumed = Sse(url, ACME, first["id"])
+    got = [json.loads(resumed.next()["data"])["event_id"] for _ in ids]
+    resumed.close()
+    assert sorted(got) == ids
+    # Unique and after `first`: the position told the topics' reader where to start.
+    assert json.loads(first["data"])["event_id"] == "old-0"
 
 
 def _readme_commands() -> list[str]:
