@@ -26,6 +26,7 @@ from llmflow.services.gateway.publish import (
     Busy,
     EventError,
     Publisher,
+    RecordTooLarge,
     parse_body,
 )
 from llmflow.services.gateway.results import ResultIndex, Subscription
@@ -73,6 +74,7 @@ class Gateway:
             max_pending_events=settings.max_pending_events,
             max_pending_bytes=settings.max_pending_bytes,
             timeout_s=settings.publish_timeout_s,
+            max_record_bytes=settings.max_record_bytes,
             observe=self.metrics.publish_seconds.observe,
         )
         self.follower = ResultFollower(
@@ -143,6 +145,8 @@ class Gateway:
         events = [e for e in parsed if not isinstance(e, EventError)]
         try:
             acks = await self.publisher.publish(topic, events)
+        except RecordTooLarge as exc:
+            return _error(413, "too_large", str(exc), errors=[e.as_json() for e in exc.errors])
         except Busy as exc:
             retry = str(self.settings.retry_after_s)
             return _error(429, "busy", str(exc), headers={"Retry-After": retry})

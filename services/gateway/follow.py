@@ -158,10 +158,11 @@ async def read_from(
     positions: dict[TP, int],
     until: Callable[[dict[TP, int]], bool],
     consumer: Callable[[str], Any] = _consumer,
-) -> AsyncIterator[tuple[TP, int, Entry | None]]:
+) -> AsyncIterator[tuple[TP | None, int, Entry | None]]:
     """The records of `topics` (topic -> topology) from `positions` (a partition it does
     not name: from its start), each as (partition, offset, its entry or None), until
-    `until(positions reached)` says the rest is held elsewhere."""
+    `until(positions reached)` says the rest is held elsewhere; (None, 0, None) after a
+    fetch that brought nothing, so the caller may do something while it waits."""
     from aiokafka import TopicPartition
 
     reader = consumer(bootstrap_servers)
@@ -179,6 +180,8 @@ async def read_from(
             reader.seek(tp, reached[(tp.topic, tp.partition)])
         while not until(reached):
             batches = await reader.getmany(timeout_ms=500, max_records=500)
+            if not batches:
+                yield None, 0, None
             for records in batches.values():
                 for r in records:
                     key = (r.topic, r.partition)

@@ -89,6 +89,18 @@ class Busy(LlmflowError):
     """Too much already waits for the broker's acks: 429."""
 
 
+class RecordTooLarge(LlmflowError):
+    """Events that would not fit in a Kafka record: 413, nothing sent."""
+
+    def __init__(self, errors: list[EventError]) -> None:
+        super().__init__(f"{len(errors)} event(s) larger than a Kafka record may be")
+        self.errors = errors
+
+
+# Room a record needs besides its value: key, headers, batch framing.
+RECORD_OVERHEAD = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Ack:
     """Where an event was written."""
@@ -114,9 +126,11 @@ class Publisher:
         max_pending_events: int,
         max_pending_bytes: int,
         timeout_s: float,
+        max_record_bytes: int = 1_000_000,
         observe: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.send = send  # None until the producer is connected
+        self.max_record_bytes = max_record_bytes
         self.max_pending_events = max_pending_events
         self.max_pending_bytes = max_pending_bytes
         self.timeout_s = timeout_s
@@ -130,6 +144,13 @@ class Publisher:
         if self.send is None:
             raise BrokerUnavailable("not connected to the Kafka broker yet")
         values = [event.model_dump_json().encode() for event in events]
+        limit = self.max_record_bytes - RECORD_OVERHEAD
+        if too_large := [
+            EventError(n, "", f"{len(value)} bytes as a record; at most {limit}")
+            for n, (event, value) in enumerate(zip(events, values, strict=True))
+            if len(value) + len(event.key.encode()) > limit
+        ]:
+            raise RecordTooLarge(too_large)
         size = sum(len(v) for v in values)
         if (
             self.pending_events + len(values) > self.max_pending_events
@@ -155,10 +176,13 @@ class Publisher:
     async def _send_all(self, topic: str, events: list[AnyEvent], values: list[bytes]) -> list[Ack]:
         assert self.send is not None
         started = time.monotonic()
-        futures = [
-            await self.send(topic, value, event.key.encode())
-            for event, value in zip(events, values, strict=True)
-        ]
+        try:
+            futures = [
+                await self.send(topic, value, event.key.encode())
+                for event, value in zip(events, values, strict=True)
+            ]
+        except Exception as exc:  # aiokafka's KafkaError and its kin, before any ack
+            raise BrokerUnavailable(f"the producer refused the events: {exc}") from exc
         acks = []
         for event, future in zip(events, futures, strict=True):
             try:

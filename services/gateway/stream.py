@@ -53,9 +53,11 @@ class ResultStream:
         self.topics = topics  # output, dead-letter, parked
         self.positions = dict(positions)
         self.options = options
+        self.written_at = 0.0
 
     async def _write(self, data: bytes) -> None:
         await asyncio.wait_for(self.response.write(data), self.options.write_timeout_s)
+        self.written_at = asyncio.get_running_loop().time()
 
     async def give(self, entry: Entry) -> None:
         tp = (entry.topic, entry.partition)
@@ -74,13 +76,11 @@ class ResultStream:
         queue = self.subscription.queue
         while True:
             if self.subscription.overflowed:
-                reason = {
-                    "error": "behind",
-                    "message": f"more than {self.options.queue} results waited for this client; "
+                await self.fail(
+                    "behind",
+                    f"more than {self.options.queue} results waited for this client; "
                     "reconnect with the last id to go on",
-                }
-                position = cursor.encode(self.positions, self.topics)
-                await self._write(event_bytes("error", position, orjson.dumps(reason)))
+                )
                 return
             try:
                 entry = await asyncio.wait_for(queue.get(), self.options.heartbeat_s)
@@ -88,6 +88,18 @@ class ResultStream:
                 await self._write(b": heartbeat\n\n")
                 continue
             await self.give(entry)
+
+    async def fail(self, error: str, message: str) -> None:
+        """An `error` event with the position reached (resume from it), before closing."""
+        reason = {"error": error, "message": message}
+        position = cursor.encode(self.positions, self.topics)
+        await self._write(event_bytes("error", position, orjson.dumps(reason)))
+
+    async def heartbeat(self) -> None:
+        """A comment line, when none was written for `heartbeat_s`."""
+        now = asyncio.get_running_loop().time()
+        if now - self.written_at >= self.options.heartbeat_s:
+            await self._write(b": heartbeat\n\n")
 
     def close(self) -> None:
         self.index.unsubscribe(self.subscription)
@@ -106,6 +118,9 @@ async def replay_topics(
     async for tp, offset, entry in read_from(
         bootstrap_servers, topology_of, stream.positions, done
     ):
+        await stream.heartbeat()  # a long read keeps proxies from closing the stream
+        if tp is None:
+            continue
         if entry is not None:
             await stream.give(entry)
         else:

@@ -317,3 +317,31 @@ async def test_metrics_count_requests_by_route_and_status(client: TestClient[Any
 async def test_readyz_says_why_it_is_not_ready(client: TestClient[Any, Any]) -> None:
     response = await client.get("/readyz")
     assert response.status == 503 and "result topics do not exist yet" in await response.text()
+
+
+async def test_an_event_larger_than_a_record_is_413_and_nothing_is_sent() -> None:
+    gateway = make_gateway(max_record_bytes=64 * 1024, max_body_bytes=4 * 1024 * 1024)
+    client = await _client(gateway)
+    try:
+        big = event(1, attributes={"blob": "x" * 70_000})
+        response = await client.post(TICKETS, json=[event(0), big], headers=auth(ACME))
+        assert response.status == 413
+        assert [e["index"] for e in (await response.json())["errors"]] == [1]
+        assert await _sent(gateway) == []
+    finally:
+        await client.close()
+
+
+async def test_a_producer_that_refuses_to_send_is_503() -> None:
+    async def refuse(topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        raise RuntimeError("no metadata for the topic")
+
+    gateway = make_gateway()
+    gateway.publisher.send = refuse
+    client = await _client(gateway)
+    try:
+        response = await client.post(TICKETS, json=event(), headers=auth(ACME))
+        assert response.status == 503 and "no metadata" in (await response.json())["message"]
+        assert gateway.publisher.pending_events == 0
+    finally:
+        await client.close()
