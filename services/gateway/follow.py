@@ -144,6 +144,10 @@ class ResultFollower:
         ends = await consumer.end_offsets(tps)
         starts = await consumer.beginning_offsets(tps)
         for tp in tps:
+            read = self.index.head.get((tp.topic, tp.partition))
+            if read is not None:  # read before this consumer (a restart after an error)
+                consumer.seek(tp, max(starts[tp], read))
+                continue
             # Partitions added once caught up are new: read from their start.
             back = ends[tp] if self.caught_up else self.lookback
             offset = max(starts[tp], ends[tp] - back)
