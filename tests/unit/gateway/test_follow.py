@@ -7,6 +7,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
 import pytest
 from aiokafka import TopicPartition
 
