@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from llmflow.services.gateway.auth import OPEN, Grant
 from llmflow.services.gateway.publish import (
@@ -142,3 +144,46 @@ async def test_a_broker_that_does_not_ack_is_unavailable_after_the_timeout() -> 
     not_connected = Publisher(None, max_pending_events=10, max_pending_bytes=10**6, timeout_s=1)
     with pytest.raises(BrokerUnavailable, match="not connected"):
         await not_connected.publish("t", events)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+            lambda children: (
+                st.lists(children, max_size=4)
+                | st.dictionaries(st.sampled_from([*event(), "x"]), children, max_size=8)
+            ),
+            max_leaves=20,
+        ).map(lambda value: json.dumps(value).encode()),
+    )
+)
+def test_any_body_is_events_or_a_reason_never_a_crash(body: bytes) -> None:
+    status = 0
+    try:
+        parsed = parse_body(body, ACME, 10)
+    except BodyError as exc:
+        status = exc.status
+    else:
+        assert parsed
+        assert all(isinstance(e, EventError) for e in parsed) or not any(
+            isinstance(e, EventError) for e in parsed
+        )
+    assert status in (0, 400, 413)
+
+
+def test_the_openapi_event_schema_takes_what_the_contract_takes() -> None:
+    from jsonschema import Draft202012Validator
+
+    from llmflow.services.gateway.openapi import document
+
+    components = document("test")["components"]
+    for schema in components["schemas"].values():
+        Draft202012Validator.check_schema(schema)
+    validator = Draft202012Validator(
+        {"$ref": "#/components/schemas/EventBatch", "components": components}
+    )
+    assert validator.is_valid(event()) and validator.is_valid([event(1), event(2)])
+    assert not validator.is_valid(event(text="")) and not validator.is_valid([])
