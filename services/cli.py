@@ -175,6 +175,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     import asyncio
 
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from llmflow.services.gateway.app import Gateway, serve
     from llmflow.services.gateway.auth import Authenticator
@@ -191,6 +192,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             for e in exc.errors(include_input=False)
         ]
         raise LlmflowError("; ".join(problems)) from None
+    except SettingsError as exc:  # a JSON setting that is no JSON; its value is not shown
+        field = str(exc).split('"')[1] if '"' in str(exc) else ""
+        raise LlmflowError(f"{_variable('gateway_' + field)}: not valid JSON") from None
     credentials = settings.credentials()
     if not credentials and not settings.insecure_no_auth:
         raise LlmflowError(

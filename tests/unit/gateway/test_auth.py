@@ -60,3 +60,12 @@ def test_a_short_token_is_refused_without_printing_it(
     assert main(["gateway", "--topology", "topologies/support_triage.yaml"]) == 2
     err = capsys.readouterr().err
     assert "LLMFLOW_GATEWAY_TOKENS" in err and "tiny-secret" not in err
+
+
+def test_tokens_that_are_no_json_are_one_line_without_the_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLMFLOW_GATEWAY_TOKENS", "not json secret-xyz")
+    assert main(["gateway", "--topology", "topologies/support_triage.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err == "llmflow: error: LLMFLOW_GATEWAY_TOKENS: not valid JSON\n"
