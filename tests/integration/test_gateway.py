@@ -172,6 +172,7 @@ def test_publish_wait_stream_resume_dead_letter_and_tenants(gateway: dict[str, A
 
     # A stream of this key's results from now on, opened before anything is published.
     stream = Sse(f"{base}/v1/topics/{triage['input_topic']}/results?key={key}", ACME)
+    others = Sse(f"{base}/v1/topics/{triage['input_topic']}/results?key={key}", GLOBEX)
 
     status, body, _ = _call(tickets, ACME, [_event("gw-1", key), _event("gw-2", key)])
     assert status == 202, body
@@ -189,6 +190,9 @@ def test_publish_wait_stream_resume_dead_letter_and_tenants(gateway: dict[str, A
 
     first = stream.next()
     assert first["event"] == "output" and json.loads(first["data"])["event_key"] == key
+    with pytest.raises(AssertionError, match="no result"):
+        others.next(timeout_s=3)  # acme's results, answered by now, are not globex's
+    others.close()
     stream.close()  # disconnect after one result
 
     status, body, _ = _call(tickets, ACME, _event("gw-3", key))
