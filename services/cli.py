@@ -165,6 +165,63 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - run exits the process
 
 
+# --- gateway -------------------------------------------------------------------------------
+
+# Gateway flags that override a setting (`GatewaySettings` field).
+GATEWAY_FLAGS = ("host", "port", "insecure_no_auth")
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from llmflow.services.gateway.app import Gateway, serve
+    from llmflow.services.gateway.auth import Authenticator
+    from llmflow.services.gateway.settings import GatewaySettings
+    from llmflow.topologies.loader import load_topology
+
+    overrides = {field: getattr(args, field) for field in GATEWAY_FLAGS}
+    try:
+        settings = GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        # The message alone: an input value may be a token.
+        problems = [
+            f"{_variable('gateway_' + str(e['loc'][0]))}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors(include_input=False)
+        ]
+        raise LlmflowError("; ".join(problems)) from None
+    except SettingsError as exc:  # a JSON setting that is no JSON; its value is not shown
+        field = str(exc).split('"')[1] if '"' in str(exc) else ""
+        raise LlmflowError(f"{_variable('gateway_' + field)}: not valid JSON") from None
+    credentials = settings.credentials()
+    if not credentials and not settings.insecure_no_auth:
+        raise LlmflowError(
+            "no token configured: set LLMFLOW_GATEWAY_TOKENS (or LLMFLOW_GATEWAY_TOKENS_FILE), "
+            "or run open with --insecure-no-auth"
+        )
+    if settings.insecure_no_auth:
+        print(
+            "llmflow gateway: running without authentication (--insecure-no-auth): anyone who "
+            "reaches it publishes as any tenant and reads every result",
+            file=sys.stderr,
+        )
+    topologies = [load_topology(path) for path in args.topology]
+    inputs = [t.input_topic for t in topologies]
+    if len(set(inputs)) != len(inputs):
+        raise LlmflowError("two topologies read the same input topic")
+    _kafka(settings)
+    gateway = Gateway(
+        settings,
+        topologies,
+        Authenticator(credentials, open_access=settings.insecure_no_auth),
+        version=_version(),
+    )
+    asyncio.run(serve(gateway, lambda line: print(line, file=sys.stderr, flush=True)))
+    return 0
+
+
 # --- org data ------------------------------------------------------------------------------
 
 
@@ -470,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_kafka(sub)
     _add_topology(sub)
     _add_worker(sub)
+    _add_gateway(sub)
     _add_orgdata(sub)
     _add_produce(sub)
     _add_consume(sub)
@@ -580,6 +638,45 @@ def _add_worker(sub: _Commands) -> None:
         help="least severe log records shown (default: warn)",
     )
     worker.set_defaults(func=cmd_worker)
+
+
+def _add_gateway(sub: _Commands) -> None:
+    gateway = sub.add_parser(
+        "gateway",
+        help="HTTP gateway: publish events, wait for or stream results, without a Kafka client",
+        epilog="Every gateway setting is an environment variable LLMFLOW_GATEWAY_<SETTING> "
+        "(e.g. LLMFLOW_GATEWAY_TOKENS, LLMFLOW_GATEWAY_MAX_BODY_BYTES; all of them in the "
+        "README's gateway section); Kafka reads KAFKA_BOOTSTRAP_SERVERS.",
+    )
+    gateway.add_argument(
+        "--topology",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="topology YAML file whose input topic takes events and whose results are "
+        "served; repeat for several",
+    )
+    gateway.add_argument(
+        "--host", help="address to bind (default: LLMFLOW_GATEWAY_HOST, else 127.0.0.1)"
+    )
+    gateway.add_argument(
+        "--port", type=int, help="port to listen on (default: LLMFLOW_GATEWAY_PORT, else 8088)"
+    )
+    gateway.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="run without bearer tokens: anyone publishes as any tenant and reads every "
+        "result (default: LLMFLOW_GATEWAY_INSECURE_NO_AUTH, else false: with no token "
+        "configured the gateway refuses to start)",
+    )
+    gateway.add_argument(
+        "--loglevel",
+        default="warn",
+        choices=list(LEVELS),
+        help="least severe log records shown (default: warn)",
+    )
+    gateway.set_defaults(func=cmd_gateway)
 
 
 def _add_orgdata(sub: _Commands) -> None:

@@ -31,7 +31,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 def test_compose_commands_are_valid_for_their_entry_points(project_root: Path) -> None:
     compose = yaml.safe_load((project_root / "docker-compose.yml").read_text())
     services = {name: s for name, s in compose["services"].items() if "command" in s}
-    assert len(services) == 3
+    assert len(services) == 4
     entry_points = {name: s.get("entrypoint", ["llmflow"]) for name, s in services.items()}
     assert entry_points["modelsim"] == ["llmflow-modelsim"]
     for name, service in services.items():
@@ -46,6 +46,7 @@ def test_compose_runs_on_old_compose_and_checks_worker_health(project_root: Path
     """Debian's docker-compose 1.29 refuses a top-level `name`; the worker's healthcheck
     asks the port and path the worker serves; every LLMFLOW_/KAFKA_/OPENAI_ variable is
     a setting; the broker answers the host on the port it advertises."""
+    from llmflow.services.gateway.settings import GatewaySettings
     from llmflow.services.worker.health import Readiness, health_app
     from llmflow.services.worker.metrics import Metrics
     from llmflow.services.worker.settings import Settings
@@ -69,6 +70,7 @@ def test_compose_runs_on_old_compose_and_checks_worker_health(project_root: Path
         names.add(f"LLMFLOW_{name.upper()}")
         alias = field.validation_alias
         names |= set(getattr(alias, "choices", ()))
+    names |= {f"LLMFLOW_GATEWAY_{name.upper()}" for name in GatewaySettings.model_fields}
     for service in compose["services"].values():
         for variable in service.get("environment", {}):
             if (

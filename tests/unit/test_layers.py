@@ -27,7 +27,9 @@ LAYERS: list[set[str]] = [
         "llmflow.services.sdk",
     },
     {"llmflow.services.worker", "llmflow.services.modelsim"},
-    {"llmflow.services.shadow"},  # runs the worker's pipeline on a candidate
+    # replay and compare run the worker's pipeline on a candidate; the gateway takes the
+    # worker's readiness checks
+    {"llmflow.services.shadow", "llmflow.services.gateway"},
     {"llmflow.services.cli", "llmflow"},
 ]
 ROOT = "llmflow"  # the public surface: the root module alone, not everything below it

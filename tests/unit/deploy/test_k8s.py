@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings
 
 from llmflow.services.broker.security import KafkaSecurity, KafkaSecuritySettings
 from llmflow.services.cli import build_parser
+from llmflow.services.gateway.app import Gateway
+from llmflow.services.gateway.auth import Authenticator
+from llmflow.services.gateway.settings import GatewaySettings
 from llmflow.services.modelsim import SimulatorConfig, make_app
 from llmflow.services.modelsim import cli as modelsim_cli
 from llmflow.services.worker.health import Readiness, health_app
@@ -75,7 +78,9 @@ def _types(annotation: Any) -> set[Any]:
     return {annotation} if args is None else {t for a in args for t in _types(a)}
 
 
-SETTINGS = setting_names(Settings) | setting_names(KafkaSecuritySettings)
+SETTINGS = (
+    setting_names(Settings) | setting_names(KafkaSecuritySettings) | setting_names(GatewaySettings)
+)
 SECRETS = secret_names(Settings) | secret_names(KafkaSecuritySettings)
 
 
@@ -380,6 +385,34 @@ def test_probes_ask_the_worker_paths_on_its_metrics_port(rendered: Rendered) -> 
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == service_port["name"]
     assert endpoint.get("path", "/metrics") in routes
+
+
+def test_the_gateway_probes_its_own_routes_and_takes_its_tokens_from_the_secret(
+    rendered: Rendered,
+) -> None:
+    (gateway,) = [w for w in rendered.workloads() if _command(w)[1][:1] == ["gateway"]]
+    args = _parse(gateway)
+    assert args.host == "0.0.0.0"
+    (container,) = pod_spec(gateway)["containers"]  # type: ignore[index]
+    app = make_gateway_app()
+    routes = {r.resource.canonical for r in app.router.routes() if r.resource}
+    probes = dict(_probes(container))
+    assert probes["livenessProbe"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["path"] == "/readyz"
+    for probe in probes.values():
+        assert probe["path"] in routes and _port(container, probe["port"]) == args.port
+    (tokens,) = [v for v in container["env"] if v["name"] == "LLMFLOW_GATEWAY_TOKENS"]
+    assert set(tokens["valueFrom"]) == {"secretKeyRef"}
+    service = rendered.one("Service", gateway["metadata"]["name"])
+    (service_port,) = service["spec"]["ports"]
+    assert _port(container, service_port["targetPort"]) == args.port
+
+
+def make_gateway_app() -> Any:
+    from llmflow.services.gateway.app import make_app as gateway_app
+
+    settings = GatewaySettings(insecure_no_auth=True)
+    return gateway_app(Gateway(settings, [], Authenticator([], open_access=True)))
 
 
 def test_the_simulator_probes_its_own_routes(example: Rendered) -> None:
