@@ -37,6 +37,7 @@ def _kafka(settings: Any) -> str:
 
 def _settings(**overrides: Any) -> Any:
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from llmflow.services.worker.settings import Settings
 
@@ -51,10 +52,18 @@ def _settings(**overrides: Any) -> Any:
             for error in exc.errors()
         ]
         raise LlmflowError("; ".join(problems)) from exc
+    except SettingsError as exc:  # a JSON setting that is no JSON (its value may be a secret)
+        raise LlmflowError(f"{_variable(_field_of(exc))}: not valid JSON") from None
 
 
 def _variable(name: str) -> str:
     return name if name.isupper() else f"LLMFLOW_{name.upper()}"
+
+
+def _field_of(exc: Exception) -> str:
+    """The field pydantic-settings names in `error parsing value for field "x" from ...`."""
+    message = str(exc)
+    return message.split('"')[1] if message.count('"') >= 2 else "a setting"
 
 
 # --- kafka -------------------------------------------------------------------------------
@@ -193,8 +202,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         ]
         raise LlmflowError("; ".join(problems)) from None
     except SettingsError as exc:  # a JSON setting that is no JSON; its value is not shown
-        field = str(exc).split('"')[1] if '"' in str(exc) else ""
-        raise LlmflowError(f"{_variable('gateway_' + field)}: not valid JSON") from None
+        raise LlmflowError(f"{_variable('gateway_' + _field_of(exc))}: not valid JSON") from None
     credentials = settings.credentials()
     if not credentials and not settings.insecure_no_auth:
         raise LlmflowError(

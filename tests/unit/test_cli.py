@@ -240,3 +240,17 @@ def test_a_wrong_setting_is_named_by_its_variable(
     assert main(["worker", "--topology", topology]) == 2
     err = capsys.readouterr().err
     assert err.startswith("llmflow: error: LLMFLOW_CONCURRENCY: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("variable", ["LLMFLOW_QUOTAS", "LLMFLOW_RETRY", "LLMFLOW_BUDGETS"])
+def test_a_json_setting_that_is_no_json_is_one_line_without_its_value(
+    variable: str,
+    project_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(variable, "not json sk-secret-value")
+    topology = str(project_root / "topologies" / "support_triage.yaml")
+    assert main(["worker", "--topology", topology]) == 2
+    err = capsys.readouterr().err
+    assert err == f"llmflow: error: {variable}: not valid JSON\n"
