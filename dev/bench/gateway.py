@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 
 from dev import launch
+from dev.bench.report import make_figure, make_ratio
 from dev.topologies import copy_topology
 from llmflow.services.broker.local import LocalKafka, free_port
 from llmflow.services.broker.topics import ensure_topics
@@ -105,6 +106,50 @@ def _bench(bootstrap: str, folder: Path, events: int, clients: int) -> list[dict
         return [asyncio.run(_send(url, events, batch, clients)) for batch in (1, 100)]
     finally:
         gateway.stop()
+
+
+TARGET_BATCHED_EVENTS_PER_S = 5000.0
+
+
+def scenario(bootstrap: str, run_dir: Path, quick: bool) -> dict[str, Any]:
+    """The `gateway` scenario of `make bench`: both batch sizes against one gateway, one after
+    the other, and their ratio; events/s with batches of 100 against its target."""
+    events, clients = (2000 if quick else 10_000), 16
+    folder = run_dir / "gateway"
+    folder.mkdir(parents=True, exist_ok=True)
+    single, batched = _bench(bootstrap, folder, events, clients)
+    return {
+        "params": {"events": events, "clients": clients, "partitions": 4, "worker": "none"},
+        "runs": [single, batched],
+        "ratios": [
+            make_ratio(
+                "events/s accepted, batches of 100 / batches of 1",
+                batched["events_per_s"],
+                single["events_per_s"],
+                unit="events/s",
+            )
+        ],
+        "figures": [
+            make_figure(
+                "events/s accepted, batches of 100",
+                batched["events_per_s"],
+                unit="events/s",
+                target=TARGET_BATCHED_EVENTS_PER_S,
+            ),
+            make_figure("events/s accepted, batches of 1", single["events_per_s"], unit="events/s"),
+            make_figure(
+                "publish-to-202 p99, batches of 1", single["p99_ms"], unit="ms", better="lower"
+            ),
+            make_figure(
+                "publish-to-202 p99, batches of 100", batched["p99_ms"], unit="ms", better="lower"
+            ),
+        ],
+        "note": (
+            f"One gateway process, {clients} client connections on the same machine (their CPU "
+            "is taken from the same 2 cores), no worker running; a publish is timed from "
+            "sending the request to its 202, the broker's acks (acks=all) included."
+        ),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,9 +4,9 @@
         [--only orgdata,producer_sdk,...]
 
 Micro scenarios (image path, contract cost, producer SDK) run first, then the org data
-scenario (materialization, lookups, retrieval), then the worker scenarios (concurrency,
-overhead, latency, scaling, memory, graph, processes) against the model SIMULATOR. `--only`
-runs a subset.
+scenario (materialization, lookups, retrieval), the HTTP gateway's publish path, then the
+worker scenarios (concurrency, overhead, latency, scaling, memory, graph, processes) against
+the model SIMULATOR. `--only` runs a subset.
 Writes results.json, results.md and chart.png into the output folder and prints it; with
 --publish, also copies results.md and chart.png where the README shows them.
 """
@@ -24,12 +24,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dev.bench import micro, worker_scenarios
+from dev.bench import gateway, micro, worker_scenarios
 from dev.bench.orgdata import orgdata
 from dev.bench.report import machine, markdown_table, write_report
 
-SCENARIOS = (*micro.SCENARIOS, "orgdata", *worker_scenarios.SCENARIOS)
-NEEDS_BROKER = {"producer_sdk", "orgdata", *worker_scenarios.SCENARIOS}
+SCENARIOS = (*micro.SCENARIOS, "orgdata", "gateway", *worker_scenarios.SCENARIOS)
+NEEDS_BROKER = {"producer_sdk", "orgdata", "gateway", *worker_scenarios.SCENARIOS}
 
 
 def guarded(name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -84,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if "orgdata" in chosen:
                 scenarios["orgdata"] = guarded(
                     "orgdata", lambda: orgdata(bootstrap, run_dir, args.quick)
+                )
+            if "gateway" in chosen:
+                scenarios["gateway"] = guarded(
+                    "gateway", lambda: gateway.scenario(bootstrap, run_dir, args.quick)
                 )
             workers = [name for name in worker_scenarios.SCENARIOS if name in chosen]
             if workers:
