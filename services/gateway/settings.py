@@ -91,6 +91,17 @@ class GatewaySettings(BaseSettings):
     """Interval of the comment lines that keep an idle stream open through proxies."""
     write_timeout_s: float = Field(default=30.0, gt=0)
     """A stream client that takes no bytes for this long is closed."""
+    worker_group: str = Field(default="llmflow", min_length=1)
+    """The workers' consumer group (their `LLMFLOW_APP_ID`): the console's lag is the input
+    topics' end offsets minus this group's committed offsets."""
+    audit_topic: str = Field(default="llmflow.audit", min_length=1)
+    """Where the console's replays are recorded, one JSON record each (who, when, which dead
+    letter, where it went)."""
+    console_every_s: float = Field(default=2.0, gt=0)
+    """How often the console reads the topics' end offsets and the group's commits, and
+    pushes a snapshot to each open page."""
+    console_window_s: float = Field(default=300.0, gt=0)
+    """How far back the console's rates and sparklines reach."""
 
     @field_validator("tokens", mode="before")
     @classmethod
