@@ -132,16 +132,19 @@ def outputs(entries: Iterable[Entry], grant: Grant, query: str, limit: int) -> l
     return found
 
 
-def cost(entries: Iterable[Entry], grant: Grant) -> dict[str, Any]:
-    """Cost per model (of its calls) and per tenant (of its outputs) over the held outputs
-    visible to `grant`."""
+def cost(entries: Iterable[Entry], grant: Grant, since: str = "") -> dict[str, Any]:
+    """Cost per model (of its calls, the retrieval's query embedding among them) and per
+    tenant (of its outputs' totals) over the held outputs visible to `grant`; `since` says
+    how far back they reach."""
     models: dict[str, dict[str, Any]] = {}
     tenants: dict[str, dict[str, Any]] = {}
     count = 0
     for entry in _visible(entries, grant, "output"):
         data = _load(entry)
         count += 1
-        for call in data.get("calls") or []:
+        retrieval = data.get("retrieval") or {}
+        embedding = retrieval.get("embedding") if isinstance(retrieval, dict) else None
+        for call in [*(data.get("calls") or []), embedding]:
             if not isinstance(call, dict):
                 continue
             row = models.setdefault(
@@ -162,7 +165,7 @@ def cost(entries: Iterable[Entry], grant: Grant) -> dict[str, Any]:
         row["cost_usd"] = round(row["cost_usd"], 6)
     return {
         "outputs": count,
-        "since": "the oldest result the gateway holds (its index's lookback)",
+        "since": since,
         "by_model": sorted(models.values(), key=lambda r: -r["cost_usd"]),
         "by_tenant": sorted(tenants.values(), key=lambda r: -r["cost_usd"]),
     }
@@ -236,7 +239,14 @@ class Console:
         return web.json_response({"outputs": rows}, dumps=_dumps)
 
     async def cost_route(self, request: web.Request) -> web.Response:
-        return web.json_response(cost(self.gateway.index, self._grant(request)), dumps=_dumps)
+        settings = self.gateway.settings
+        since = (
+            f"since the index's lookback ({settings.index_lookback} records per result "
+            f"partition at start-up, then everything, the newest {settings.index_results} "
+            "results at most)"
+        )
+        answer = cost(self.gateway.index, self._grant(request), since)
+        return web.json_response(answer, dumps=_dumps)
 
     async def replay(self, request: web.Request) -> web.Response:
         """Republish a dead letter's original event to its topology's input topic, as the

@@ -8,6 +8,7 @@ const $ = (selector) => document.querySelector(selector);
 let grant = { tenant: null, replay: false };
 let streaming = null;
 let searching = "";
+let latest = null;
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -105,6 +106,7 @@ async function follow() {
 }
 
 function render(snapshot) {
+  latest = snapshot;
   grant = snapshot.grant;
   $("#who").textContent = `tenant ${grant.tenant ?? "(every tenant: open gateway)"}` +
     (grant.replay ? " · may replay" : " · read-only");
@@ -265,7 +267,10 @@ function renderOutputs(rows) {
 async function search() {
   searching = $("#search").value.trim();
   shownOutputs = "";
-  if (!searching) return;
+  if (!searching) {
+    if (latest) renderOutputs(latest.outputs);
+    return;
+  }
   try {
     const response = await api(`/v1/console/outputs?q=${encodeURIComponent(searching)}`);
     const body = await response.json();
@@ -284,7 +289,7 @@ async function refreshCost() {
     if (!response.ok) return;
     const cost = await response.json();
     $("#cost-since").textContent = `Over the ${num(cost.outputs)} outputs the gateway holds ` +
-      `(since ${cost.since}); older outputs are not counted.`;
+      `now: ${cost.since}. Older outputs are not counted.`;
     $("#cost-models tbody").replaceChildren(...cost.by_model.map((m) => el("tr", {},
       el("td", {}, m.model), el("td", { class: "num" }, num(m.calls)),
       el("td", { class: "num" }, num(m.tokens_in)), el("td", { class: "num" }, num(m.tokens_out)),

@@ -52,7 +52,8 @@ def out(
             "collection": "policies",
             "mode": "keyword",
             "query": "refund",
-            "embedding": None,
+            "embedding": {"model": "text-embedding-3-small", "tokens_in": 5, "tokens_out": 0}
+            | {"cost_usd": 0.0001},
             "passages": [{"id": "p1", "key": "refunds", "n": 0, "version": "2", "score": 1.5}],
         },
         "calls": [
@@ -371,6 +372,13 @@ async def test_cost_per_model_and_per_tenant(
     assert body["by_model"] == [
         {"model": "gpt-4o", "calls": 1, "tokens_in": 100, "tokens_out": 20, "cost_usd": 0.003},
         {"model": "gpt-4o-mini", "calls": 1, "tokens_in": 100, "tokens_out": 20, "cost_usd": 0.002},
+        {
+            "model": "text-embedding-3-small",
+            "calls": 2,
+            "tokens_in": 10,
+            "tokens_out": 0,
+            "cost_usd": 0.0002,
+        },
     ]
     assert body["by_tenant"] == [{"tenant": "acme", "outputs": 2, "cost_usd": 0.005}]
 
