@@ -35,7 +35,9 @@ from llmflow.services.gateway.publish import (
 )
 from llmflow.services.gateway.results import ResultIndex, Subscription
 from llmflow.services.gateway.settings import GatewaySettings
+from llmflow.services.gateway.spend import follow_spend
 from llmflow.services.gateway.stream import ResultStream, StreamOptions, replay_topics
+from llmflow.services.worker.budgets import SpendView
 from llmflow.services.worker.health import Readiness
 from llmflow.topologies.spec import Topology
 
@@ -82,6 +84,7 @@ class Gateway:
             settings.index_lookback,
         )
         self.flow = FlowMeter(topologies, settings.console_window_s)
+        self.spend = SpendView()
         self.readiness = Readiness([self._producer_ready, self.follower.not_ready])
         self.version = version
         self.metrics.watch(
@@ -367,6 +370,16 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
     flow = asyncio.create_task(
         gateway.flow.run(offsets, settings.worker_group, settings.console_every_s), name="flow"
     )
+    spend = asyncio.create_task(
+        follow_spend(
+            settings.kafka_bootstrap_servers,
+            settings.worker_group,
+            gateway.topologies,
+            gateway.spend,
+            gateway.flow.partitions,
+        ),
+        name="spend",
+    )
     runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=2)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -379,6 +392,7 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
         gateway.publisher.send = None
         follower.cancel()
         flow.cancel()
+        spend.cancel()
         await runner.cleanup()
         if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
             await connecting.result().stop()
@@ -386,6 +400,7 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
             connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await follower
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await flow
+        for task in (flow, spend):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await offsets.close()

@@ -20,6 +20,7 @@ from aiohttp import web
 from llmflow.services.gateway.auth import Grant
 from llmflow.services.gateway.http import GRANT, error
 from llmflow.services.gateway.results import Entry
+from llmflow.services.gateway.spend import spend_rows
 
 if TYPE_CHECKING:
     from llmflow.services.gateway.app import Gateway
@@ -245,7 +246,9 @@ class Console:
             f"partition at start-up, then everything, the newest {settings.index_results} "
             "results at most)"
         )
-        answer = cost(self.gateway.index, self._grant(request), since)
+        grant = self._grant(request)
+        answer = cost(self.gateway.index, grant, since)
+        answer["spend"] = spend_rows(self.gateway.spend, settings.budgets, grant, datetime.now(UTC))
         return web.json_response(answer, dumps=_dumps)
 
     async def replay(self, request: web.Request) -> web.Response:

@@ -82,6 +82,12 @@ class FlowMeter:
             }
         )
 
+    def partitions(self, topic: str) -> int:
+        """Partitions of `topic` in the newest sample (0: not known yet)."""
+        if not self.samples:
+            return 0
+        return sum(1 for t, _ in self.samples[-1].ends if t == topic)
+
     def record(self, sample: Sample) -> None:
         self.samples.append(sample)
         while self.samples and sample.at - self.samples[0].at > self.window_s:

@@ -3,7 +3,8 @@ gateway, a worker, the model simulator and the broker: events published over HTT
 the outputs list and the flow counters; an image that is not there yet becomes a dead
 letter; once the image is in place, the dead letter is replayed from the page (after the
 confirmation dialog) and the replayed event gets its output; the replay is in the audit
-topic; a read-only token sees no replay button and gets 403. Saves docs/console.png."""
+topic; the tenant's spend against its budget comes from the workers' spend changelog; a
+read-only token sees no replay button and gets 403. Saves docs/console.png."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ SCREENSHOT = ROOT / "docs" / "console.png"
 OPERATOR = "acme-operator-token-0001"
 VIEWER = "acme-viewer-token-0002"
 TOKENS = {OPERATOR: {"tenant": "acme", "replay": True}, VIEWER: {"tenant": "acme"}}
+BUDGETS = {"acme": {"usd": 100, "period": "day"}}
 WAIT_MS = 90_000
 
 
@@ -61,7 +63,7 @@ def console(
     (run_dir / "images").mkdir()
     sim = modelsim()
     env = worker_env(sim)
-    worker = workers([triage_path, images_path], env)
+    worker = workers([triage_path, images_path], env | {"LLMFLOW_BUDGETS": json.dumps(BUDGETS)})
     audit_topic = f"llmflow.audit.{uuid.uuid4().hex[:8]}"
     port = free_port()
     child = spawn(
@@ -75,6 +77,7 @@ def console(
             "LLMFLOW_GATEWAY_WORKER_GROUP": env["LLMFLOW_APP_ID"],
             "LLMFLOW_GATEWAY_AUDIT_TOPIC": audit_topic,
             "LLMFLOW_GATEWAY_CONSOLE_EVERY_S": "0.5",
+            "LLMFLOW_GATEWAY_BUDGETS": json.dumps(BUDGETS),
         },
     )
     base = f"http://127.0.0.1:{port}"
@@ -202,6 +205,14 @@ def test_the_console_shows_the_flow_and_replays_a_dead_letter(console: dict[str,
                 "Over the 4 outputs", timeout=15_000
             )
             expect(page.locator("#cost-tenants tbody tr")).to_have_count(1)
+            # Spend against the budget, from the workers' spend changelog.
+            page.wait_for_function(
+                """() => {
+                    const cell = document.querySelector('#spend tr[data-tenant="acme"] td.num');
+                    return cell && Number(cell.textContent) > 0;
+                }""",
+                timeout=30_000,
+            )
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
 

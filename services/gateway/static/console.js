@@ -297,6 +297,12 @@ async function refreshCost() {
     $("#cost-tenants tbody").replaceChildren(...cost.by_tenant.map((t) => el("tr", {},
       el("td", {}, t.tenant), el("td", { class: "num" }, num(t.outputs)),
       el("td", { class: "num" }, num(t.cost_usd, 6)))));
+    $("#spend tbody").replaceChildren(...cost.spend.map((t) => el("tr", { "data-tenant": t.tenant },
+      el("td", {}, t.tenant), el("td", {}, `${t.period} ${t.period_key}`),
+      el("td", { class: "num", "data-stat": "spent" }, num(t.spent_usd, 6)),
+      el("td", { class: "num" }, t.budget_usd === null ? "none" : num(t.budget_usd, 2)),
+      el("td", { class: t.used >= 1 ? "num bad" : "num" },
+        t.used === null ? "–" : `${num(t.used * 100, 1)} %`))));
   } catch (error) {
     if (error instanceof Unauthorized) showLogin(error.message);
   }

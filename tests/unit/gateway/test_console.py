@@ -9,15 +9,18 @@ import base64
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from llmflow.services.gateway.app import Gateway, make_app
-from llmflow.services.gateway.auth import Authenticator, Grant
+from llmflow.services.gateway.auth import OPEN, Authenticator, Grant
 from llmflow.services.gateway.flow import FlowMeter, Sample, percentile
 from llmflow.services.gateway.results import Entry, entry_of
+from llmflow.services.gateway.settings import GatewaySettings
+from llmflow.services.gateway.spend import spend_changelog, spend_rows
 from tests.unit.gateway.helpers import ACME, GLOBEX, TOKENS, FakeProducer, auth, make_gateway
 
 ACME_READONLY = "acme-readonly-0123456789"
@@ -422,3 +425,74 @@ async def test_no_page_or_answer_holds_a_token(
     for text in texts:
         for token in ALL_TOKENS:
             assert token not in text
+
+
+async def test_cost_has_each_tenants_spend_against_its_budget_this_period() -> None:
+    gateway = make_gateway(
+        tokens=ALL_TOKENS, budgets={"acme": {"usd": 2, "period": "month"}, "initech": {"usd": 1}}
+    )
+    today, month = datetime.now(UTC).strftime("%Y-%m-%d"), datetime.now(UTC).strftime("%Y-%m")
+    gateway.spend.set_partial(f"acme|{month}|0", 0.5)
+    gateway.spend.set_partial(f"acme|{month}|1", 0.25)
+    gateway.spend.set_partial("acme|2020-01|0", 9.0)  # another period
+    gateway.spend.set_partial(f"globex|{today}|3", 0.125)  # no budget: by the day
+    client: TestClient[Any, Any] = TestClient(TestServer(make_app(gateway)))
+    await client.start_server()
+    try:
+        acme = await (await client.get("/v1/console/cost", headers=auth(ACME))).json()
+        globex = await (await client.get("/v1/console/cost", headers=auth(GLOBEX))).json()
+    finally:
+        await client.close()
+    assert acme["spend"] == [
+        {
+            "tenant": "acme",
+            "period": "month",
+            "period_key": month,
+            "spent_usd": 0.75,
+            "budget_usd": 2.0,
+            "used": 0.375,
+        }
+    ]
+    assert globex["spend"] == [
+        {
+            "tenant": "globex",
+            "period": "day",
+            "period_key": today,
+            "spent_usd": 0.125,
+            "budget_usd": None,
+            "used": None,
+        }
+    ]
+    every = spend_rows(gateway.spend, gateway.settings.budgets, OPEN, datetime.now(UTC))
+    assert [r["tenant"] for r in every] == ["acme", "globex", "initech"]
+    assert every[2]["spent_usd"] == 0.0 and every[2]["used"] == 0.0
+
+
+def test_the_budgets_are_the_workers_variable_and_the_changelog_is_the_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LLMFLOW_BUDGETS", '{"acme": {"usd": 5, "period": "day"}}')
+    settings = GatewaySettings()
+    assert settings.budgets["acme"].usd == 5
+    gateway = make_gateway()
+    assert spend_changelog("llmflow-7", gateway.topologies[0]) == (
+        "llmflow-7-support_triage-spend-changelog"
+    )
+    meter = gateway.flow
+    assert meter.partitions("support.tickets") == 0
+    meter.record(Sample(0.0, {("support.tickets", p): 0 for p in range(4)}, {}))
+    assert meter.partitions("support.tickets") == 4
+
+
+async def test_the_openapi_document_names_every_console_route(
+    client: TestClient[Any, Any], gateway: Gateway
+) -> None:
+    document = await (await client.get("/openapi.json")).json()
+    routes = {
+        route.resource.canonical
+        for route in make_app(gateway).router.routes()
+        if route.resource is not None and "console" in route.resource.canonical
+    }
+    assert routes - {"/console/console.js", "/console/console.css"} <= set(document["paths"])
+    replay = document["paths"]["/v1/console/dead-letters/{topic}/{partition}/{offset}/replay"]
+    assert {"202", "401", "403", "404", "409"} <= set(replay["post"]["responses"])
