@@ -174,7 +174,12 @@ def test_the_console_shows_the_flow_and_replays_a_dead_letter(console: dict[str,
             )
             # The lineage of one output opens with a click.
             page.locator('#outputs tr.output[data-event-id="console-0"]').click()
-            expect(page.locator("#outputs tr.lineage:visible")).to_contain_text("classify")
+            lineage = page.locator("#outputs tr.lineage:visible")
+            expect(lineage).to_contain_text("classify")
+            expect(lineage).to_contain_text("retrieved passages")
+            expect(lineage).to_contain_text(
+                f"topology {triage['name']} version {triage['version']}"
+            )
 
             # The dead letter, with its stage; the image is put in place, then replayed.
             dead = page.locator('#dead-letters tr[data-event-id="console-photo"]')

@@ -241,6 +241,7 @@ function lineage(row) {
 }
 
 let shownOutputs = "";
+const opened = new Set();  // outputs whose lineage is open, by place: kept across renders
 
 function renderOutputs(rows) {
   const shown = rows.map(place).join(",");
@@ -249,10 +250,15 @@ function renderOutputs(rows) {
   const body = [];
   for (const row of rows) {
     const totals = row.totals || {};
-    const details = el("tr", { class: "lineage", hidden: "" }, lineage(row));
+    const details = el("tr", { class: "lineage" }, lineage(row));
+    details.hidden = !opened.has(place(row));
     body.push(el("tr", {
       "data-event-id": row.event_id ?? "", class: "output",
-      onclick: () => { details.hidden = !details.hidden; },
+      onclick: () => {
+        details.hidden = !details.hidden;
+        if (details.hidden) opened.delete(place(row));
+        else opened.add(place(row));
+      },
     },
     el("td", {}, time(row.produced_at)), el("td", {}, row.event_id), el("td", {}, row.key),
     el("td", {}, row.tenant ?? "–"), el("td", {}, `${row.topology} v${row.topology_version}`),

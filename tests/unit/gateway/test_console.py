@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from llmflow.services.gateway import flow
 from llmflow.services.gateway.app import Gateway, make_app
 from llmflow.services.gateway.auth import OPEN, Authenticator, Grant
 from llmflow.services.gateway.flow import FlowMeter, Sample, percentile
@@ -496,3 +497,14 @@ async def test_the_openapi_document_names_every_console_route(
     assert routes - {"/console/console.js", "/console/console.css"} <= set(document["paths"])
     replay = document["paths"]["/v1/console/dead-letters/{topic}/{partition}/{offset}/replay"]
     assert {"202", "401", "403", "404", "409"} <= set(replay["post"]["responses"])
+
+
+def test_latencies_are_the_newest_outputs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(flow, "LATENCY_OUTPUTS", 3)
+    gateway = make_gateway()
+    for n in range(1, 6):
+        gateway.index.add(out(f"e-{n}", offset=n, latency_ms=float(n)))
+    for _ in range(2):  # the second time from what the first parsed
+        (row,) = gateway.flow.snapshot(gateway.index.newest(), Grant("acme", False))
+        assert row["latency_ms"] == {"p50": 4.0, "p95": 5.0, "outputs": 3}
+    assert "rates" not in row  # no offsets sampled yet: no numbers made up
