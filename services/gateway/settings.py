@@ -96,9 +96,13 @@ class GatewaySettings(BaseSettings):
     """Interval of the comment lines that keep an idle stream open through proxies."""
     write_timeout_s: float = Field(default=30.0, gt=0)
     """A stream client that takes no bytes for this long is closed."""
-    worker_group: str = Field(default="llmflow", min_length=1)
-    """The workers' consumer group (their `LLMFLOW_APP_ID`): the console's lag is the input
-    topics' end offsets minus this group's committed offsets."""
+    worker_group: str = Field(
+        default="llmflow",
+        min_length=1,
+        validation_alias=AliasChoices("LLMFLOW_GATEWAY_WORKER_GROUP", "LLMFLOW_APP_ID"),
+    )
+    """The workers' consumer group (their `LLMFLOW_APP_ID`, read as well): the console's lag
+    is the input topics' end offsets minus this group's committed offsets."""
     audit_topic: str = Field(default="llmflow.audit", min_length=1)
     """Where the console's replays are recorded, one JSON record each (who, when, which dead
     letter, where it went)."""

@@ -172,6 +172,19 @@ def test_the_console_shows_the_flow_and_replays_a_dead_letter(console: dict[str,
                 arg=[triage["name"]],
                 timeout=WAIT_MS,
             )
+            # In flight: the worker's group has committed past the three events.
+            page.wait_for_function(
+                """([name]) => {
+                    const card = document.querySelector(`#flow .card[data-topology="${name}"]`);
+                    const cells = [...card.querySelectorAll(".partitions tbody tr")]
+                        .map((tr) => tr.children[2].textContent.replaceAll(",", ""));
+                    const committed = cells.map(Number).filter((n) => !Number.isNaN(n));
+                    return committed.reduce((a, b) => a + b, 0) >= 3 &&
+                        card.querySelector('[data-stat="in_flight"]').textContent === "0";
+                }""",
+                arg=[triage["name"]],
+                timeout=WAIT_MS,
+            )
             # The lineage of one output opens with a click.
             page.locator('#outputs tr.output[data-event-id="console-0"]').click()
             lineage = page.locator("#outputs tr.lineage:visible")
@@ -218,6 +231,7 @@ def test_the_console_shows_the_flow_and_replays_a_dead_letter(console: dict[str,
                 }""",
                 timeout=30_000,
             )
+            assert all(token not in page.content() for token in TOKENS)
             SCREENSHOT.parent.mkdir(exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
 

@@ -327,6 +327,7 @@ function open() {
 $("#login").addEventListener("submit", (event) => {
   event.preventDefault();
   sessionStorage.setItem(TOKEN_KEY, $("#token").value.trim());
+  $("#token").value = "";
   open();
 });
 $("#logout").addEventListener("click", () => showLogin());

@@ -469,12 +469,15 @@ async def test_cost_has_each_tenants_spend_against_its_budget_this_period() -> N
     assert every[2]["spent_usd"] == 0.0 and every[2]["used"] == 0.0
 
 
-def test_the_budgets_are_the_workers_variable_and_the_changelog_is_the_groups(
+def test_the_budgets_and_group_are_the_workers_variables_and_the_changelog_the_groups(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("LLMFLOW_BUDGETS", '{"acme": {"usd": 5, "period": "day"}}')
+    monkeypatch.setenv("LLMFLOW_APP_ID", "llmflow-prod")
     settings = GatewaySettings()
-    assert settings.budgets["acme"].usd == 5
+    assert settings.budgets["acme"].usd == 5 and settings.worker_group == "llmflow-prod"
+    monkeypatch.setenv("LLMFLOW_GATEWAY_WORKER_GROUP", "llmflow-blue")
+    assert GatewaySettings().worker_group == "llmflow-blue"
     gateway = make_gateway()
     assert spend_changelog("llmflow-7", gateway.topologies[0]) == (
         "llmflow-7-support_triage-spend-changelog"
