@@ -16,8 +16,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from llmflow.services.broker.security import client_options
 from llmflow.services.gateway import cursor
-from llmflow.services.gateway.auth import Authenticator, Grant
+from llmflow.services.gateway.auth import Authenticator
+from llmflow.services.gateway.console import STATIC, Console, add_routes
+from llmflow.services.gateway.flow import FlowMeter, KafkaOffsets
 from llmflow.services.gateway.follow import ResultFollower
+from llmflow.services.gateway.http import GRANT
+from llmflow.services.gateway.http import error as _error
 from llmflow.services.gateway.metrics import GatewayMetrics
 from llmflow.services.gateway.openapi import document
 from llmflow.services.gateway.publish import (
@@ -31,22 +35,18 @@ from llmflow.services.gateway.publish import (
 )
 from llmflow.services.gateway.results import ResultIndex, Subscription
 from llmflow.services.gateway.settings import GatewaySettings
+from llmflow.services.gateway.spend import follow_spend
 from llmflow.services.gateway.stream import ResultStream, StreamOptions, replay_topics
+from llmflow.services.worker.budgets import SpendView
 from llmflow.services.worker.health import Readiness
 from llmflow.topologies.spec import Topology
 
 log = logging.getLogger(__name__)
 
-GRANT = web.RequestKey("grant", Grant)
-PUBLIC = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+PUBLIC = ("/healthz", "/readyz", "/metrics", "/openapi.json", *STATIC)
+"""Routes without a token (the console's page and its files hold no data: the page asks
+for a token and sends it with each request)."""
 PRODUCER_RETRY_S = 2.0
-
-
-def _error(status: int, error: str, message: str, **more: Any) -> web.Response:
-    headers = more.pop("headers", None)
-    return web.json_response(
-        {"error": error, "message": message, **more}, status=status, headers=headers
-    )
 
 
 class Gateway:
@@ -83,6 +83,8 @@ class Gateway:
             self.index,
             settings.index_lookback,
         )
+        self.flow = FlowMeter(topologies, settings.console_window_s)
+        self.spend = SpendView()
         self.readiness = Readiness([self._producer_ready, self.follower.not_ready])
         self.version = version
         self.metrics.watch(
@@ -312,6 +314,7 @@ def make_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/metrics", gateway.metrics_route)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_get("/readyz", gateway.readyz)
+    add_routes(app, Console(gateway))
     return app
 
 
@@ -363,6 +366,20 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
         loop.add_signal_handler(sig, stop.set)
     follower = asyncio.create_task(gateway.follower.run(), name="result-index")
     connecting = asyncio.create_task(_connect(gateway), name="producer")
+    offsets = KafkaOffsets(settings.kafka_bootstrap_servers)
+    flow = asyncio.create_task(
+        gateway.flow.run(offsets, settings.worker_group, settings.console_every_s), name="flow"
+    )
+    spend = asyncio.create_task(
+        follow_spend(
+            settings.kafka_bootstrap_servers,
+            settings.worker_group,
+            gateway.topologies,
+            gateway.spend,
+            gateway.flow.partitions,
+        ),
+        name="spend",
+    )
     runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=2)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -374,6 +391,8 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
     finally:
         gateway.publisher.send = None
         follower.cancel()
+        flow.cancel()
+        spend.cancel()
         await runner.cleanup()
         if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
             await connecting.result().stop()
@@ -381,3 +400,7 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
             connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await follower
+        for task in (flow, spend):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await offsets.close()

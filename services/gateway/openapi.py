@@ -77,6 +77,74 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+def _json(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {}}}}
+
+
+def _console() -> dict[str, Any]:
+    """The console's routes: its page (no token) and what the page reads."""
+    html = {"text/html": {"schema": {"type": "string"}}}
+    unauthorized = {"401": _error("No or unknown bearer token")}
+
+    def read(summary: str, *parameters: dict[str, Any]) -> dict[str, Any]:
+        ok = {"200": _json(summary)}
+        return {
+            "get": {"summary": summary, "parameters": list(parameters)}
+            | {"responses": ok | unauthorized}
+        }
+
+    place = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+        for name, kind in (("topic", "string"), ("partition", "integer"), ("offset", "integer"))
+    ]
+    return {
+        "/console": {
+            "get": {
+                "summary": "The live console (asks for a token; holds no data)",
+                "security": [],
+                "responses": {"200": {"description": "the page", "content": html}},
+            }
+        },
+        "/v1/console/snapshot": read(
+            "Flow per topology, the newest dead letters and outputs, the token's grant"
+        ),
+        "/v1/console/stream": {
+            "get": {
+                "summary": "The snapshot as server-sent events, `event: snapshot`",
+                "responses": {
+                    "200": {
+                        "description": "`event: snapshot`, `data: <the snapshot>`",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    }
+                }
+                | unauthorized,
+            }
+        },
+        "/v1/console/dead-letters": read("The newest dead letters of the token's tenant"),
+        "/v1/console/outputs": read(
+            "The newest outputs of the token's tenant, with their lineage",
+            {"name": "q", "in": "query", "schema": {"type": "string"}},
+        ),
+        "/v1/console/cost": read("Cost per model and per tenant; spend against budgets"),
+        "/v1/console/dead-letters/{topic}/{partition}/{offset}/replay": {
+            "post": {
+                "summary": "Republish the dead letter's event to its topology's input topic, "
+                "and record it in the audit topic",
+                "parameters": place,
+                "responses": {
+                    "202": _json("Republished: the audit record"),
+                    "400": _error("Partition or offset is no number"),
+                    "403": _error("The token has no replay grant"),
+                    "404": _error("No dead letter of the token's tenant held there"),
+                    "409": _error("The dead letter does not carry its event"),
+                    "503": _error("The broker did not acknowledge in time"),
+                }
+                | unauthorized,
+            }
+        },
+    }
+
+
 def document(version: str) -> dict[str, Any]:
     topic = {"name": "topic", "in": "path", "required": True, "schema": {"type": "string"}}
     text = {"text/plain": {"schema": {"type": "string"}}}
@@ -204,5 +272,6 @@ def document(version: str) -> dict[str, Any]:
             "/openapi.json": {
                 "get": {"security": [], "responses": {"200": {"description": "this document"}}}
             },
-        },
+        }
+        | _console(),
     }

@@ -218,3 +218,14 @@ class ResultIndex:
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self._entries)
+
+    def newest(self) -> Iterator[Entry]:
+        """The held results, newest first."""
+        return reversed(self._entries)
+
+    def at(self, topic: str, partition: int, offset: int) -> Entry | None:
+        """The held result at that place, if any."""
+        for entry in reversed(self._entries):
+            if (entry.topic, entry.partition, entry.offset) == (topic, partition, offset):
+                return entry
+        return None

@@ -12,6 +12,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, fiel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmflow.errors import ConfigError
+from llmflow.services.worker.budgets import Budget
 
 
 class Credential(BaseModel):
@@ -41,7 +42,11 @@ class GatewaySettings(BaseSettings):
     """Every field reads `LLMFLOW_GATEWAY_<FIELD>`."""
 
     model_config = SettingsConfigDict(
-        env_prefix="LLMFLOW_GATEWAY_", frozen=True, extra="ignore", use_attribute_docstrings=True
+        env_prefix="LLMFLOW_GATEWAY_",
+        frozen=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
+        populate_by_name=True,  # GatewaySettings(budgets=...), as every other field
     )
 
     kafka_bootstrap_servers: str = Field(
@@ -91,6 +96,27 @@ class GatewaySettings(BaseSettings):
     """Interval of the comment lines that keep an idle stream open through proxies."""
     write_timeout_s: float = Field(default=30.0, gt=0)
     """A stream client that takes no bytes for this long is closed."""
+    worker_group: str = Field(
+        default="llmflow",
+        min_length=1,
+        validation_alias=AliasChoices("LLMFLOW_GATEWAY_WORKER_GROUP", "LLMFLOW_APP_ID"),
+    )
+    """The workers' consumer group (their `LLMFLOW_APP_ID`, read as well): the console's lag
+    is the input topics' end offsets minus this group's committed offsets."""
+    audit_topic: str = Field(default="llmflow.audit", min_length=1)
+    """Where the console's replays are recorded, one JSON record each (who, when, which dead
+    letter, where it went)."""
+    console_every_s: float = Field(default=2.0, gt=0)
+    """How often the console reads the topics' end offsets and the group's commits, and
+    pushes a snapshot to each open page."""
+    console_window_s: float = Field(default=300.0, gt=0)
+    """How far back the console's rates and sparklines reach."""
+    budgets: dict[str, Budget] = Field(
+        default_factory=dict,
+        validation_alias=AliasChoices("LLMFLOW_GATEWAY_BUDGETS", "LLMFLOW_BUDGETS"),
+    )
+    """The workers' per-tenant budgets (`LLMFLOW_BUDGETS`, the same JSON): the console shows
+    each tenant's spend this period against them, from the workers' spend changelogs."""
 
     @field_validator("tokens", mode="before")
     @classmethod

@@ -80,6 +80,10 @@ class SpendView:
     def total(self, tenant: str, period: str) -> float:
         return self._totals.get((tenant, period), 0.0)
 
+    def tenants(self) -> set[str]:
+        """Every tenant with spend in any period."""
+        return {tenant for tenant, _ in self._totals}
+
 
 async def follow_changelog(
     bootstrap_servers: str, topic: str, partitions: int, view: SpendView

@@ -1,0 +1,20 @@
+"""What every route shares: the request's grant, and the shape of an error answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from llmflow.services.gateway.auth import Grant
+
+GRANT = web.RequestKey("grant", Grant)
+"""The authenticated request's grant, set by the gateway's auth middleware."""
+
+
+def error(status: int, error: str, message: str, **more: Any) -> web.Response:
+    """`{"error": <name>, "message": <why>, ...}` with `status`."""
+    headers = more.pop("headers", None)
+    return web.json_response(
+        {"error": error, "message": message, **more}, status=status, headers=headers
+    )
