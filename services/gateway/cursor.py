@@ -15,6 +15,7 @@ ROLES = ("o", "d", "p")
 """The result topics of a topology, in this order: output, dead letter, parked."""
 _PART = re.compile(r"([odp])([0-9]{1,6}):([0-9]{1,19})")
 MAX_PARTS = 3 * 4096
+MAX_OFFSET = 2**63 - 1  # Kafka offsets are int64: a larger one would break the topic reader
 
 
 class CursorError(ValueError):
@@ -49,5 +50,7 @@ def decode(text: str, topics: list[str]) -> dict[TP, int]:
         if match is None:
             raise CursorError(f"not a stream id: {text[:80]!r}")
         role, partition, offset = match.group(1), int(match.group(2)), int(match.group(3))
+        if offset > MAX_OFFSET:
+            raise CursorError(f"offset {offset} is beyond any Kafka offset")
         positions[(topics[ROLES.index(role)], partition)] = offset
     return positions

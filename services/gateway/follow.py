@@ -67,8 +67,12 @@ class ResultFollower:
         """Set once every topic exists and the index has read up to the end offsets it saw
         when it started."""
         self.missing: list[str] = sorted(topics)
+        self.stopped: str | None = None
+        """Why reading stopped, until it reads again (an outage: not ready meanwhile)."""
 
     def not_ready(self) -> str | None:
+        if self.stopped is not None:
+            return f"the result index is not reading: {self.stopped}"
         if self.missing:
             return f"result topics do not exist yet: {', '.join(self.missing)}"
         return None if self.caught_up else "the result index is catching up"
@@ -78,8 +82,16 @@ class ResultFollower:
             try:
                 await self._follow()
             except asyncio.CancelledError:
-                raise
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the gateway stops
+                # aiokafka's stop() can let its fetcher's cancellation out after an outage:
+                # not ours, so the index must go on.
+                self.stopped = "its Kafka reader stopped uncleanly"
+                log.warning("result index: the reader stopped uncleanly; reading again")
+                await asyncio.sleep(RETRY_PAUSE_S)
             except Exception as exc:  # the broker went away: read again from where we were
+                self.stopped = str(exc) or type(exc).__name__
                 log.warning("result index: reading stopped (%s); again in %g s", exc, RETRY_PAUSE_S)
                 await asyncio.sleep(RETRY_PAUSE_S)
 
@@ -108,6 +120,7 @@ class ResultFollower:
                     await asyncio.sleep(0.5)
                     continue
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+                self.stopped = None
                 for tp, records in batches.items():
                     topology = self.topics[tp.topic]
                     for r in records:

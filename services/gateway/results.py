@@ -120,7 +120,9 @@ class ResultIndex:
         self.max_results = max_results
         self.max_bytes = max_bytes
         self._entries: deque[Entry] = deque()
-        self._by_id: dict[str, Entry] = {}
+        self._by_id: dict[str, dict[str | None, Entry]] = {}
+        """event id -> tenant -> its newest result: ids are chosen by producers, so another
+        tenant's event of the same id must not hide a tenant's own result."""
         self.bytes = 0
         self.head: dict[TP, int] = {}
         """Per partition, the offset after the last record taken."""
@@ -152,7 +154,9 @@ class ResultIndex:
         self._entries.append(entry)
         self.bytes += len(entry.value)
         if entry.event_id is not None:
-            self._by_id[entry.event_id] = entry
+            tenants = self._by_id.setdefault(entry.event_id, {})
+            tenants.pop(entry.tenant, None)  # re-inserted last: the newest of any tenant
+            tenants[entry.tenant] = entry
             self._wake(entry.event_id, entry)
         for subscription in list(self._subscriptions):
             if subscription.wants(entry):
@@ -169,14 +173,21 @@ class ResultIndex:
     def _evict(self) -> None:
         old = self._entries.popleft()
         self.bytes -= len(old.value)
-        if old.event_id is not None and self._by_id.get(old.event_id) is old:
-            del self._by_id[old.event_id]
+        tenants = self._by_id.get(old.event_id) if old.event_id is not None else None
+        if tenants is not None and tenants.get(old.tenant) is old:
+            del tenants[old.tenant]
+            if not tenants:
+                del self._by_id[old.event_id]  # type: ignore[arg-type]
         tp = (old.topic, old.partition)
         self.covered[tp] = max(self.covered.get(tp, 0), old.offset + 1)
 
     def get(self, event_id: str, grant: Grant) -> Entry | None:
-        entry = self._by_id.get(event_id)
-        return entry if entry is not None and grant.sees(entry.tenant) else None
+        tenants = self._by_id.get(event_id)
+        if not tenants:
+            return None
+        if grant.tenant is None:  # an open gateway sees every tenant's: the newest
+            return next(reversed(tenants.values()))
+        return tenants.get(grant.tenant)
 
     async def wait(self, event_id: str, grant: Grant, timeout_s: float) -> Entry | None:
         """The newest result of `event_id` visible to `grant`, waiting up to `timeout_s` for

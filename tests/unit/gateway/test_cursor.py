@@ -21,7 +21,11 @@ def test_other_topics_are_left_out() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["x0:1", "o0", "o0:-1", "o0:1,", "o0:1;d0:2", "o1234567:1", "o0:1\nd0:2", "☃"]
+    "text",
+    [
+        *["x0:1", "o0", "o0:-1", "o0:1,", "o0:1;d0:2", "o1234567:1", "o0:1\nd0:2", "☃"],
+        *["o0:9223372036854775808", "o0:9999999999999999999"],  # past int64: no Kafka offset
+    ],
 )
 def test_a_malformed_id_is_an_error(text: str) -> None:
     with pytest.raises(CursorError):
@@ -31,3 +35,7 @@ def test_a_malformed_id_is_an_error(text: str) -> None:
 def test_too_many_parts() -> None:
     with pytest.raises(CursorError, match="too many"):
         decode(",".join(["o0:1"] * 20_000), TOPICS)
+
+
+def test_the_largest_kafka_offset_is_a_position() -> None:
+    assert decode("o0:9223372036854775807", TOPICS) == {("out", 0): 2**63 - 1}

@@ -33,6 +33,8 @@ class Log:
     topics: dict[str, dict[int, list[bytes]]] = field(default_factory=dict)
     consumers: int = 0
     fail_once: bool = False
+    unclean_stop_once: bool = False
+    """The next failed reader's stop() lets a cancellation out (aiokafka after an outage)."""
 
     def append(self, topic: str, partition: int, event_id: str) -> None:
         value = {"record_type": "output", "event_id": event_id, "tenant": "acme"}
@@ -62,7 +64,10 @@ class FakeConsumer:
 
     async def start(self) -> None: ...
 
-    async def stop(self) -> None: ...
+    async def stop(self) -> None:
+        if self.log.unclean_stop_once and not self.log.fail_once:
+            self.log.unclean_stop_once = False
+            raise asyncio.CancelledError
 
     def assign(self, tps: list[TopicPartition]) -> None:
         self.positions = dict.fromkeys(tps, 0)
@@ -129,6 +134,34 @@ async def test_lookback_new_partitions_and_a_restart(monkeypatch: pytest.MonkeyP
         await _until(lambda: log.consumers >= 2 and index.get("a10", OPEN) is not None)
         await asyncio.sleep(0.1)
         assert [e.event_id for e in index] == ["a7", "a8", "a9", "d0", "b0", "a10"]
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_reader_stopping_uncleanly_after_an_outage_does_not_end_the_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """aiokafka's stop() may raise CancelledError after an outage: the index reads on, and
+    says it is not ready while it does not read."""
+    monkeypatch.setattr(follow, "REFRESH_S", 0.05)
+    monkeypatch.setattr(follow, "RETRY_PAUSE_S", 0.2)
+    log = Log()
+    log.append("out", 0, "a0")
+    index = ResultIndex(1000, 10**6)
+    follower = ResultFollower(
+        "unused", {"out": "t"}, index, lookback=10, consumer=lambda _: FakeConsumer(log)
+    )
+    task = asyncio.create_task(follower.run())
+    try:
+        await _until(lambda: follower.not_ready() is None)
+        log.unclean_stop_once = log.fail_once = True
+        await _until(lambda: follower.not_ready() is not None)
+        assert "not reading" in (follower.not_ready() or "")
+        log.append("out", 0, "a1")
+        await _until(lambda: index.get("a1", OPEN) is not None and follower.not_ready() is None)
+        assert not task.done() and log.consumers >= 2
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -50,6 +50,22 @@ def test_other_tenants_results_are_invisible() -> None:
     assert index.get("e1", OPEN) is not None
 
 
+def test_another_tenants_event_of_the_same_id_does_not_hide_a_result() -> None:
+    """Event ids are the producers' choice: globex reusing acme's id changes nothing for acme."""
+    index = ResultIndex(10, 10**6)
+    index.add(output("shared", offset=0, tenant="acme"))
+    index.add(output("shared", offset=1, tenant="globex"))
+    acme, globex, newest = (index.get("shared", g) for g in (ACME, GLOBEX, OPEN))
+    assert acme is not None and acme.offset == 0 and acme.tenant == "acme"
+    assert globex is not None and globex.offset == 1
+    assert newest is globex
+    index.add(output("shared", offset=2, tenant="acme"))
+    assert index.get("shared", OPEN).offset == 2  # type: ignore[union-attr]
+    for n in range(10):  # both forgotten once evicted: nothing kept per id
+        index.add(output(f"e{n}", offset=3 + n))
+    assert index.get("shared", ACME) is None and "shared" not in index._by_id
+
+
 async def test_a_waiter_is_woken_by_its_result() -> None:
     index = ResultIndex(10, 10**6)
     waiting = asyncio.create_task(index.wait("e1", ACME, 5))
