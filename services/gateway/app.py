@@ -198,6 +198,8 @@ class Gateway:
                 positions = cursor.decode(last.strip(), topics)
             except cursor.CursorError as exc:
                 return _error(400, "invalid_id", str(exc))
+            if not grant.replay:  # resumes within the index's lookback, as `from=now` starts
+                positions = self.index.not_before_lookback(positions, topics)
         elif start == "earliest":
             if not grant.replay:
                 return _error(403, "forbidden", "from=earliest needs a token with replay")

@@ -128,6 +128,8 @@ class ResultIndex:
         """Per partition, the offset after the last record taken."""
         self.covered: dict[TP, int] = {}
         """Per partition, the first offset from which every result is still held."""
+        self.began: dict[TP, int] = {}
+        """Per partition, the offset the index first read it from (its lookback)."""
         self._waiters: dict[str, list[_Waiter]] = {}
         self._subscriptions: set[Subscription] = set()
 
@@ -142,6 +144,7 @@ class ResultIndex:
         """The index reads `tp` from `offset` on (and holds nothing of it before)."""
         self.head[tp] = offset
         self.covered[tp] = offset
+        self.began.setdefault(tp, offset)
 
     def skip(self, tp: TP, offset: int) -> None:
         """A record of `tp` that is no result was read."""
@@ -221,6 +224,16 @@ class ResultIndex:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscriptions.discard(subscription)
+
+    def not_before_lookback(self, positions: dict[TP, int], topics: list[str]) -> dict[TP, int]:
+        """`positions` moved up to where the index first read each partition of `topics`:
+        how far back a stream may resume without the replay right (a stream id is the
+        client's own text, so `o0:0` must not open the whole history)."""
+        moved = dict(positions)
+        for tp, began in self.began.items():
+            if tp[0] in topics:
+                moved[tp] = max(moved.get(tp, 0), began)
+        return moved
 
     def holds_after(self, positions: dict[TP, int], tps: list[TP]) -> bool:
         """Whether every result of `tps` at or after `positions` (0 where it names none)

@@ -117,3 +117,23 @@ def test_a_dead_letter_belongs_to_its_original_events_tenant() -> None:
 def test_records_that_are_no_results_are_not_entries() -> None:
     for value in (None, b"", b"{nope", b"[]", b'{"record_type": "projection"}'):
         assert entry_of("t", 0, 0, None, value, "x") is None
+
+
+def test_without_replay_a_stream_resumes_no_further_back_than_the_lookback() -> None:
+    index = ResultIndex(10, 10**6)
+    index.start(("support.triaged", 0), 40)
+    index.start(("support.triaged", 1), 0)
+    index.start(("support.triaged.dlq", 0), 7)
+    index.start(("elsewhere", 0), 90)
+    index.start(("support.triaged", 0), 55)  # the reader started again: the first start counts
+    topics = ["support.triaged", "support.triaged.dlq"]
+    asked = {("support.triaged", 0): 0, ("support.triaged", 1): 3}
+    assert index.not_before_lookback(asked, topics) == {
+        ("support.triaged", 0): 40,
+        ("support.triaged", 1): 3,
+        ("support.triaged.dlq", 0): 7,  # not named: from the lookback, not from 0
+    }
+    assert (
+        index.not_before_lookback({("support.triaged", 0): 50}, topics)[("support.triaged", 0)]
+        == 50
+    )
