@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +97,17 @@ def changelog(bootstrap: str, topic: str) -> list[tuple[int, Any, Any]]:
             await consumer.stop()
 
     return asyncio.run(read())
+
+
+def wait_gateway_ready(base: str, worker: Any, timeout_s: float = 120.0) -> None:
+    """Until the gateway at `base` is ready: the worker made the topics and the index caught
+    up. Fails with the readiness reason and the worker's log tail."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=5):
+                return
+        except urllib.error.HTTPError as exc:
+            if time.monotonic() > deadline or not worker.alive():
+                raise AssertionError(exc.read().decode() + worker.log_tail()) from exc
+            time.sleep(0.5)

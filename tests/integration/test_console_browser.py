@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ import yaml
 
 from dev.launch import Child, spawn, wait_http
 from llmflow.services.broker.local import free_port
+from tests.integration.helpers import wait_gateway_ready
 from tests.integration.test_gateway import _call, _event
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -83,15 +81,7 @@ def console(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/healthz", child)
-        deadline = time.monotonic() + 120
-        while True:  # ready once the worker made the topics and the index caught up
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=5):
-                    break
-            except urllib.error.HTTPError as exc:
-                if time.monotonic() > deadline or not worker.alive():
-                    raise AssertionError(exc.read().decode() + worker.log_tail()) from exc
-                time.sleep(0.5)
+        wait_gateway_ready(base, worker)
         yield {
             "base": base,
             "triage": yaml.safe_load(triage_path.read_text()),

@@ -21,6 +21,7 @@ import yaml
 
 from dev.launch import Child, spawn, wait_http
 from llmflow.services.broker.local import free_port
+from tests.integration.helpers import wait_gateway_ready
 
 pytestmark = pytest.mark.integration
 
@@ -148,15 +149,7 @@ def _start(
     started.append(child)
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/healthz", child)
-    deadline = time.monotonic() + 120
-    while True:  # ready once the worker made the topics and the index caught up
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=5):
-                break
-        except urllib.error.HTTPError as exc:
-            if time.monotonic() > deadline or not worker.alive():
-                raise AssertionError(exc.read().decode() + worker.log_tail()) from exc
-            time.sleep(0.5)
+    wait_gateway_ready(base, worker)
     return {
         "base": base,
         "triage": yaml.safe_load(triage_path.read_text()),
