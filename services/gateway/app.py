@@ -20,7 +20,7 @@ from llmflow.services.gateway.auth import Authenticator
 from llmflow.services.gateway.console import STATIC, Console, add_routes
 from llmflow.services.gateway.flow import FlowMeter, KafkaOffsets
 from llmflow.services.gateway.follow import ResultFollower
-from llmflow.services.gateway.http import GRANT
+from llmflow.services.gateway.http import GRANT, drop
 from llmflow.services.gateway.http import error as _error
 from llmflow.services.gateway.metrics import GatewayMetrics
 from llmflow.services.gateway.openapi import document
@@ -117,10 +117,13 @@ class Gateway:
         limit = self.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return _error(413, "too_large", f"the body is larger than {limit} bytes")
-        try:
-            body = await request.read()  # client_max_size stops a longer chunked body
+        timeout = self.settings.body_timeout_s
+        try:  # client_max_size stops a longer chunked body, the timeout a slower one
+            body = await asyncio.wait_for(request.read(), timeout)
         except web.HTTPRequestEntityTooLarge:
             return _error(413, "too_large", f"the body is larger than {limit} bytes")
+        except TimeoutError:
+            return _error(408, "body_timeout", f"the body did not arrive within {timeout:g} s")
         try:
             parsed = parse_body(body, request[GRANT], self.settings.max_batch_events)
         except BodyError as exc:
@@ -237,8 +240,10 @@ class Gateway:
                     {t: topology.name for t in topics},
                 )
             await stream.run()
-        except (ConnectionResetError, TimeoutError):
-            pass  # the client left, or takes no bytes
+        except ConnectionResetError:
+            pass  # the client left
+        except TimeoutError:
+            drop(request)  # the client takes no bytes
         finally:
             stream.close()
         return response
@@ -320,6 +325,17 @@ def make_app(gateway: Gateway) -> web.Application:
     return app
 
 
+def runner_options(settings: GatewaySettings) -> dict[str, Any]:
+    """The HTTP server's limits. aiohttp's keep-alive timer runs from a connection's start and
+    from each answer, and closes it while no whole request head has come: it bounds idle
+    connections and slow headers alike."""
+    return {
+        "access_log": None,
+        "shutdown_timeout": 2,
+        "keepalive_timeout": settings.idle_timeout_s,
+    }
+
+
 async def _connect(gateway: Gateway) -> Any:
     """Start the producer, trying again until the broker answers; returns it."""
     from aiokafka import AIOKafkaProducer
@@ -382,7 +398,7 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
         ),
         name="spend",
     )
-    runner = web.AppRunner(make_app(gateway), access_log=None, shutdown_timeout=2)
+    runner = web.AppRunner(make_app(gateway), **runner_options(settings))
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from llmflow.services.gateway.auth import Grant
-from llmflow.services.gateway.http import GRANT, error
+from llmflow.services.gateway.http import GRANT, drop, error
 from llmflow.services.gateway.results import Entry
 from llmflow.services.gateway.spend import spend_rows
 
@@ -226,8 +226,10 @@ class Console:
                     response.write(b"event: snapshot\ndata: " + body + b"\n\n"), timeout
                 )
                 await asyncio.sleep(every)
-        except (ConnectionResetError, TimeoutError):
-            pass  # the client left, or takes no bytes
+        except ConnectionResetError:
+            pass  # the client left
+        except TimeoutError:
+            drop(request)  # the client takes no bytes
         return response
 
     async def dead_letters_route(self, request: web.Request) -> web.Response:

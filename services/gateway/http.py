@@ -18,3 +18,10 @@ def error(status: int, error: str, message: str, **more: Any) -> web.Response:
     return web.json_response(
         {"error": error, "message": message, **more}, status=status, headers=headers
     )
+
+
+def drop(request: web.Request) -> None:
+    """Close the request's connection now. A stream client that takes no bytes would keep it
+    open forever otherwise: aiohttp drains the response's last bytes with no time limit."""
+    if request.transport is not None:
+        request.transport.abort()

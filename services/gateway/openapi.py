@@ -185,6 +185,7 @@ def document(version: str) -> dict[str, Any]:
                         "401": _error("No or unknown bearer token"),
                         "403": _error("An event names another tenant"),
                         "404": _error("Not the input topic of a topology"),
+                        "408": _error("The body did not arrive within the body timeout"),
                         "413": _error("Body or batch larger than the gateway takes"),
                         "415": _error("The body is not application/json"),
                         "429": _error("Too many events wait for the broker; see Retry-After"),

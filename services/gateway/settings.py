@@ -96,6 +96,12 @@ class GatewaySettings(BaseSettings):
     """Interval of the comment lines that keep an idle stream open through proxies."""
     write_timeout_s: float = Field(default=30.0, gt=0)
     """A stream client that takes no bytes for this long is closed."""
+    idle_timeout_s: float = Field(default=30.0, gt=0)
+    """A connection that has not sent a whole request head this long after it opened, or
+    after its last answer, is closed: idle keep-alive connections and slow headers alike."""
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    """A request body that has not fully arrived this long after its head is refused with
+    408."""
     worker_group: str = Field(
         default="llmflow",
         min_length=1,
