@@ -47,6 +47,7 @@ PUBLIC = ("/healthz", "/readyz", "/metrics", "/openapi.json", *STATIC)
 """Routes without a token (the console's page and its files hold no data: the page asks
 for a token and sends it with each request)."""
 PRODUCER_RETRY_S = 2.0
+PROBE_TIMEOUT_S = 2.0
 
 
 class Gateway:
@@ -103,7 +104,21 @@ class Gateway:
         }
 
     def _producer_ready(self) -> str | None:
-        return None if self.publisher.send is not None else "not connected to the broker yet"
+        if self.publisher.send is None:
+            return "not connected to the broker yet"
+        if (failure := self.publisher.failure) is not None:
+            return f"the last publish failed and the broker has not answered since: {failure}"
+        return None
+
+    async def _probe_producer(self) -> None:
+        """After a failed publish, ask the broker for metadata: an answer ends the failure,
+        so a gateway a load balancer took out for it comes back without a publish."""
+        probe = self.publisher.probe
+        if self.publisher.failure is None or probe is None:
+            return
+        with contextlib.suppress(Exception):
+            if await asyncio.wait_for(probe(), PROBE_TIMEOUT_S):
+                self.publisher.failure = None
 
     # --- routes ---------------------------------------------------------------------------
 
@@ -259,6 +274,7 @@ class Gateway:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
+        await self._probe_producer()
         reasons = self.readiness.reasons()
         if reasons:
             return web.Response(status=503, text="".join(f"{r}\n" for r in reasons))
@@ -364,6 +380,7 @@ async def _connect(gateway: Gateway) -> Any:
             continue
 
         gateway.publisher.send = _sender(producer)
+        gateway.publisher.probe = producer.client.force_metadata_update
         return producer
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from importlib import resources
@@ -36,6 +37,7 @@ CSP = (
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 LIST_LIMIT = 50
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def static_file(name: str) -> bytes:
@@ -259,12 +261,11 @@ class Console:
         grant = self._grant(request)
         if not grant.replay:
             return error(403, "forbidden", "replaying a dead letter needs a token with replay")
-        try:
-            topic = request.match_info["topic"]
-            partition = int(request.match_info["partition"])
-            offset = int(request.match_info["offset"])
-        except ValueError:
-            return error(400, "invalid_place", "partition and offset are numbers")
+        topic = request.match_info["topic"]
+        place = request.match_info["partition"], request.match_info["offset"]
+        if not all(_DIGITS.fullmatch(n) for n in place):  # int() would take " +1" and "١"
+            return error(400, "invalid_place", "partition and offset are numbers (0-9)")
+        partition, offset = int(place[0]), int(place[1])
         entry = self.gateway.index.at(topic, partition, offset)
         if entry is None or entry.record_type != "dead_letter" or not grant.sees(entry.tenant):
             return error(

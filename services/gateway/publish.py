@@ -137,6 +137,11 @@ class Publisher:
         self.pending_events = 0
         self.pending_bytes = 0
         self._observe = observe
+        self.failure: str | None = None
+        """Why the last publish found the broker unavailable, until one succeeds or
+        `probe` reaches the broker (`/readyz` reports it meanwhile)."""
+        self.probe: Callable[[], Awaitable[bool]] | None = None
+        """Whether the producer reaches the broker now (a metadata request)."""
 
     async def publish(self, topic: str, events: list[AnyEvent]) -> list[Ack]:
         """Send every event and wait for each ack; raises Busy before sending anything when
@@ -163,12 +168,19 @@ class Publisher:
         self.pending_events += len(values)
         self.pending_bytes += size
         try:
-            return await asyncio.wait_for(self._send_all(topic, events, values), self.timeout_s)
+            acks = await asyncio.wait_for(self._send_all(topic, events, values), self.timeout_s)
         except TimeoutError:
+            self.failure = f"the broker did not acknowledge within {self.timeout_s:g} s"
             raise BrokerUnavailable(
-                f"the broker did not acknowledge within {self.timeout_s:g} s; the events "
-                "may still be written: retry with the same ids (results carry the id)"
+                f"{self.failure}; the events may still be written: retry with the same ids "
+                "(results carry the id)"
             ) from None
+        except BrokerUnavailable as exc:
+            self.failure = str(exc)
+            raise
+        else:
+            self.failure = None
+            return acks
         finally:
             self.pending_events -= len(values)
             self.pending_bytes -= size

@@ -163,6 +163,32 @@ async def test_a_broker_that_does_not_ack_is_503_after_the_timeout() -> None:
         await client.close()
 
 
+async def test_readyz_reports_a_failed_publish_until_the_broker_answers_again() -> None:
+    producer = FakeProducer(hold=True)
+    gateway = make_gateway(producer, publish_timeout_s=0.2)
+    client = await _client(gateway)
+    answers = [False, True]
+
+    async def probe() -> bool:
+        return answers.pop(0)
+
+    reason = "the last publish failed and the broker has not answered since"
+    try:
+        assert reason not in await (await client.get("/readyz")).text()
+        assert (await client.post(TICKETS, json=event(), headers=auth(ACME))).status == 503
+        assert reason in await (await client.get("/readyz")).text()  # no probe yet
+        gateway.publisher.probe = probe
+        assert reason in await (await client.get("/readyz")).text()  # the broker is silent
+        assert reason not in await (await client.get("/readyz")).text()  # it answers
+        # A publish that succeeds ends a failure as well.
+        assert (await client.post(TICKETS, json=event(), headers=auth(ACME))).status == 503
+        producer.hold = False
+        assert (await client.post(TICKETS, json=event(), headers=auth(ACME))).status == 202
+        assert reason not in await (await client.get("/readyz")).text()
+    finally:
+        await client.close()
+
+
 async def test_long_poll_gets_a_result_that_arrives_while_it_waits(
     client: TestClient[Any, Any], gateway: Gateway
 ) -> None:

@@ -261,7 +261,8 @@ async def test_replay_needs_a_replay_token_and_the_tenants_own_dead_letter(
     assert {d["replayable"] for d in listed["dead_letters"]} == {False}  # no button
     assert (await client.post(url.format(1), headers=auth(ACME))).status == 404  # globex's
     assert (await client.post(url.format(9), headers=auth(ACME))).status == 404  # none there
-    assert (await client.post(url.format("x"), headers=auth(ACME))).status == 400
+    for place in ("x", "%20%2B0", "%D9%A0", "0" * 20):  # " +0", Arabic-Indic zero, > int64
+        assert (await client.post(url.format(place), headers=auth(ACME))).status == 400, place
     # One too large to carry its event belongs to nobody (a tenant's token does not see it).
     assert (await client.post(url.format(2), headers=auth(ACME))).status == 404
     assert _sent(gateway) == []
