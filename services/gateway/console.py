@@ -263,7 +263,7 @@ class Console:
             return error(403, "forbidden", "replaying a dead letter needs a token with replay")
         topic = request.match_info["topic"]
         place = request.match_info["partition"], request.match_info["offset"]
-        if not all(_DIGITS.fullmatch(n) for n in place):  # int() would take " +1" and "١"
+        if not all(_DIGITS.fullmatch(n) for n in place):  # int() takes " +1", other digits
             return error(400, "invalid_place", "partition and offset are numbers (0-9)")
         partition, offset = int(place[0]), int(place[1])
         entry = self.gateway.index.at(topic, partition, offset)
