@@ -33,7 +33,7 @@ from llmflow.services.gateway.publish import (
     RecordTooLarge,
     parse_body,
 )
-from llmflow.services.gateway.results import ResultIndex, Subscription
+from llmflow.services.gateway.results import TP, ResultIndex, Subscription
 from llmflow.services.gateway.settings import GatewaySettings
 from llmflow.services.gateway.spend import follow_spend
 from llmflow.services.gateway.stream import ResultStream, StreamOptions, replay_topics
@@ -85,6 +85,8 @@ class Gateway:
             settings.index_lookback,
         )
         self.flow = FlowMeter(topologies, settings.console_window_s)
+        self.end_offsets: Callable[[list[str]], Awaitable[dict[TP, int]]] | None = None
+        """The result topics' end offsets from the broker (set by `serve`)."""
         self.spend = SpendView()
         self.readiness = Readiness([self._producer_ready, self.follower.not_ready])
         self.version = version
@@ -108,6 +110,30 @@ class Gateway:
             return "not connected to the broker yet"
         if (failure := self.publisher.failure) is not None:
             return f"the last publish failed and the broker has not answered since: {failure}"
+        return None
+
+    async def _past_the_end(self, positions: dict[TP, int]) -> str | None:
+        """Why `positions` lie past their partitions' ends, if they do: a stream from there
+        would skip every result until the partition reached it (the topic was recreated, or
+        the id is another cluster's). Asks the broker only for positions past what the index
+        read; when the broker does not answer, the stream goes on."""
+        ahead = {tp: o for tp, o in positions.items() if o > self.index.head.get(tp, 0)}
+        if not ahead or self.end_offsets is None:
+            return None
+        try:
+            ends = await asyncio.wait_for(
+                self.end_offsets(sorted({t for t, _ in ahead})), PROBE_TIMEOUT_S
+            )
+        except Exception:  # the broker is away: the id may well be good
+            return None
+        for (topic, partition), offset in sorted(ahead.items()):
+            end = ends.get((topic, partition), 0)
+            if offset > end:
+                return (
+                    f"the id is at offset {offset} of {topic}[{partition}], whose end is "
+                    f"{end}: the topic was recreated or the id is not from this cluster; "
+                    "start again with from=now or from=earliest"
+                )
         return None
 
     async def _probe_producer(self) -> None:
@@ -216,6 +242,8 @@ class Gateway:
                 positions = cursor.decode(last.strip(), topics)
             except cursor.CursorError as exc:
                 return _error(400, "invalid_id", str(exc))
+            if past := await self._past_the_end(positions):
+                return _error(400, "id_past_the_end", past)
             if not grant.replay:  # resumes within the index's lookback, as `from=now` starts
                 positions = self.index.not_before_lookback(positions, topics)
         elif start == "earliest":
@@ -402,6 +430,7 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
     follower = asyncio.create_task(gateway.follower.run(), name="result-index")
     connecting = asyncio.create_task(_connect(gateway), name="producer")
     offsets = KafkaOffsets(settings.kafka_bootstrap_servers)
+    gateway.end_offsets = offsets.ends
     flow = asyncio.create_task(
         gateway.flow.run(offsets, settings.worker_group, settings.console_every_s), name="flow"
     )

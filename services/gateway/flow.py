@@ -214,8 +214,13 @@ class KafkaOffsets:
         self.bootstrap_servers = bootstrap_servers
         self._consumer: Any = None
         self._admin: Any = None
+        self._starting = asyncio.Lock()  # the console and a stream may ask at once
 
     async def _clients(self) -> tuple[Any, Any]:
+        async with self._starting:
+            return await self._start_clients()
+
+    async def _start_clients(self) -> tuple[Any, Any]:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
@@ -240,15 +245,9 @@ class KafkaOffsets:
         return self._consumer, self._admin
 
     async def sample(self, topics: list[str], group: str) -> tuple[dict[TP, int], dict[TP, int]]:
-        from aiokafka import TopicPartition
-
-        from llmflow.services.gateway.follow import partitions
-
         try:
-            consumer, admin = await self._clients()
-            existing = await partitions(consumer, topics)
-            tps = [TopicPartition(t, p) for t, numbers in existing.items() for p in numbers]
-            ends = await consumer.end_offsets(tps) if tps else {}
+            ends = await self.ends(topics)
+            _, admin = await self._clients()
             offsets = await admin.list_consumer_group_offsets(group)
         except Exception:
             await self.close()
@@ -258,7 +257,19 @@ class KafkaOffsets:
             for tp, meta in offsets.items()
             if tp.topic in topics and meta.offset >= 0
         }
-        return {(tp.topic, tp.partition): end for tp, end in ends.items()}, committed
+        return ends, committed
+
+    async def ends(self, topics: list[str]) -> dict[TP, int]:
+        """The end offsets of every partition of `topics` that exists."""
+        from aiokafka import TopicPartition
+
+        from llmflow.services.gateway.follow import partitions
+
+        consumer, _ = await self._clients()
+        existing = await partitions(consumer, topics)
+        tps = [TopicPartition(t, p) for t, numbers in existing.items() for p in numbers]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        return {(tp.topic, tp.partition): end for tp, end in ends.items()}
 
     async def close(self) -> None:
         consumer, admin = self._consumer, self._admin

@@ -242,7 +242,9 @@ def document(version: str) -> dict[str, Any]:
                             "`id: <position>`, `data: <a Result as JSON>`",
                             "content": {"text/event-stream": {"schema": {"type": "string"}}},
                         },
-                        "400": _error("A malformed id"),
+                        "400": _error(
+                            "A malformed id, or one past its partitions' ends (a recreated topic)"
+                        ),
                         "401": _error("No or unknown bearer token"),
                         "403": _error("`from=earliest` without the replay grant"),
                         "404": _error("Not a topology's input or output topic"),

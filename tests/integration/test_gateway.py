@@ -211,6 +211,11 @@ def test_publish_wait_stream_resume_dead_letter_and_tenants(gateway: dict[str, A
     status, _, _ = _call(f"{base}/v1/results/gw-dead?wait=1", GLOBEX)
     assert status == 404
 
+    # An id past the partitions' ends (a recreated topic) is refused, not streamed from.
+    past = f"{base}/v1/topics/{triage['input_topic']}/results?last_event_id=o0:999999999"
+    status, body, _ = _call(past, ACME)
+    assert status == 400 and body["error"] == "id_past_the_end", body
+
     # globex may not publish as acme.
     status, body, _ = _call(tickets, GLOBEX, _event("gw-4", key, tenant="acme"))
     assert status == 403 and body["errors"][0]["field"] == "tenant"

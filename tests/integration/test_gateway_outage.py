@@ -1,5 +1,5 @@
 """A broker that goes away makes the gateway answer 503 after its publish timeout, never
-hang; it publishes again once the broker is back."""
+hang, and not ready; it is ready and publishes again once the broker is back."""
 
 from __future__ import annotations
 
@@ -62,7 +62,14 @@ def test_broker_down_is_503_after_the_timeout(run_dir: Path) -> None:
             assert gateway.alive()
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
                 pass
+            readyz = f"http://127.0.0.1:{port}/readyz"
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(readyz, timeout=10)
+            assert refused.value.code == 503
+            assert "the last publish failed" in refused.value.read().decode()
             broker.start()  # the same folder: the same port and topics
+            # Ready again with no publish in between: /readyz asks the broker itself.
+            wait_http(readyz, gateway, timeout_s=60)
             deadline = time.monotonic() + 60
             while (status := _post(url, _event("back-1", "C-1"))[0]) != 202:
                 assert status == 503 and time.monotonic() < deadline, status

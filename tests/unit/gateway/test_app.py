@@ -306,6 +306,38 @@ async def test_stream_arguments_are_checked(client: TestClient[Any, Any]) -> Non
     assert response.status == 403  # globex has no replay grant
 
 
+async def test_an_id_past_a_partitions_end_is_400_and_the_broker_is_asked_only_then(
+    client: TestClient[Any, Any], gateway: Gateway
+) -> None:
+    asked: list[list[str]] = []
+    broker_away = False
+
+    async def end_offsets(topics: list[str]) -> dict[tuple[str, int], int]:
+        asked.append(topics)
+        if broker_away:
+            raise ConnectionError("no broker")
+        return {("support.triaged", 0): 10, ("support.triaged", 1): 3}
+
+    gateway.end_offsets = end_offsets
+    gateway.index.start(("support.triaged", 0), 4)
+    path = "/v1/topics/support.tickets/results?last_event_id="
+
+    async def status(last: str) -> int:
+        response = await client.get(path + last, headers=auth(ACME))
+        response.close()
+        return response.status
+
+    assert await status("o0:4") == 200 and asked == []  # within what the index read
+    assert await status("o0:10,o1:3") == 200 and asked == [["support.triaged"]]
+    response = await client.get(path + "o0:4,o1:4", headers=auth(ACME))
+    body = await response.json()
+    assert response.status == 400 and body["error"] == "id_past_the_end"
+    assert "offset 4 of support.triaged[1], whose end is 3" in body["message"]
+    assert await status("d0:1") == 400  # a partition the broker does not have: end 0
+    broker_away = True
+    assert await status("o0:4,o1:4") == 200  # not checked: the id may well be good
+
+
 async def test_openapi_document_has_the_routes_and_the_contracts(
     client: TestClient[Any, Any],
 ) -> None:
