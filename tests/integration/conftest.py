@@ -6,13 +6,16 @@ never see each other's events.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from dev import launch
 from dev.launch import Child, start_modelsim, start_worker
@@ -20,6 +23,7 @@ from dev.topologies import copy_topology
 from llmflow.services.broker.local import LocalKafka, free_port
 from llmflow.services.worker.orgdata import publish_samples
 from llmflow.services.worker.settings import Settings
+from tests.integration.helpers import wait_gateway_ready
 
 
 def _docker_answers() -> bool:
@@ -134,6 +138,60 @@ def workers(run_dir: Path) -> Iterator[Callable[..., Child]]:
         )
         started.append(child)
         return child
+
+    yield start
+    for child in started:
+        child.stop()
+
+
+@pytest.fixture
+def gateways(
+    kafka_bootstrap: str,
+    run_dir: Path,
+    modelsim: Callable[..., Child],
+    topology_copy: Callable[[str], Path],
+    worker_env: Callable[[Child], dict[str, str]],
+    workers: Callable[..., Child],
+) -> Iterator[Callable[..., dict[str, Any]]]:
+    """Factory: the model simulator, a worker and a gateway over copies of both shipped
+    topologies, the gateway following the worker's group. Takes the gateway's `tokens`,
+    the worker's extra environment, and further gateway settings by field name; returns
+    once the gateway is ready: its address, the topologies and the processes."""
+    started: list[Child] = []
+
+    def start(
+        tokens: dict[str, Any], worker_extra: dict[str, str] | None = None, **settings: str
+    ) -> dict[str, Any]:
+        triage_path = topology_copy("support_triage")
+        images_path = topology_copy("product_images")
+        (run_dir / "images").mkdir(exist_ok=True)
+        env = worker_env(modelsim())
+        worker = workers([triage_path, images_path], env | (worker_extra or {}))
+        port = free_port()
+        child = launch.spawn(
+            "gateway",
+            ["gateway", "--topology", str(triage_path), "--topology", str(images_path)],
+            run_dir / "logs",
+            {
+                "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+                "LLMFLOW_GATEWAY_PORT": str(port),
+                "LLMFLOW_GATEWAY_TOKENS": json.dumps(tokens),
+                "LLMFLOW_GATEWAY_WORKER_GROUP": env["LLMFLOW_APP_ID"],
+            }
+            | {f"LLMFLOW_GATEWAY_{name.upper()}": value for name, value in settings.items()},
+        )
+        started.append(child)
+        base = f"http://127.0.0.1:{port}"
+        launch.wait_http(f"{base}/healthz", child)
+        wait_gateway_ready(base, worker)
+        return {
+            "base": base,
+            "triage": yaml.safe_load(triage_path.read_text()),
+            "images": yaml.safe_load(images_path.read_text()),
+            "image_root": run_dir / "images",
+            "child": child,
+            "worker": worker,
+        }
 
     yield start
     for child in started:

@@ -12,16 +12,12 @@ import asyncio
 import importlib.util
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from dev.launch import Child, spawn, wait_http
-from llmflow.services.broker.local import free_port
-from tests.integration.helpers import wait_gateway_ready
 from tests.integration.test_gateway import _call, _event
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,52 +42,18 @@ WAIT_MS = 90_000
 
 
 @pytest.fixture
-def console(
-    kafka_bootstrap: str,
-    run_dir: Path,
-    modelsim: Callable[..., Child],
-    topology_copy: Callable[[str], Path],
-    worker_env: Callable[[Child], dict[str, str]],
-    workers: Callable[..., Child],
-) -> Iterator[dict[str, Any]]:
+def console(gateways: Callable[..., dict[str, Any]], kafka_bootstrap: str) -> dict[str, Any]:
     """A worker over copies of both shipped topologies and a gateway whose console follows
     that worker's group, pushing a snapshot every half second."""
-    triage_path = topology_copy("support_triage")
-    images_path = topology_copy("product_images")
-    (run_dir / "images").mkdir()
-    sim = modelsim()
-    env = worker_env(sim)
-    worker = workers([triage_path, images_path], env | {"LLMFLOW_BUDGETS": json.dumps(BUDGETS)})
     audit_topic = f"llmflow.audit.{uuid.uuid4().hex[:8]}"
-    port = free_port()
-    child = spawn(
-        "gateway",
-        ["gateway", "--topology", str(triage_path), "--topology", str(images_path)],
-        run_dir / "logs",
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "LLMFLOW_GATEWAY_PORT": str(port),
-            "LLMFLOW_GATEWAY_TOKENS": json.dumps(TOKENS),
-            "LLMFLOW_GATEWAY_WORKER_GROUP": env["LLMFLOW_APP_ID"],
-            "LLMFLOW_GATEWAY_AUDIT_TOPIC": audit_topic,
-            "LLMFLOW_GATEWAY_CONSOLE_EVERY_S": "0.5",
-            "LLMFLOW_GATEWAY_BUDGETS": json.dumps(BUDGETS),
-        },
+    stack = gateways(
+        TOKENS,
+        {"LLMFLOW_BUDGETS": json.dumps(BUDGETS)},
+        audit_topic=audit_topic,
+        console_every_s="0.5",
+        budgets=json.dumps(BUDGETS),
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{base}/healthz", child)
-        wait_gateway_ready(base, worker)
-        yield {
-            "base": base,
-            "triage": yaml.safe_load(triage_path.read_text()),
-            "images": yaml.safe_load(images_path.read_text()),
-            "image_root": run_dir / "images",
-            "audit_topic": audit_topic,
-            "bootstrap": kafka_bootstrap,
-        }
-    finally:
-        child.stop()
+    return stack | {"audit_topic": audit_topic, "bootstrap": kafka_bootstrap}
 
 
 def _open(page: Page, base: str, token: str) -> None:

@@ -11,17 +11,12 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-
-from dev.launch import Child, spawn, wait_http
-from llmflow.services.broker.local import free_port
-from tests.integration.helpers import wait_gateway_ready
 
 pytestmark = pytest.mark.integration
 
@@ -84,78 +79,8 @@ class Sse:
 
 
 @pytest.fixture
-def gateways(
-    kafka_bootstrap: str,
-    run_dir: Path,
-    modelsim: Callable[..., Child],
-    topology_copy: Callable[[str], Path],
-    worker_env: Callable[[Child], dict[str, str]],
-    workers: Callable[..., Child],
-) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Factory: a worker and a gateway (with further settings) over copies of both shipped
-    topologies; returns its address and the topologies."""
-    started: list[Child] = []
-
-    def start(**settings: str) -> dict[str, Any]:
-        return _start(
-            kafka_bootstrap,
-            run_dir,
-            modelsim,
-            topology_copy,
-            worker_env,
-            workers,
-            started,
-            settings,
-        )
-
-    yield start
-    for child in started:
-        child.stop()
-
-
-@pytest.fixture
 def gateway(gateways: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    return gateways()
-
-
-def _start(
-    kafka_bootstrap: str,
-    run_dir: Path,
-    modelsim: Callable[..., Child],
-    topology_copy: Callable[[str], Path],
-    worker_env: Callable[[Child], dict[str, str]],
-    workers: Callable[..., Child],
-    started: list[Child],
-    settings: dict[str, str],
-) -> dict[str, Any]:
-    triage_path = topology_copy("support_triage")
-    images_path = topology_copy("product_images")
-    (run_dir / "images").mkdir()
-    sim = modelsim()
-    worker = workers([triage_path, images_path], worker_env(sim))
-    port = free_port()
-    child = spawn(
-        "gateway",
-        ["gateway", "--topology", str(triage_path), "--topology", str(images_path)],
-        run_dir / "logs",
-        {
-            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "LLMFLOW_GATEWAY_PORT": str(port),
-            "LLMFLOW_GATEWAY_TOKENS": json.dumps(TOKENS),
-            "LLMFLOW_GATEWAY_HEARTBEAT_S": "1",
-        }
-        | {f"LLMFLOW_GATEWAY_{name.upper()}": value for name, value in settings.items()},
-    )
-    started.append(child)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/healthz", child)
-    wait_gateway_ready(base, worker)
-    return {
-        "base": base,
-        "triage": yaml.safe_load(triage_path.read_text()),
-        "images": yaml.safe_load(images_path.read_text()),
-        "child": child,
-    }
+    return gateways(TOKENS, heartbeat_s="1")
 
 
 def test_publish_wait_stream_resume_dead_letter_and_tenants(gateway: dict[str, Any]) -> None:
@@ -225,7 +150,7 @@ def test_a_stream_resumes_from_the_topics_when_the_index_forgot(
     gateways: Callable[..., dict[str, Any]],
 ) -> None:
     """With an index of 2 results, a stream resumed 6 results back reads them from Kafka."""
-    gateway = gateways(index_results="2")
+    gateway = gateways(TOKENS, heartbeat_s="1", index_results="2")
     base, triage = gateway["base"], gateway["triage"]
     key = f"C-{uuid.uuid4().hex[:6]}"
     url = f"{base}/v1/topics/{triage['input_topic']}/results?key={key}"
