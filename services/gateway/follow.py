@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from llmflow.services.broker.cancel import stopping
 from llmflow.services.broker.security import client_options
 from llmflow.services.gateway.results import TP, Entry, ResultIndex, entry_of
 
@@ -82,11 +83,9 @@ class ResultFollower:
             try:
                 await self._follow()
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
+                if stopping():
                     raise  # the gateway stops
-                # aiokafka's stop() can let its fetcher's cancellation out after an outage:
-                # not ours, so the index must go on.
+                # aiokafka's, after an outage: the index must go on.
                 self.stopped = "its Kafka reader stopped uncleanly"
                 log.warning("result index: the reader stopped uncleanly; reading again")
                 await asyncio.sleep(RETRY_PAUSE_S)

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmflow.services.broker.cancel import stopping
 from llmflow.services.broker.security import client_options
 
 log = logging.getLogger(__name__)
@@ -100,10 +101,9 @@ async def follow_changelog(
             log.warning("spend: cannot read %s (%s); reading it again in 1 s", topic, exc)
             await asyncio.sleep(RETRY_PAUSE_S)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if stopping():
                 raise  # the worker stops
-            # aiokafka's stop() can let its fetcher's cancellation out after an outage.
+            # aiokafka's, after an outage: the spend must go on.
             log.warning("spend: the reader of %s stopped uncleanly; reading it again", topic)
             await asyncio.sleep(RETRY_PAUSE_S)
 
