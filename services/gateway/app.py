@@ -20,7 +20,7 @@ from llmflow.services.gateway.auth import Authenticator
 from llmflow.services.gateway.console import STATIC, Console, add_routes
 from llmflow.services.gateway.flow import FlowMeter, KafkaOffsets
 from llmflow.services.gateway.follow import ResultFollower
-from llmflow.services.gateway.http import GRANT, drop
+from llmflow.services.gateway.http import GRANT, drop, open_event_stream, too_many_streams
 from llmflow.services.gateway.http import error as _error
 from llmflow.services.gateway.metrics import GatewayMetrics
 from llmflow.services.gateway.openapi import document
@@ -35,6 +35,7 @@ from llmflow.services.gateway.publish import (
 )
 from llmflow.services.gateway.results import TP, ResultIndex, Subscription
 from llmflow.services.gateway.settings import GatewaySettings
+from llmflow.services.gateway.slots import Full, StreamSlots
 from llmflow.services.gateway.spend import follow_spend
 from llmflow.services.gateway.stream import ResultStream, StreamOptions, replay_topics
 from llmflow.services.worker.budgets import SpendView
@@ -85,6 +86,7 @@ class Gateway:
             settings.index_lookback,
         )
         self.flow = FlowMeter(topologies, settings.console_window_s)
+        self.slots = StreamSlots(settings.max_streams, settings.max_streams_per_tenant)
         self.end_offsets: Callable[[list[str]], Awaitable[dict[TP, int]]] | None = None
         """The result topics' end offsets from the broker (set by `serve`)."""
         self.spend = SpendView()
@@ -94,7 +96,7 @@ class Gateway:
             lambda: len(self.index),
             lambda: self.index.bytes,
             lambda: self.publisher.pending_events,
-            lambda: self.index.subscribers,
+            lambda: self.slots.open,
         )
 
     def result_topics(self) -> dict[str, str]:
@@ -254,14 +256,6 @@ class Gateway:
             positions = {tp: o for tp, o in self.index.head.items() if tp[0] in topics}
         else:
             return _error(400, "invalid_from", "from is now or earliest")
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
         subscription = Subscription(
             topology.name,
             grant,
@@ -269,6 +263,20 @@ class Gateway:
             tenant,
             self.settings.stream_queue,
         )
+        try:
+            with self.slots.take(grant):
+                return await self._stream(request, subscription, topics, positions)
+        except Full as exc:
+            return too_many_streams(exc, self.settings.retry_after_s)
+
+    async def _stream(
+        self,
+        request: web.Request,
+        subscription: Subscription,
+        topics: list[str],
+        positions: dict[TP, int],
+    ) -> web.StreamResponse:
+        response = await open_event_stream(request)
         options = StreamOptions(
             self.settings.heartbeat_s, self.settings.stream_queue, self.settings.write_timeout_s
         )
@@ -280,7 +288,7 @@ class Gateway:
                 await replay_topics(
                     stream,
                     self.settings.kafka_bootstrap_servers,
-                    {t: topology.name for t in topics},
+                    {t: subscription.topology for t in topics},
                 )
             await stream.run()
         except ConnectionResetError:

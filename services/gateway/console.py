@@ -19,8 +19,15 @@ import orjson
 from aiohttp import web
 
 from llmflow.services.gateway.auth import Grant
-from llmflow.services.gateway.http import GRANT, drop, error
+from llmflow.services.gateway.http import (
+    GRANT,
+    drop,
+    error,
+    open_event_stream,
+    too_many_streams,
+)
 from llmflow.services.gateway.results import Entry
+from llmflow.services.gateway.slots import Full
 from llmflow.services.gateway.spend import spend_rows
 
 if TYPE_CHECKING:
@@ -211,14 +218,14 @@ class Console:
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """`event: snapshot` every `console_every_s`, until the client leaves."""
         grant = self._grant(request)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
+        try:
+            with self.gateway.slots.take(grant):
+                return await self._stream(request, grant)
+        except Full as exc:
+            return too_many_streams(exc, self.gateway.settings.retry_after_s)
+
+    async def _stream(self, request: web.Request, grant: Grant) -> web.StreamResponse:
+        response = await open_event_stream(request)
         every = self.gateway.settings.console_every_s
         timeout = self.gateway.settings.write_timeout_s
         try:

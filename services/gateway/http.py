@@ -25,3 +25,20 @@ def drop(request: web.Request) -> None:
     open forever otherwise: aiohttp drains the response's last bytes with no time limit."""
     if request.transport is not None:
         request.transport.abort()
+
+
+async def open_event_stream(request: web.Request) -> web.StreamResponse:
+    """A `text/event-stream` answer, its head sent; proxies told not to buffer it."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    return response
+
+
+def too_many_streams(full: Exception, retry_after_s: int) -> web.Response:
+    return error(429, "too_many_streams", str(full), headers={"Retry-After": str(retry_after_s)})

@@ -42,7 +42,7 @@ class GatewayMetrics:
         )
         self.stream_clients = Gauge(
             "llmflow_gateway_stream_clients",
-            "Clients of result streams connected now",
+            "Streams open now: result streams and console pages",
             registry=self.registry,
         )
         self.pending_events = Gauge(

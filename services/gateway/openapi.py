@@ -115,7 +115,8 @@ def _console() -> dict[str, Any]:
                     "200": {
                         "description": "`event: snapshot`, `data: <the snapshot>`",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    "429": _error("As many streams are open as allowed; see Retry-After"),
                 }
                 | unauthorized,
             }
@@ -248,6 +249,7 @@ def document(version: str) -> dict[str, Any]:
                         "401": _error("No or unknown bearer token"),
                         "403": _error("`from=earliest` without the replay grant"),
                         "404": _error("Not a topology's input or output topic"),
+                        "429": _error("As many streams are open as allowed; see Retry-After"),
                     },
                 }
             },

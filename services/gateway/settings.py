@@ -92,6 +92,11 @@ class GatewaySettings(BaseSettings):
     stream_queue: int = Field(default=1000, ge=1)
     """Results waiting for one stream client; a client further behind gets an `error` event
     and is closed (it resumes with its last id)."""
+    max_streams: int = Field(default=1000, ge=1)
+    """Streams open at once (result streams and console pages); one more is refused with
+    429 and `Retry-After`."""
+    max_streams_per_tenant: int = Field(default=100, ge=1)
+    """Streams one tenant may have open at once; the same 429 past it."""
     heartbeat_s: float = Field(default=15.0, gt=0)
     """Interval of the comment lines that keep an idle stream open through proxies."""
     write_timeout_s: float = Field(default=30.0, gt=0)

@@ -290,6 +290,42 @@ async def test_a_client_that_falls_behind_gets_an_error_and_is_closed() -> None:
         await client.close()
 
 
+async def test_streams_are_bounded_in_all_and_per_tenant() -> None:
+    gateway = make_gateway(max_streams=3, max_streams_per_tenant=2, heartbeat_s=5)
+    client = await _client(gateway)
+    results = "/v1/topics/support.tickets/results"
+    try:
+        first = await client.get(results, headers=auth(ACME))
+        second = await client.get("/v1/console/stream", headers=auth(ACME))  # counts as well
+        assert first.status == second.status == 200 and gateway.slots.open == 2
+        refused = await client.get(results, headers=auth(ACME))
+        assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+        assert (await refused.json())["error"] == "too_many_streams"
+        third = await client.get(results, headers=auth(GLOBEX))  # another tenant's slot
+        assert third.status == 200
+        refused = await client.get(results, headers=auth(GLOBEX))
+        assert refused.status == 429 and "3 streams are open" in (await refused.json())["message"]
+        first.close()  # a client that leaves gives its slot back
+        await _until_open(gateway, 2)
+        again = await client.get(results, headers=auth(ACME))
+        assert again.status == 200
+        metrics = await (await client.get("/metrics")).text()
+        assert "llmflow_gateway_stream_clients 3.0" in metrics
+        for response in (second, third, again):
+            response.close()
+        await _until_open(gateway, 0)
+    finally:
+        await client.close()
+
+
+async def _until_open(gateway: Gateway, count: int) -> None:
+    for _ in range(250):
+        if gateway.slots.open == count:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{gateway.slots.open} streams open, not {count}")
+
+
 async def test_stream_arguments_are_checked(client: TestClient[Any, Any]) -> None:
     cases = {
         "/v1/topics/nope/results": 404,
