@@ -21,6 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
+
 from dev.bench.harness import (
     TopologyCopy,
     create_topics,
@@ -29,6 +31,7 @@ from dev.bench.harness import (
     ticket,
     topology_copy,
 )
+from dev.chaos.http import Publisher, StreamReader
 from dev.chaos.ledger import (
     Counts,
     Feed,
@@ -40,7 +43,7 @@ from dev.chaos.ledger import (
     sdk_duplicates,
 )
 from dev.chaos.rig import Broker, ChaosError, Sampler, Simulator, Workers
-from dev.launch import start_modelsim
+from dev.launch import Child, spawn, start_modelsim, wait_http
 from dev.probes import rss_kib, scrape, total
 from llmflow.services.broker.local import free_port
 from llmflow.services.orgdata.publish import LoadReport
@@ -73,6 +76,9 @@ class Plan:
     hung_events: int
     poison_hostile: int
     poison_good: int
+    gateway_events: int
+    gateway_rate: float
+    gateway_kills: int
     soak_events: int
     soak_feed_s: float
     """The most time the soak spends sending (it sends fewer events when that runs out)."""
@@ -104,6 +110,9 @@ FULL = Plan(
     hung_events=500,
     poison_hostile=1000,
     poison_good=200,
+    gateway_events=3000,
+    gateway_rate=30.0,
+    gateway_kills=2,
     soak_events=200_000,
     soak_feed_s=330.0,
     budget_s=24 * 60.0,
@@ -127,6 +136,9 @@ QUICK = Plan(
     hung_events=150,
     poison_hostile=1000,
     poison_good=200,
+    gateway_events=600,
+    gateway_rate=20.0,
+    gateway_kills=1,
     soak_events=20_000,
     soak_feed_s=120.0,
     budget_s=None,
@@ -603,7 +615,85 @@ async def poison(suite: Suite) -> Row:
         return Row("poison", counts, s.notes)
 
 
-# --- 7. soak ---------------------------------------------------------------------------------
+# --- 7. gateway kill -9 ----------------------------------------------------------------------
+
+
+GATEWAY_TOKEN = "chaos-gateway-token-0001"
+GATEWAY_BATCH = 10
+
+
+def _start_gateway(s: Stage, port: int, generation: int) -> Child:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": s.suite.broker.bootstrap,
+        "LLMFLOW_GATEWAY_PORT": str(port),
+        "LLMFLOW_GATEWAY_TOKENS": json.dumps({GATEWAY_TOKEN: {"tenant": "chaos"}}),
+        "LLMFLOW_GATEWAY_WORKER_GROUP": s.workers.app_id,
+        "LLMFLOW_GATEWAY_HEARTBEAT_S": "2",
+    }
+    args = ["gateway", "--topology", str(s.topology.path)]
+    child = spawn(f"gateway-{generation}", args, s.suite.run_dir / "logs", env)
+    wait_http(f"http://127.0.0.1:{port}/readyz", child, timeout_s=120)
+    return child
+
+
+async def gateway(suite: Suite) -> Row:
+    """Events published over HTTP (batches of 10, sent again with the same ids until a 202)
+    to a gateway SIGKILLed and restarted while they flow, one worker answering; a stream of
+    the results, resumed by its last id after each kill, must see every one."""
+    plan = suite.plan
+    async with stage(suite, "gateway", keep=ONE_CALL, concurrency=50) as s:
+        s.workers.start()
+        await s.workers.settled()
+        port = free_port()
+        generation = 1
+        current = await asyncio.to_thread(_start_gateway, s, port, generation)
+        base = f"http://127.0.0.1:{port}"
+        topic = s.topology.input_topic
+        publisher = Publisher(base, topic, GATEWAY_TOKEN, s.feed)
+        reader = StreamReader(base, topic, GATEWAY_TOKEN)
+        events = [ticket("gateway", n) for n in range(plan.gateway_events)]
+        sampler = Sampler({"rss": lambda: rss_kib(current.pid)}, 1.0)
+        async with aiohttp.ClientSession() as session:
+            reading = asyncio.create_task(reader.run(session))
+            await asyncio.wait_for(reader.connected.wait(), 30)
+            with sampler:
+                feeding = asyncio.create_task(
+                    publisher.paced(session, events, plan.gateway_rate, GATEWAY_BATCH)
+                )
+                feed_s = plan.gateway_events / plan.gateway_rate
+                for _ in range(plan.gateway_kills):
+                    await s.during(feed_s / (plan.gateway_kills + 1))
+                    await asyncio.to_thread(current.kill)
+                    generation += 1
+                    progress(f"gateway: SIGKILL, restarting as gateway-{generation}")
+                    began = time.monotonic()
+                    current = await asyncio.to_thread(_start_gateway, s, port, generation)
+                    s.notes.append(f"ready again {time.monotonic() - began:.1f} s after kill")
+                await feeding
+                counts = await s.finish(cap_s=600)
+                results = {r.event_id for r in s.tally.results if r.event_id is not None}
+                await s.until(lambda: results <= set(reader.seen), 60.0)
+                late_rss = rss_kib(current.pid)
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+        current.stop()
+        missed = len(results - set(reader.seen))
+        twice = sum(n - 1 for n in reader.seen.values() if n > 1)
+        retried = ", ".join(f"{why} {n}" for why, n in publisher.retries.most_common())
+        peak = sampler.peak("rss")
+        s.notes.append(
+            f"{plan.gateway_kills} gateway kills; batches sent again: {retried or 'none'}; "
+            f"stream: {missed} results missed, {twice} read twice, {reader.reconnects} "
+            f"reconnects; gateway RSS peak {(peak or 0) / 1024:.0f} MiB, last "
+            f"{(late_rss or 0) / 1024:.0f} MiB"
+        )
+        if missed:
+            counts.notes.append(f"the resumed stream missed {missed} results")
+        return Row("gateway", counts, s.notes)
+
+
+# --- 8. soak ---------------------------------------------------------------------------------
 
 
 async def soak(suite: Suite) -> Row:
@@ -649,7 +739,7 @@ async def soak(suite: Suite) -> Row:
         return Row("soak", counts, s.notes)
 
 
-# --- 8. bounded memory -----------------------------------------------------------------------
+# --- 9. bounded memory -----------------------------------------------------------------------
 
 
 async def bound(suite: Suite) -> Row:
@@ -687,6 +777,7 @@ SCENARIOS: dict[str, Scenario] = {
     "hung": hung,
     "hedged": hedged,
     "poison": poison,
+    "gateway": gateway,
     "soak": soak,
     "bound": bound,
 }
