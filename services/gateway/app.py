@@ -37,6 +37,7 @@ from llmflow.services.gateway.results import TP, ResultIndex, Subscription
 from llmflow.services.gateway.settings import GatewaySettings
 from llmflow.services.gateway.slots import Full, StreamSlots
 from llmflow.services.gateway.spend import follow_spend
+from llmflow.services.gateway.stalls import listening_socket, watch_stalls
 from llmflow.services.gateway.stream import ResultStream, StreamOptions, replay_topics
 from llmflow.services.worker.budgets import SpendView
 from llmflow.services.worker.health import Readiness
@@ -454,8 +455,12 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
     )
     runner = web.AppRunner(make_app(gateway), **runner_options(settings))
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
+    site = web.SockSite(runner, listening_socket(settings.host, settings.port))
     await site.start()
+    assert runner.server is not None
+    stalls = asyncio.create_task(
+        watch_stalls(runner.server, settings.write_timeout_s), name="stalls"
+    )
     port = runner.addresses[0][1] if runner.addresses else settings.port
     announce(f"llmflow gateway: listening on http://{settings.host}:{port}")
     try:
@@ -465,6 +470,7 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
         follower.cancel()
         flow.cancel()
         spend.cancel()
+        stalls.cancel()
         await runner.cleanup()
         if connecting.done() and not connecting.cancelled() and connecting.exception() is None:
             await connecting.result().stop()
@@ -472,7 +478,7 @@ async def serve(gateway: Gateway, announce: Callable[[str], None] = print) -> No
             connecting.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await follower
-        for task in (flow, spend):
+        for task in (flow, spend, stalls):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await offsets.close()

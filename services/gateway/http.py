@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from llmflow.services.gateway.auth import Grant
+from llmflow.services.gateway.stalls import reset
 
 GRANT = web.RequestKey("grant", Grant)
 """The authenticated request's grant, set by the gateway's auth middleware."""
@@ -24,7 +25,7 @@ def drop(request: web.Request) -> None:
     """Close the request's connection now. A stream client that takes no bytes would keep it
     open forever otherwise: aiohttp drains the response's last bytes with no time limit."""
     if request.transport is not None:
-        request.transport.abort()
+        reset(request.transport)
 
 
 async def open_event_stream(request: web.Request) -> web.StreamResponse:

@@ -100,7 +100,8 @@ class GatewaySettings(BaseSettings):
     heartbeat_s: float = Field(default=15.0, gt=0)
     """Interval of the comment lines that keep an idle stream open through proxies."""
     write_timeout_s: float = Field(default=30.0, gt=0)
-    """A stream client that takes no bytes for this long is closed."""
+    """A connection whose client takes none of the bytes waiting for it this long is reset
+    (a stream's, or an ordinary answer's)."""
     idle_timeout_s: float = Field(default=30.0, gt=0)
     """A connection that has not sent a whole request head this long after it opened, or
     after its last answer, is closed: idle keep-alive connections and slow headers alike."""

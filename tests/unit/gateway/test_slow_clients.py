@@ -1,6 +1,6 @@
 """Clients that hold connections without finishing: slow headers, endless bodies, idle
-keep-alive, stream readers that take no bytes. Each is cut off after its timeout, over a
-real socket to a real aiohttp server."""
+keep-alive, readers that take no bytes (of streams, of pipelined answers). Each is cut off
+after its timeout, over a real socket to a real aiohttp server."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from llmflow.services.gateway.app import Gateway, make_app, runner_options
 from llmflow.services.gateway.console import Console
 from llmflow.services.gateway.results import entry_of
+from llmflow.services.gateway.stalls import listening_socket, watch_stalls
 from tests.unit.gateway.helpers import ACME, make_gateway
 
 TIMEOUT = 0.5
@@ -31,16 +32,23 @@ async def gateway() -> Gateway:
 
 @pytest.fixture
 async def server(gateway: Gateway) -> AsyncIterator[TestServer]:
-    server = TestServer(make_app(gateway))
+    """The gateway's app, runner options, listening socket and stall watch."""
+    server = TestServer(
+        make_app(gateway), socket_factory=lambda host, port, family: listening_socket(host, port)
+    )
     await server.start_server(**runner_options(gateway.settings))
+    assert server.runner is not None and server.runner.server is not None
+    watch = asyncio.create_task(watch_stalls(server.runner.server, TIMEOUT, every_s=0.1))
     yield server
+    watch.cancel()
     await server.close()
 
 
-def _connect(server: TestServer) -> socket.socket:
+def _connect(server: TestServer, receive_buffer: int = 4096) -> socket.socket:
+    """A client socket; its small receive buffer fills fast when it is not read."""
     assert server.port is not None
     sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills fast when not read
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     return sock
 
 
@@ -181,3 +189,41 @@ async def test_a_console_client_that_takes_no_bytes_is_disconnected(
         await _until(lambda: _connections(server) == 0, within=TIMEOUT + 3)
     finally:
         sock.close()
+
+
+async def test_pipelined_answers_never_read_are_disconnected(server: TestServer) -> None:
+    sock = _connect(server)
+    try:
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 300)  # no token needed
+        await _until(lambda: _connections(server) == 1, within=2)
+        # aiohttp's last drain of an answer waits for the client with no limit: the watch
+        # resets the connection once bytes waited the write timeout.
+        took = await _until(lambda: _connections(server) == 0, within=TIMEOUT + 3)
+    finally:
+        sock.close()
+    assert took >= TIMEOUT
+
+
+async def test_a_slow_reader_that_takes_everything_is_not_disconnected(
+    server: TestServer,
+) -> None:
+    sock = _connect(server, receive_buffer=64 * 1024)
+    sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 40)
+    sock.settimeout(0.5)
+
+    def read_slowly() -> int:
+        got, answers, started = b"", 0, time.monotonic()
+        while answers < 40 and time.monotonic() - started < 30:
+            try:
+                got += sock.recv(16 * 1024)
+            except TimeoutError:
+                continue
+            answers = got.count(b"HTTP/1.1 200")
+            time.sleep(0.01)  # about 1.5 MB/s: slower than the gateway writes
+        return answers
+
+    try:
+        answers = await _in_thread(read_slowly)
+    finally:
+        sock.close()
+    assert answers == 40
