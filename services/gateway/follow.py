@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 # How often partitions and topics added since are looked for.
 REFRESH_S = 5.0
+YIELD_EVERY = 16
+"""Records added to the index between turns of the event loop: the streams' turns, so a
+burst of results does not fill the queue of a client that keeps up."""
 RETRY_PAUSE_S = 2.0
 
 
@@ -120,6 +123,7 @@ class ResultFollower:
                     continue
                 batches = await consumer.getmany(timeout_ms=500, max_records=2000)
                 self.stopped = None
+                taken = 0
                 for tp, records in batches.items():
                     topology = self.topics[tp.topic]
                     for r in records:
@@ -128,6 +132,9 @@ class ResultFollower:
                             self.index.skip((r.topic, r.partition), r.offset)
                         else:
                             self.index.add(entry)
+                        taken += 1
+                        if taken % YIELD_EVERY == 0:  # streams take a burst as it comes
+                            await asyncio.sleep(0)
         finally:
             await consumer.stop()
 

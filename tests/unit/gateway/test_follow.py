@@ -4,9 +4,11 @@ from their start, and after an error it goes on where it was (a fake consumer, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -166,3 +168,46 @@ async def test_a_reader_stopping_uncleanly_after_an_outage_does_not_end_the_inde
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_stream_that_keeps_up_takes_a_burst_larger_than_its_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1000 results in one read of the topics, a stream queue of 100: a client that reads as
+    fast as it can gets every one, and no `behind` error."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from llmflow.services.gateway.app import make_app
+    from tests.unit.gateway.helpers import ACME, auth, make_gateway
+
+    monkeypatch.setattr(follow, "REFRESH_S", 0.05)
+    gateway = make_gateway(stream_queue=100, heartbeat_s=5)
+    log = Log()
+    log.append("support.triaged", 0, "first")
+    follower = ResultFollower(
+        "unused",
+        {"support.triaged": "support_triage"},
+        gateway.index,
+        lookback=10,
+        consumer=lambda _: FakeConsumer(log),
+    )
+    reading = asyncio.create_task(follower.run())
+    client: TestClient[Any, Any] = TestClient(TestServer(make_app(gateway)))
+    await client.start_server()
+    try:
+        await _until(lambda: follower.not_ready() is None)
+        response = await client.get("/v1/topics/support.tickets/results", headers=auth(ACME))
+        await _until(lambda: gateway.index.subscribers == 1)
+        for n in range(1000):
+            log.append("support.triaged", 0, f"burst-{n}")
+        body = b""
+        while body.count(b"event: output\n") < 1000 and b"event: error" not in body:
+            body += await asyncio.wait_for(response.content.readany(), 5)
+        assert b"event: error" not in body
+        assert body.count(b"event: output\n") == 1000
+        response.close()
+    finally:
+        await client.close()
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
