@@ -8,7 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmflow.errors import ConfigError
@@ -34,8 +42,38 @@ def _credentials(value: Any) -> Any:
     if isinstance(value, str):
         value = json.loads(value)
     if isinstance(value, dict):
+        if not all(isinstance(grant, dict) for grant in value.values()):
+            raise ValueError('each token maps to {"tenant": "<tenant>", "replay": false}')
         return [{"token": token, **grant} for token, grant in value.items()]
     return value
+
+
+def _file_credentials(path: Path) -> list[Credential]:
+    """The credentials of a tokens file; a ConfigError that shows none of its values (a
+    value may be a token)."""
+    where = f"LLMFLOW_GATEWAY_TOKENS_FILE={path}"
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        raise ConfigError(f"{where}: {reason}") from None
+    if not isinstance(raw, dict | list):
+        raise ConfigError(f'{where}: not {{"<token>": {{"tenant": "<tenant>", "replay": false}}}}')
+    try:
+        entries = _credentials(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    found = []
+    for n, entry in enumerate(entries, start=1):
+        try:
+            found.append(Credential.model_validate(entry))
+        except ValidationError as exc:
+            problems = "; ".join(
+                " ".join([*map(str, error["loc"]), error["msg"]])
+                for error in exc.errors(include_input=False, include_url=False)
+            )
+            raise ConfigError(f"{where}: token {n}: {problems}") from None
+    return found
 
 
 class GatewaySettings(BaseSettings):
@@ -139,13 +177,7 @@ class GatewaySettings(BaseSettings):
         """`tokens` and those of `tokens_file`; a token given twice is an error."""
         found = list(self.tokens)
         if self.tokens_file is not None:
-            try:
-                raw = json.loads(self.tokens_file.read_text())
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"LLMFLOW_GATEWAY_TOKENS_FILE={self.tokens_file}: {exc}"
-                ) from None
-            found += [Credential.model_validate(c) for c in _credentials(raw)]
+            found += _file_credentials(self.tokens_file)
         secrets = [c.token.get_secret_value() for c in found]
         if len(set(secrets)) != len(secrets):
             raise ConfigError("LLMFLOW_GATEWAY_TOKENS: a token is given twice")

@@ -69,3 +69,39 @@ def test_tokens_that_are_no_json_are_one_line_without_the_value(
     assert main(["gateway", "--topology", "topologies/support_triage.yaml"]) == 2
     err = capsys.readouterr().err
     assert err == "llmflow: error: LLMFLOW_GATEWAY_TOKENS: not valid JSON\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ('{"shortSECRET2": {"tenant": "b"}}', "token 1: token Value should have at least 16"),
+        ('["long-enough-SECRET-LIST-1"]', "token 1: Input should be a valid dictionary"),
+        ('{"tok-SECRET-0123456789": "acme"}', "each token maps to"),
+        ('"plain-SECRET-string-0001"', "not {"),
+        ("not json SECRET", "not valid JSON"),
+    ],
+)
+def test_a_bad_tokens_file_is_one_line_without_its_values(
+    content: str,
+    reason: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    file = tmp_path / "tokens.json"
+    file.write_text(content)
+    monkeypatch.delenv("LLMFLOW_GATEWAY_TOKENS", raising=False)
+    monkeypatch.setenv("LLMFLOW_GATEWAY_TOKENS_FILE", str(file))
+    assert main(["gateway", "--topology", "topologies/support_triage.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "LLMFLOW_GATEWAY_TOKENS_FILE" in err and reason in err, err
+    assert "SECRET" not in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_a_tokens_setting_of_the_wrong_shape_is_refused_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LLMFLOW_GATEWAY_TOKENS", '{"tok-SECRET-0123456789": "acme"}')
+    assert main(["gateway", "--topology", "topologies/support_triage.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "LLMFLOW_GATEWAY_TOKENS" in err and "SECRET" not in err and len(err.splitlines()) == 1
