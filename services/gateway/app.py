@@ -11,6 +11,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -87,6 +88,7 @@ class Gateway:
             settings.index_lookback,
         )
         self.flow = FlowMeter(topologies, settings.console_window_s)
+        self._openapi: bytes | None = None
         self.slots = StreamSlots(settings.max_streams, settings.max_streams_per_tenant)
         self.end_offsets: Callable[[list[str]], Awaitable[dict[TP, int]]] | None = None
         """The result topics' end offsets from the broker (set by `serve`)."""
@@ -301,7 +303,9 @@ class Gateway:
         return response
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return web.json_response(document(self.version))
+        if self._openapi is None:  # built once: the route needs no token
+            self._openapi = orjson.dumps(document(self.version))
+        return web.Response(body=self._openapi, content_type="application/json")
 
     async def metrics_route(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

@@ -52,5 +52,6 @@ def decode(text: str, topics: list[str]) -> dict[TP, int]:
         role, partition, offset = match.group(1), int(match.group(2)), int(match.group(3))
         if offset > MAX_OFFSET:
             raise CursorError(f"offset {offset} is beyond any Kafka offset")
-        positions[(topics[ROLES.index(role)], partition)] = offset
+        if offset:  # a partition at 0 is where an unnamed one starts: kept out of later ids
+            positions[(topics[ROLES.index(role)], partition)] = offset
     return positions

@@ -39,3 +39,8 @@ def test_too_many_parts() -> None:
 
 def test_the_largest_kafka_offset_is_a_position() -> None:
     assert decode("o0:9223372036854775807", TOPICS) == {("out", 0): 2**63 - 1}
+
+
+def test_a_partition_at_offset_0_is_left_out_of_the_positions() -> None:
+    # Where an unnamed partition starts anyway: a made-up `o99999:0` is not carried on.
+    assert decode("o99999:0,o1:0,o2:5", TOPICS) == {(TOPICS[0], 2): 5}
