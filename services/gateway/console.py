@@ -10,6 +10,7 @@ import asyncio
 import base64
 import binascii
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from importlib import resources
@@ -44,6 +45,7 @@ CSP = (
     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 LIST_LIMIT = 50
+REPLAYS_KEPT = 10_000
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
@@ -186,6 +188,9 @@ class Console:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.replayed: OrderedDict[tuple[str, int, int], dict[str, Any] | None] = OrderedDict()
+        """The dead letters this gateway replayed (the newest `REPLAYS_KEPT`), each with its
+        audit record (None while it is under way): a second click is asked to confirm."""
 
     def _grant(self, request: web.Request) -> Grant:
         return request[GRANT]
@@ -278,6 +283,28 @@ class Console:
             return error(
                 404, "no_dead_letter", f"no dead letter held at {topic}/{partition}/{offset}"
             )
+        where = (topic, partition, offset)
+        if where in self.replayed and request.query.get("again") != "true":
+            done = self.replayed[where]
+            if done is None:
+                return error(409, "replay_under_way", "this dead letter is being replayed now")
+            return error(
+                409,
+                "already_replayed",
+                f"replayed at {done['at']} by {done['tenant'] or 'an open gateway'}; "
+                "replay it again with ?again=true",
+                replayed=done,
+            )
+        self.replayed[where] = None
+        try:
+            return await self._replay(entry, grant)
+        finally:
+            if self.replayed.get(where) is None:
+                del self.replayed[where]  # not replayed after all
+            while len(self.replayed) > REPLAYS_KEPT:
+                self.replayed.popitem(last=False)
+
+    async def _replay(self, entry: Entry, grant: Grant) -> web.Response:
         topology = next(t for t in self.gateway.topologies if t.name == entry.topology)
         letter = _load(entry)
         try:
@@ -319,6 +346,7 @@ class Console:
             return error(503, "broker_unavailable", f"the broker did not ack within {timeout:g} s")
         except Exception as exc:  # aiokafka's KafkaError and its kin
             return error(503, "broker_unavailable", f"the broker refused the record: {exc}")
+        self.replayed[(entry.topic, entry.partition, entry.offset)] = record
         return web.json_response({"replayed": record, "audit_topic": audit}, status=202)
 
 

@@ -131,13 +131,25 @@ def _console() -> dict[str, Any]:
             "post": {
                 "summary": "Republish the dead letter's event to its topology's input topic, "
                 "and record it in the audit topic",
-                "parameters": place,
+                "parameters": [
+                    *place,
+                    {
+                        "name": "again",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "boolean"},
+                        "description": "replay a dead letter this gateway replayed already",
+                    },
+                ],
                 "responses": {
                     "202": _json("Republished: the audit record"),
                     "400": _error("Partition or offset is no number"),
                     "403": _error("The token has no replay grant"),
                     "404": _error("No dead letter of the token's tenant held there"),
-                    "409": _error("The dead letter does not carry its event"),
+                    "409": _error(
+                        "The dead letter does not carry its event, was replayed already "
+                        "(`?again=true` replays it once more), or is being replayed"
+                    ),
                     "503": _error("The broker did not acknowledge in time"),
                 }
                 | unauthorized,

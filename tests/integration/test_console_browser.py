@@ -164,6 +164,21 @@ def test_the_console_shows_the_flow_and_replays_a_dead_letter(console: dict[str,
             )
             assert questions and "console-photo" in questions[0]
 
+            # A second click says when it was replayed; declined, nothing is sent (the audit
+            # topic holds one record at the end).
+            def accept_then_decline(dialog: Any) -> None:
+                questions.append(dialog.message)
+                dialog.accept() if len(questions) == 2 else dialog.dismiss()
+
+            page.on("dialog", accept_then_decline)
+            dead.locator("button.replay").click()
+            for _ in range(100):  # both dialogs come and go
+                if len(questions) == 3:
+                    break
+                page.wait_for_timeout(100)
+            page.remove_listener("dialog", accept_then_decline)
+            assert "was replayed at" in questions[2]
+
             # The replayed event's own result: an output this time.
             replayed = page.locator('#outputs tr.output[data-event-id="console-photo"]')
             expect(replayed).to_be_visible(timeout=WAIT_MS)

@@ -181,15 +181,20 @@ function place(row) {
   return `${row.topic}/${row.partition}/${row.offset}`;
 }
 
-async function replay(row) {
-  const question = `Replay event ${row.event_id ?? "(no id)"} (dead letter ${place(row)}, ` +
-    `${row.stage}: ${row.error_kind}) to the input topic of ${row.topology}?`;
+async function replay(row, again = false) {
+  const question = again
+    ? `Event ${row.event_id ?? "(no id)"} was ${again}. Replay it once more?`
+    : `Replay event ${row.event_id ?? "(no id)"} (dead letter ${place(row)}, ` +
+      `${row.stage}: ${row.error_kind}) to the input topic of ${row.topology}?`;
   if (!window.confirm(question)) return;
   try {
-    const response = await api(
-      `/v1/console/dead-letters/${encodeURIComponent(row.topic)}/${row.partition}/${row.offset}/replay`,
-      { method: "POST" });
+    const url = `/v1/console/dead-letters/${encodeURIComponent(row.topic)}/${row.partition}/` +
+      `${row.offset}/replay` + (again ? "?again=true" : "");
+    const response = await api(url, { method: "POST" });
     const body = await response.json();
+    if (body.error === "already_replayed" && !again) {
+      return replay(row, `replayed at ${body.replayed.at}`);
+    }
     if (response.status !== 202) return notice(`Replay refused: ${body.message}`, true);
     const to = body.replayed.republished;
     notice(`Replayed ${row.event_id} to ${to.topic} partition ${to.partition} offset ` +

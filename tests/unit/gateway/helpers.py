@@ -37,13 +37,24 @@ class FakeProducer:
 
     hold: bool = False
     sent: list[tuple[str, bytes, bytes]] = field(default_factory=list)
+    held: list[asyncio.Future[Any]] = field(default_factory=list)
 
     async def __call__(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
         self.sent.append((topic, value, key))
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self.hold:
+        if self.hold:
+            self.held.append(future)
+        else:
             future.set_result(Metadata(hash(key) % 4, len(self.sent) - 1))
         return future
+
+    def release(self) -> None:
+        """Ack what was held, and every record from now on at once."""
+        self.hold = False
+        for n, future in enumerate(self.held):
+            if not future.done():
+                future.set_result(Metadata(0, n))
+        self.held.clear()
 
 
 def make_gateway(producer: FakeProducer | None = None, **settings: Any) -> Gateway:

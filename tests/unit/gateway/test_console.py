@@ -245,6 +245,37 @@ async def test_replay_republishes_the_original_and_writes_an_audit_record(
     assert {"partition", "offset"} <= set(record["republished"])
 
 
+async def test_a_second_replay_is_409_unless_asked_again_and_one_under_way_is_409(
+    gateway: Gateway,
+) -> None:
+    producer = FakeProducer(hold=True)  # the first replay waits for its ack
+    gateway.publisher.send = producer
+    client: TestClient[Any, Any] = TestClient(TestServer(make_app(gateway)))
+    await client.start_server()
+    try:
+        gateway.index.add(dead("a-dead", offset=5)[0])
+        url = "/v1/console/dead-letters/support.tickets.dlq/2/5/replay"
+        first = asyncio.create_task(client.post(url, headers=auth(ACME)))
+        for _ in range(500):
+            if producer.sent:
+                break
+            await asyncio.sleep(0.01)
+        during = await client.post(url, headers=auth(ACME))
+        assert during.status == 409 and (await during.json())["error"] == "replay_under_way"
+        producer.release()
+        assert (await first).status == 202
+        again = await client.post(url, headers=auth(ACME))
+        body = await again.json()
+        assert again.status == 409 and body["error"] == "already_replayed"
+        assert body["replayed"]["republished"]["topic"] == "support.tickets"
+        assert "again=true" in body["message"]
+        sent = len(producer.sent)
+        assert (await client.post(url + "?again=true", headers=auth(ACME))).status == 202
+        assert len(producer.sent) == sent + 2  # the event and its audit record
+    finally:
+        await client.close()
+
+
 async def test_replay_needs_a_replay_token_and_the_tenants_own_dead_letter(
     client: TestClient[Any, Any], gateway: Gateway
 ) -> None:
