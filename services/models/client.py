@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -356,20 +356,20 @@ class ModelClient:
 
             async def hedge() -> _Reply | None:
                 """The same request under a permit of its own; None if none is free now."""
-                async with AsyncExitStack() as stack:
-                    try:
-                        # A permit now or no hedge: a due call already runs, so the hedge
-                        # must neither queue behind nor ahead of other calls (timeout(0)
-                        # cancels the acquisition only if it would have to wait).
-                        async with asyncio.timeout(0):
-                            hedge_permit = await stack.enter_async_context(_slot(quota, estimate))
-                    except TimeoutError:
-                        log.debug("call %s: no quota permit free, not hedged", call.name)
-                        return None
-                    hedges.append(asyncio.current_task())
+                # A permit now or no hedge: a due call already runs, so the hedge must
+                # neither queue behind nor ahead of other calls.
+                hedge_permit = quota.try_acquire(estimate) if quota is not None else None
+                if quota is not None and hedge_permit is None:
+                    log.debug("call %s: no quota permit free, not hedged", call.name)
+                    return None
+                hedges.append(asyncio.current_task())
+                try:
                     # The hedge shares the attempt's timeout: it ends when the first would.
                     left = self._policy.attempt_timeout_s - (time.monotonic() - started)
                     return await send(hedge_permit, max(left, 0.001))
+                finally:
+                    if hedge_permit is not None:
+                        hedge_permit.release()
 
             policy = self._hedging.policy
             outcome = await _race(send(permit), hedge, started, delay, policy.max_hedges)

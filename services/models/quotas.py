@@ -270,12 +270,18 @@ class ModelQuota:
 
     # -- admission -----------------------------------------------------------------------
 
-    async def acquire(self, estimated_tokens: int) -> Permit:
-        """Wait until this worker may start a call charged `estimated_tokens`."""
+    def try_acquire(self, estimated_tokens: int) -> Permit | None:
+        """A permit if one is free now with nobody waiting, else None (without queueing)."""
         if estimated_tokens < 0:
             raise ValueError(f"estimated_tokens must be >= 0, got {estimated_tokens}")
         if not self._line and self._ready_in() == 0.0:
             return self._take(estimated_tokens)
+        return None
+
+    async def acquire(self, estimated_tokens: int) -> Permit:
+        """Wait until this worker may start a call charged `estimated_tokens`."""
+        if (permit := self.try_acquire(estimated_tokens)) is not None:
+            return permit
         me = asyncio.Event()
         self._line.append(me)
         started = self._clock()

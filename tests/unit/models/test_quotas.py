@@ -266,6 +266,21 @@ async def test_concurrency_cap_follows_share(ft: FakeTime) -> None:
     await _cancel(tasks)
 
 
+async def test_try_acquire_takes_a_free_permit_and_never_queues(ft: FakeTime) -> None:
+    quota = ft.quota(QuotaLimits(max_concurrent=1))
+    first = quota.try_acquire(1)
+    assert first is not None and quota.in_flight == 1
+    assert quota.try_acquire(1) is None and quota.waiting == 0  # full: no permit, no queue
+    waiter = asyncio.create_task(quota.acquire(1))
+    await ft.run(until=1)
+    first.release()
+    assert quota.try_acquire(1) is None  # the one waiting goes first
+    await ft.run(until=2)
+    assert waiter.done() and quota.in_flight == 1
+    waiter.result().release()
+    assert quota.try_acquire(1) is not None
+
+
 async def test_slot_releases_on_error(ft: FakeTime) -> None:
     quota = ft.quota(QuotaLimits(max_concurrent=1))
     seen: list[int] = []
