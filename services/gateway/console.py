@@ -66,8 +66,8 @@ def _place(entry: Entry) -> dict[str, Any]:
     return {"topic": entry.topic, "partition": entry.partition, "offset": entry.offset}
 
 
-def dead_letter_row(entry: Entry, grant: Grant) -> dict[str, Any]:
-    data = _load(entry)
+def _row(entry: Entry, data: dict[str, Any]) -> dict[str, Any]:
+    """What every row of a result shows first: where it is, whose, of which topology."""
     return {
         **_place(entry),
         "event_id": entry.event_id,
@@ -75,6 +75,13 @@ def dead_letter_row(entry: Entry, grant: Grant) -> dict[str, Any]:
         "tenant": entry.tenant,
         "topology": entry.topology,
         "topology_version": data.get("topology_version"),
+    }
+
+
+def dead_letter_row(entry: Entry, grant: Grant) -> dict[str, Any]:
+    data = _load(entry)
+    return {
+        **_row(entry, data),
         "stage": data.get("stage"),
         "error_kind": data.get("error_kind"),
         "message": data.get("message"),
@@ -98,12 +105,7 @@ def output_row(entry: Entry) -> dict[str, Any]:
     data = _load(entry)
     retrieval = data.get("retrieval") or None
     return {
-        **_place(entry),
-        "event_id": entry.event_id,
-        "key": entry.key,
-        "tenant": entry.tenant,
-        "topology": entry.topology,
-        "topology_version": data.get("topology_version"),
+        **_row(entry, data),
         "org_record": data.get("org_record"),
         "retrieval": None
         if retrieval is None

@@ -19,6 +19,9 @@ from llmflow.services.gateway import cursor
 from llmflow.services.gateway.follow import read_from
 from llmflow.services.gateway.results import TP, Entry, ResultIndex, Subscription
 
+HEARTBEAT = b": heartbeat\n\n"
+"""A comment line: keeps proxies from closing an idle stream; clients skip it."""
+
 
 @dataclass(frozen=True)
 class StreamOptions:
@@ -91,7 +94,7 @@ class ResultStream:
             try:
                 entry = await asyncio.wait_for(queue.get(), self.options.heartbeat_s)
             except TimeoutError:
-                await self._write(b": heartbeat\n\n")
+                await self._write(HEARTBEAT)
                 continue
             # What else waits goes in the same write: a client that keeps up drains a burst
             # as fast as the index takes it, not a result per turn of the event loop.
@@ -108,7 +111,7 @@ class ResultStream:
         """A comment line, when none was written for `heartbeat_s`."""
         now = asyncio.get_running_loop().time()
         if now - self.written_at >= self.options.heartbeat_s:
-            await self._write(b": heartbeat\n\n")
+            await self._write(HEARTBEAT)
 
     def close(self) -> None:
         self.index.unsubscribe(self.subscription)
