@@ -85,14 +85,16 @@ def output(
     offset: int = 0,
     partition: int = 0,
     topic: str = "support.triaged",
+    **fields: Any,
 ) -> Entry:
+    """An output record of support_triage in the index; `fields` add to or replace its own."""
     value = {
         "record_type": "output",
         "event_id": event_id,
         "event_key": key,
         "tenant": tenant,
         "topology": "support_triage",
-    }
+    } | fields
     entry = entry_of(
         topic, partition, offset, key.encode(), json.dumps(value).encode(), "support_triage"
     )

@@ -22,7 +22,15 @@ from llmflow.services.gateway.flow import FlowMeter, Sample, percentile
 from llmflow.services.gateway.results import Entry, entry_of
 from llmflow.services.gateway.settings import GatewaySettings
 from llmflow.services.gateway.spend import spend_changelog, spend_rows
-from tests.unit.gateway.helpers import ACME, GLOBEX, TOKENS, FakeProducer, auth, make_gateway
+from tests.unit.gateway.helpers import (
+    ACME,
+    GLOBEX,
+    TOKENS,
+    FakeProducer,
+    auth,
+    make_gateway,
+    output,
+)
 
 ACME_READONLY = "acme-readonly-0123456789"
 ALL_TOKENS = TOKENS | {ACME_READONLY: {"tenant": "acme"}}
@@ -44,15 +52,14 @@ def out(
     cost_usd: float = 0.001,
     model: str = "gpt-4o-mini",
 ) -> Entry:
-    value = {
-        "record_type": "output",
-        "event_id": event_id,
-        "event_key": key,
-        "tenant": tenant,
-        "topology": "support_triage",
-        "topology_version": "3",
-        "org_record": {"table": "customers", "key": key, "version": "7"},
-        "retrieval": {
+    return output(
+        event_id,
+        tenant=tenant,
+        key=key,
+        offset=offset,
+        topology_version="3",
+        org_record={"table": "customers", "key": key, "version": "7"},
+        retrieval={
             "collection": "policies",
             "mode": "keyword",
             "query": "refund",
@@ -60,7 +67,7 @@ def out(
             | {"cost_usd": 0.0001},
             "passages": [{"id": "p1", "key": "refunds", "n": 0, "version": "2", "score": 1.5}],
         },
-        "calls": [
+        calls=[
             {
                 "name": "classify",
                 "kind": "chat",
@@ -72,21 +79,16 @@ def out(
                 "cost_usd": cost_usd,
             }
         ],
-        "totals": {
+        totals={
             "model_calls": 1,
             "tokens_in": 100,
             "tokens_out": 20,
             "cost_usd": cost_usd,
             "latency_ms": latency_ms,
         },
-        "worker": "w-1",
-        "produced_at": "2026-11-30T12:00:00+00:00",
-    }
-    entry = entry_of(
-        "support.triaged", 0, offset, key.encode(), json.dumps(value).encode(), "support_triage"
+        worker="w-1",
+        produced_at="2026-11-30T12:00:00+00:00",
     )
-    assert entry is not None
-    return entry
 
 
 def dead(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -57,6 +58,14 @@ def test_every_invalid_event_is_reported_with_index_and_field() -> None:
     assert {e.index for e in errors if isinstance(e, EventError)} == {1, 2, 3}
 
 
+def _parse(body: bytes) -> tuple[int, list[Any]]:
+    """(0, what parse_body gave) or (the status of its BodyError, [])."""
+    try:
+        return 0, list(parse_body(body, ACME, 10))
+    except BodyError as exc:
+        return exc.status, []
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -72,12 +81,8 @@ def test_every_invalid_event_is_reported_with_index_and_field() -> None:
     ],
 )
 def test_a_body_that_is_no_event_is_refused(body: bytes) -> None:
-    status = 0
-    try:
-        parsed = parse_body(body, ACME, 10)
-    except BodyError as exc:
-        status = exc.status
-    else:
+    status, parsed = _parse(body)
+    if status == 0:
         assert parsed and all(isinstance(e, EventError) for e in parsed)
     assert status in (0, 400)
 
@@ -161,12 +166,8 @@ async def test_a_broker_that_does_not_ack_is_unavailable_after_the_timeout() -> 
     )
 )
 def test_any_body_is_events_or_a_reason_never_a_crash(body: bytes) -> None:
-    status = 0
-    try:
-        parsed = parse_body(body, ACME, 10)
-    except BodyError as exc:
-        status = exc.status
-    else:
+    status, parsed = _parse(body)
+    if status == 0:
         assert parsed
         assert all(isinstance(e, EventError) for e in parsed) or not any(
             isinstance(e, EventError) for e in parsed
